@@ -1,0 +1,144 @@
+"""The Manifest: one row per image (or frame), the table every later stage works from.
+
+A manifest is a ``pandas.DataFrame`` with the columns below (extra columns are allowed and are
+selectable). It never holds patient names, IDs or birth dates: only ``patient``, a keyed
+pseudonym (see :mod:`revise.phi`). ``sample_key`` is stable across re-indexing (derived from
+SOPInstanceUID and frame number) and is what reports and run records use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from revise._io import atomic_path, sha256_bytes
+from revise.errors import DataError
+
+# name -> meaning. Order is the column order written to disk.
+COLUMNS: dict[str, str] = {
+    "sample_key": "stable key of the image/frame: s-<hash of SOPInstanceUID and frame>",
+    "path": "file the pixels come from",
+    "frame": "0-based frame number inside the file",
+    "sop_instance_uid": "SOPInstanceUID (an instance identifier, not a patient identifier)",
+    "series_uid": "SeriesInstanceUID",
+    "study_uid": "StudyInstanceUID",
+    "patient": "keyed pseudonym of PatientID (never the ID itself)",
+    "modality": "Modality",
+    "manufacturer": "Manufacturer",
+    "device": "ManufacturerModelName",
+    "device_serial": "DeviceSerialNumber",
+    "body_part": "BodyPartExamined",
+    "study_date": "StudyDate as an ISO date (YYYY-MM-DD), empty when absent",
+    "photometric": "PhotometricInterpretation",
+    "rows": "Rows",
+    "cols": "Columns",
+    "frames": "NumberOfFrames of the file",
+    "samples_per_pixel": "SamplesPerPixel",
+    "transfer_syntax": "TransferSyntaxUID",
+    "site": "site name given at indexing",
+    "loader": "name of the site loader that reads the pixels (dicom, or a plugin's)",
+    "label": "class index (integer) or empty when unlabelled",
+    "split": "train / heldout or empty",
+}
+
+# Selection aliases: what users may write -> the manifest column.
+ALIASES: dict[str, str] = {
+    "manufacturer_model_name": "device",
+    "model_name": "device",
+    "patient_key": "patient",
+    "bodypart": "body_part",
+    "date": "study_date",
+}
+
+INT_COLUMNS = ("frame", "rows", "cols", "frames", "samples_per_pixel")
+
+
+def empty_manifest() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype="object") for name in COLUMNS})
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Order the known columns first, fix dtypes (label as nullable Int64)."""
+    df = df.copy()
+    for name in COLUMNS:
+        if name not in df.columns:
+            df[name] = pd.NA
+    for name in INT_COLUMNS:
+        df[name] = pd.to_numeric(df[name], errors="coerce").astype("Int64")
+    df["label"] = pd.to_numeric(df["label"], errors="coerce").astype("Int64")
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[list(COLUMNS) + extra].reset_index(drop=True)
+
+
+def save(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a manifest atomically as .csv or .parquet (by suffix)."""
+    path = Path(path)
+    df = normalize(df)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif path.suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            raise DataError(f"cannot write manifest {path}: unknown suffix", hint="use .csv or .parquet")
+    return path
+
+
+def load(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"manifest {path} does not exist", hint="create it with `revise index DIR -o ...`")
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        elif path.suffix == ".csv":
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            raise DataError(f"cannot read manifest {path}: unknown suffix", hint="use .csv or .parquet")
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow/pandas raise many types for a broken file
+        raise DataError(f"manifest {path} is unreadable: {exc}", hint="re-create it with `revise index`") from exc
+    missing = [c for c in ("sample_key", "path") if c not in df.columns]
+    if missing:
+        raise DataError(f"manifest {path} lacks column(s) {', '.join(missing)}", hint="re-create it with `revise index`")
+    return normalize(df)
+
+
+def digest(df: pd.DataFrame) -> str:
+    """Digest of a selection: the sorted sample keys (order-free, PHI-free)."""
+    keys = sorted(df["sample_key"].astype(str))
+    return sha256_bytes("\n".join(keys).encode())
+
+
+def join_labels(df: pd.DataFrame, labels_csv: str | os.PathLike) -> pd.DataFrame:
+    """Join a label CSV with columns (sop_instance_uid | path | sample_key) and label.
+
+    Rows without a label keep an empty label. A CSV whose keys match nothing is an error (it is
+    almost always the wrong file or the wrong key column).
+    """
+    table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    if "label" not in table.columns:
+        raise DataError(f"label file {labels_csv} has no 'label' column", hint="columns: sop_instance_uid|path|sample_key,label")
+    for key in ("sop_instance_uid", "sample_key", "path"):
+        if key in table.columns:
+            break
+    else:
+        raise DataError(
+            f"label file {labels_csv} has no key column",
+            hint="add one of sop_instance_uid, sample_key or path",
+        )
+    mapping = dict(zip(table[key].astype(str), table["label"], strict=True))
+    out = df.copy()
+    if key == "path":
+        keys = out["path"].map(lambda p: str(Path(p).resolve()))
+        mapping = {str(Path(k).resolve()): v for k, v in mapping.items()}
+    else:
+        keys = out[key].astype(str)
+    joined = keys.map(mapping)
+    if joined.notna().sum() == 0:
+        raise DataError(f"no row of label file {labels_csv} matches the manifest by {key}", hint="check the key column")
+    out["label"] = pd.to_numeric(joined, errors="coerce").astype("Int64").where(joined.notna(), out["label"])
+    return normalize(out)

@@ -1,0 +1,88 @@
+"""ModelCard: what a model expects and predicts, saved beside its weights as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from revise._io import write_json_atomic
+from revise.errors import ModelError
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to feed a model pixels and read its answer.
+
+    The model consumes ``(pixels - mean) / std`` where pixels lie in ``pixel_range`` (per
+    channel); the boundary attack works in pixel space, so the normalisation must be known.
+    """
+
+    architecture: str  # registry name, or "torchscript" / "onnx" for opaque graphs
+    num_classes: int
+    in_channels: int = 1
+    input_size: tuple[int, int] = (32, 32)  # (height, width)
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    class_names: list[str] = field(default_factory=list)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    source_format: str = "safetensors"
+    source_sha256: str = ""
+    # How stored values become [0, 1] before scaling to pixel_range:
+    #   "minmax": per image, min..max (robust to rescale slope/intercept differences);
+    #   "voi": the file's own VOI window (WindowCenter/Width), falling back to minmax;
+    #   "fixed": intensity_range (lo, hi) in modality units, e.g. a CT HU window.
+    intensity: str = "minmax"
+    intensity_range: tuple[float, float] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+        self.pixel_range = tuple(float(v) for v in self.pixel_range)  # type: ignore[assignment]
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if len(self.mean) not in (1, self.in_channels) or len(self.std) not in (1, self.in_channels):
+            raise ModelError(f"model card: mean/std must have 1 or {self.in_channels} values")
+        if self.intensity not in ("minmax", "voi", "fixed"):
+            raise ModelError(f"model card: intensity must be minmax, voi or fixed, not {self.intensity!r}")
+        if self.intensity == "fixed" and self.intensity_range is None:
+            raise ModelError("model card: intensity 'fixed' needs intensity_range [lo, hi]")
+        if self.intensity_range is not None:
+            self.intensity_range = tuple(float(v) for v in self.intensity_range)  # type: ignore[assignment]
+        if not self.class_names:
+            self.class_names = [str(i) for i in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ModelError(
+                f"model card: {len(self.class_names)} class names for {self.num_classes} classes"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ModelError(f"model card has unknown field(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ModelError(f"model card is incomplete: {exc}") from exc
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ModelCard:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelError(f"model card {path} does not exist", hint="pass --card CARD.json") from None
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model card {path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
