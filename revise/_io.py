@@ -64,7 +64,9 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     if target.exists() and not overwrite:
         from revise.errors import UsageError
 
-        raise UsageError(f"output folder {target} already exists", hint="choose another -o or remove it")
+        raise UsageError(
+            f"output folder {target} already exists", hint="choose another -o or remove it"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:

@@ -27,7 +27,9 @@ class IndexFailure:
 class IndexResult:
     manifest: pd.DataFrame
     failures: list[IndexFailure] = field(default_factory=list)
-    skipped: list[IndexFailure] = field(default_factory=list)  # readable but not images (SR, DICOMDIR…)
+    skipped: list[IndexFailure] = field(
+        default_factory=list
+    )  # readable but not images (SR, DICOMDIR…)
 
 
 @runtime_checkable

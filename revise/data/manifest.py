@@ -82,28 +82,39 @@ def save(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         elif path.suffix == ".csv":
             df.to_csv(tmp, index=False)
         else:
-            raise DataError(f"cannot write manifest {path}: unknown suffix", hint="use .csv or .parquet")
+            raise DataError(
+                f"cannot write manifest {path}: unknown suffix", hint="use .csv or .parquet"
+            )
     return path
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"manifest {path} does not exist", hint="create it with `revise index DIR -o ...`")
+        raise DataError(
+            f"manifest {path} does not exist", hint="create it with `revise index DIR -o ...`"
+        )
     try:
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)
         elif path.suffix == ".csv":
             df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         else:
-            raise DataError(f"cannot read manifest {path}: unknown suffix", hint="use .csv or .parquet")
+            raise DataError(
+                f"cannot read manifest {path}: unknown suffix", hint="use .csv or .parquet"
+            )
     except DataError:
         raise
     except Exception as exc:  # pyarrow/pandas raise many types for a broken file
-        raise DataError(f"manifest {path} is unreadable: {exc}", hint="re-create it with `revise index`") from exc
+        raise DataError(
+            f"manifest {path} is unreadable: {exc}", hint="re-create it with `revise index`"
+        ) from exc
     missing = [c for c in ("sample_key", "path") if c not in df.columns]
     if missing:
-        raise DataError(f"manifest {path} lacks column(s) {', '.join(missing)}", hint="re-create it with `revise index`")
+        raise DataError(
+            f"manifest {path} lacks column(s) {', '.join(missing)}",
+            hint="re-create it with `revise index`",
+        )
     return normalize(df)
 
 
@@ -114,31 +125,42 @@ def digest(df: pd.DataFrame) -> str:
 
 
 def join_labels(df: pd.DataFrame, labels_csv: str | os.PathLike) -> pd.DataFrame:
-    """Join a label CSV with columns (sop_instance_uid | path | sample_key) and label.
+    """Join a label CSV: a key column (sop_instance_uid | sample_key | path) and ``label``,
+    optionally ``split`` (train / heldout).
 
-    Rows without a label keep an empty label. A CSV whose keys match nothing is an error (it is
+    Rows without a match keep what they had. A CSV whose keys match nothing is an error (it is
     almost always the wrong file or the wrong key column).
     """
-    table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"label file {labels_csv} is unreadable: {exc}") from exc
     if "label" not in table.columns:
-        raise DataError(f"label file {labels_csv} has no 'label' column", hint="columns: sop_instance_uid|path|sample_key,label")
-    for key in ("sop_instance_uid", "sample_key", "path"):
-        if key in table.columns:
-            break
-    else:
+        raise DataError(
+            f"label file {labels_csv} has no 'label' column",
+            hint="header: sop_instance_uid|sample_key|path,label[,split]",
+        )
+    key = next((k for k in ("sop_instance_uid", "sample_key", "path") if k in table.columns), None)
+    if key is None:
         raise DataError(
             f"label file {labels_csv} has no key column",
             hint="add one of sop_instance_uid, sample_key or path",
         )
-    mapping = dict(zip(table[key].astype(str), table["label"], strict=True))
     out = df.copy()
     if key == "path":
+        table[key] = table[key].map(lambda p: str(Path(p).resolve()))
         keys = out["path"].map(lambda p: str(Path(p).resolve()))
-        mapping = {str(Path(k).resolve()): v for k, v in mapping.items()}
     else:
         keys = out[key].astype(str)
-    joined = keys.map(mapping)
-    if joined.notna().sum() == 0:
-        raise DataError(f"no row of label file {labels_csv} matches the manifest by {key}", hint="check the key column")
-    out["label"] = pd.to_numeric(joined, errors="coerce").astype("Int64").where(joined.notna(), out["label"])
+    table = table.drop_duplicates(subset=key, keep="last").set_index(key)
+    matched = keys.isin(table.index)
+    if not matched.any():
+        raise DataError(
+            f"no row of label file {labels_csv} matches the manifest by {key}",
+            hint="check the key column",
+        )
+    for column in ("label", "split"):
+        if column in table.columns:
+            values = keys.map(table[column]).replace("", pd.NA)
+            out[column] = values.where(matched, out[column])
     return normalize(out)

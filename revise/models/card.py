@@ -44,10 +44,15 @@ class ModelCard:
         self.pixel_range = tuple(float(v) for v in self.pixel_range)  # type: ignore[assignment]
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
-        if len(self.mean) not in (1, self.in_channels) or len(self.std) not in (1, self.in_channels):
+        if len(self.mean) not in (1, self.in_channels) or len(self.std) not in (
+            1,
+            self.in_channels,
+        ):
             raise ModelError(f"model card: mean/std must have 1 or {self.in_channels} values")
         if self.intensity not in ("minmax", "voi", "fixed"):
-            raise ModelError(f"model card: intensity must be minmax, voi or fixed, not {self.intensity!r}")
+            raise ModelError(
+                f"model card: intensity must be minmax, voi or fixed, not {self.intensity!r}"
+            )
         if self.intensity == "fixed" and self.intensity_range is None:
             raise ModelError("model card: intensity 'fixed' needs intensity_range [lo, hi]")
         if self.intensity_range is not None:
@@ -82,7 +87,9 @@ class ModelCard:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ModelError(f"model card {path} does not exist", hint="pass --card CARD.json") from None
+            raise ModelError(
+                f"model card {path} does not exist", hint="pass --card CARD.json"
+            ) from None
         except json.JSONDecodeError as exc:
             raise ModelError(f"model card {path} is not valid JSON: {exc}") from exc
         return cls.from_dict(data)

@@ -1,0 +1,70 @@
+"""The `revise` command line: a thin shell over the library.
+
+Errors a user can act on print one line and exit 1 (failure) or 2 (usage); ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from revise import __version__
+from revise.errors import RevisionError
+
+
+class ReviseGroup(click.Group):
+    """Maps RevisionError to a one-line message and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RevisionError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=ReviseGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="revise")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and results.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
+    """Revise a deployed clinical image model without retraining it."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(debug=debug, quiet=quiet)
+    level = (
+        logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    )
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+
+
+def _register() -> None:
+    from revise.cli import data, demo, model, plugins
+
+    for module in (demo, data, model, plugins):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="revise")

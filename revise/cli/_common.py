@@ -1,0 +1,36 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+import yaml
+
+from revise.errors import UsageError
+
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when present), cpu, cuda or cuda:N.",
+)
+seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+
+
+def parse_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``--set name=value`` pairs; values parsed as YAML scalars (numbers, true/false)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--set {pair!r} is not name=value", hint="e.g. --set gamma=0.1")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def echo(ctx: click.Context) -> Callable[[str], None]:
+    """click.echo unless --quiet."""
+    quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    return (lambda message: None) if quiet else click.echo

@@ -1,0 +1,106 @@
+"""`revise index` and `revise select`: site files to a manifest; checking selections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from revise.cli._common import echo
+from revise.errors import DataError
+
+
+@click.command("index")
+@click.argument("root", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o", "--out", required=True, type=click.Path(path_type=Path), help="manifest.parquet or .csv"
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, path_type=Path),
+    help="CSV: sop_instance_uid|sample_key|path,label[,split]",
+)
+@click.option(
+    "--label-tag", help="Label from a manifest column instead, e.g. body_part (with --label-map)."
+)
+@click.option(
+    "--label-map", multiple=True, help="VALUE=CLASS for --label-tag, repeatable, e.g. CHEST=0."
+)
+@click.option("--site", default="", help="Site name recorded in every row.")
+@click.option(
+    "--loader", default="auto", show_default=True, help="Site loader: auto, dicom or a plugin's."
+)
+@click.option(
+    "--failures",
+    "failures_out",
+    type=click.Path(path_type=Path),
+    help="Write unreadable files and reasons to this CSV.",
+)
+@click.pass_context
+def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failures_out) -> None:
+    """Index images under ROOT (headers only) into a manifest; unreadable files are reported."""
+    import pandas as pd
+
+    from revise._io import atomic_path
+    from revise.data import manifest as manifest_mod
+    from revise.data.index import apply_label_rule, index
+
+    say = echo(ctx)
+    result = index(root, loader=loader, site=site, labels=labels)
+    df = result.manifest
+    if label_tag:
+        mapping = {}
+        for item in label_map:
+            value, sep, cls = item.partition("=")
+            if not sep:
+                raise click.UsageError(f"--label-map {item!r} is not VALUE=CLASS")
+            mapping[value] = int(cls)
+        df = apply_label_rule(df, label_tag, mapping)
+    if df.empty:
+        raise DataError(
+            f"no image could be indexed under {root} ({len(result.failures)} unreadable files)"
+        )
+    manifest_mod.save(df, out)
+    files = df["path"].nunique()
+    labelled = int(df["label"].notna().sum())
+    say(f"indexed {len(df)} images/frames from {files} files ({labelled} labelled) -> {out}")
+    if result.skipped:
+        say(
+            f"skipped {len(result.skipped)} files without images "
+            f"(e.g. {result.skipped[0].path}: {result.skipped[0].reason})"
+        )
+    if result.failures:
+        click.echo(f"{len(result.failures)} unreadable files (left out):", err=True)
+        for failure in result.failures[:20]:
+            click.echo(f"  {failure.path}: {failure.reason}", err=True)
+        if len(result.failures) > 20:
+            click.echo(f"  ... and {len(result.failures) - 20} more", err=True)
+        if failures_out:
+            with atomic_path(failures_out) as tmp:
+                pd.DataFrame([vars(f) for f in result.failures]).to_csv(tmp, index=False)
+
+
+@click.command("select")
+@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
+@click.argument("expression")
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), help="Write the selected rows as a manifest."
+)
+@click.pass_context
+def select_cmd(ctx, manifest, expression, out) -> None:
+    """Show what EXPRESSION selects in MANIFEST, e.g. 'device == "Cirrus 800 FA"'."""
+    from revise.data import manifest as manifest_mod
+    from revise.data.select import select
+
+    df = manifest_mod.load(manifest)
+    chosen = select(df, expression)
+    click.echo(f"{len(chosen)} of {len(df)} rows match {expression}")
+    for column in ("device", "label", "split"):
+        counts = chosen[column].astype("string").fillna("<empty>").value_counts().to_dict()
+        click.echo(f"  by {column}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    if out:
+        manifest_mod.save(chosen, out)
+        echo(ctx)(f"wrote {out}")
+
+
+COMMANDS = [index_cmd, select_cmd]

@@ -1,0 +1,227 @@
+"""`revise unlearn`, `revise evaluate`, `revise export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from revise.cli._common import device_option, echo, parse_settings, seed_option
+
+model_option = click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Model: a run/model folder, .safetensors (+ --card), TorchScript, .pt2 or .onnx.",
+)
+card_option = click.option(
+    "--card", type=click.Path(exists=True, path_type=Path), help="Model card JSON."
+)
+arch_option = click.option("--arch", help="Architecture name for bare weights (see the card).")
+data_option = click.option(
+    "--data",
+    "manifest_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Manifest (.parquet/.csv) from `revise index`, with labels.",
+)
+cache_option = click.option(
+    "--cache", type=click.Path(path_type=Path), help="Folder for decoded tensors (reused)."
+)
+
+
+def _load(model_path: Path, card: Path | None, arch: str | None):
+    from revise.models.io import load_model
+
+    return load_model(model_path, card=card, architecture=arch)
+
+
+@click.command("unlearn")
+@model_option
+@card_option
+@arch_option
+@data_option
+@click.option(
+    "--forget", required=True, help="Selection to forget, e.g. 'device == \"Cirrus 800 FA\"'."
+)
+@click.option(
+    "--method", default="psg", show_default=True, help="Unlearning method (see `revise methods`)."
+)
+@click.option("--set", "settings", multiple=True, help="Hyperparameter name=value, repeatable.")
+@click.option(
+    "-o", "--out", required=True, type=click.Path(path_type=Path), help="Run folder to create."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@cache_option
+@device_option
+@seed_option
+@click.pass_context
+def unlearn_cmd(
+    ctx,
+    model_path,
+    card,
+    arch,
+    manifest_path,
+    forget,
+    method,
+    settings,
+    out,
+    overwrite,
+    cache,
+    device,
+    seed,
+):
+    """Revise a model to forget the images a selection names."""
+    from revise.data import manifest as manifest_mod
+    from revise.errors import UsageError
+    from revise.models.io import weights_digest
+    from revise.pipeline import prepare, run_unlearning
+    from revise.unlearn.api import make_config, save_run
+
+    say = echo(ctx)
+    if out.exists() and not overwrite:
+        raise UsageError(
+            f"run folder {out} already exists", hint="choose another -o or pass --overwrite"
+        )
+    config = make_config(method, parse_settings(settings))  # bad settings fail before any work
+    loaded = _load(model_path, card, arch)
+    data = prepare(manifest_mod.load(manifest_path), loaded.card, forget, cache_dir=cache)
+    say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
+    result = run_unlearning(
+        loaded.module,
+        loaded.card,
+        data,
+        method=method,
+        config=config,
+        device=device,
+        seed=seed,
+        base_digest=weights_digest(loaded.module),
+    )
+    result.record["base_model"] = {
+        "path": str(model_path),
+        "format": loaded.format,
+        "sha256": loaded.card.source_sha256,
+    }
+    save_run(result, out, overwrite=overwrite)
+    metrics = result.record["metrics"]
+    say(
+        f"{method}: unlearned in {result.record['wall_clock_s']['unlearn']:.2f} s; attack success "
+        f"{result.record.get('attack_success_ratio')}"
+    )
+    for name, stats in metrics.items():
+        say(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
+    say(f"run written to {out}")
+
+
+@click.command("evaluate")
+@model_option
+@card_option
+@arch_option
+@data_option
+@click.option(
+    "--forget", help="Selection that was forgotten (splits forget/retain); omit for plain accuracy."
+)
+@click.option(
+    "--by",
+    multiple=True,
+    default=("device", "label"),
+    show_default=True,
+    help="Group accuracy by these columns.",
+)
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON."
+)
+@cache_option
+@device_option
+def evaluate_cmd(model_path, card, arch, manifest_path, forget, by, json_out, cache, device):
+    """Accuracy on forget / retain / held-out sets, per device and per class."""
+    from revise._io import write_json_atomic
+    from revise.data import manifest as manifest_mod
+    from revise.evaluate import evaluate
+    from revise.pipeline import prepare
+
+    loaded = _load(model_path, card, arch)
+    manifest = manifest_mod.load(manifest_path)
+    data = prepare(manifest, loaded.card, forget, cache_dir=cache)
+    metrics = evaluate(loaded.module, loaded.card, data.sets, by=by, device=device)
+    for name, stats in metrics.items():
+        click.echo(f"{name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
+        for column, groups in stats["by"].items():
+            for value, g in groups.items():
+                click.echo(f"    {column}={value:<24} n={g['n']:<6} accuracy {g['accuracy']:.3f}")
+    if json_out:
+        write_json_atomic(json_out, metrics)
+
+
+@click.command("export")
+@click.argument("model_path", type=click.Path(exists=True, path_type=Path))
+@card_option
+@arch_option
+@click.option(
+    "-o", "--out", required=True, type=click.Path(path_type=Path), help="model.onnx to write."
+)
+@click.option(
+    "--data",
+    "manifest_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Manifest whose held-out rows feed the parity check.",
+)
+@click.option(
+    "--parity-samples", default=256, show_default=True, help="Images for the parity check."
+)
+@click.option("--opset", default=18, show_default=True, help="ONNX opset.")
+@cache_option
+@click.pass_context
+def export_cmd(ctx, model_path, card, arch, out, manifest_path, parity_samples, opset, cache):
+    """Export a model (e.g. a run folder) to ONNX and check parity in ONNX Runtime."""
+    import torch
+
+    from revise.export.onnx import export_onnx
+    from revise.models.pixel import normalize
+
+    say = echo(ctx)
+    loaded = _load(model_path, card, arch)
+    c = loaded.card
+    source = "random pixel-range images"
+    if manifest_path is not None:
+        samples = _heldout_samples(manifest_path, c, parity_samples, cache)
+        source = "held-out images"
+    else:
+        g = torch.Generator().manual_seed(0)
+        low, high = c.pixel_range
+        samples = low + (high - low) * torch.rand(
+            parity_samples, c.in_channels, *c.input_size, generator=g
+        )
+    meta = {"revise.source_sha256": c.source_sha256}
+    run_json = model_path / "run.json" if model_path.is_dir() else None
+    if run_json is not None and run_json.exists():
+        record = json.loads(run_json.read_text())
+        meta.update(
+            {
+                "revise.method": record.get("method", ""),
+                "revise.base_model_digest": record.get("base_model_digest", ""),
+            }
+        )
+    result = export_onnx(
+        loaded.module, c, out, samples=normalize(samples, c), opset=opset, metadata=meta
+    )
+    p = result.parity
+    say(
+        f"wrote {out}; parity on {p.n} {source}: max |diff| {p.max_abs_diff:.2e}, "
+        f"labels agree {p.label_agreement:.3f}"
+    )
+
+
+def _heldout_samples(manifest_path: Path, card, n: int, cache):
+    from revise.data import manifest as manifest_mod
+    from revise.data.tensors import load_tensors
+
+    df = manifest_mod.load(manifest_path)
+    heldout = df[df["split"].astype("string").fillna("").str.lower() == "heldout"]
+    rows = (heldout if len(heldout) else df).head(n)
+    return load_tensors(rows, card, cache_dir=cache).x
+
+
+COMMANDS = [unlearn_cmd, evaluate_cmd, export_cmd]

@@ -1,0 +1,89 @@
+"""Accuracy of a model on named sets, overall and per group (device, class, any column)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from revise.models.card import ModelCard
+from revise.models.pixel import PixelSpaceModel, resolve_device
+from revise.unlearn.base import LabelledTensors
+
+
+@dataclass
+class EvalSet:
+    """Labelled pixel-space tensors and the manifest rows they came from (same order)."""
+
+    data: LabelledTensors
+    rows: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@torch.no_grad()
+def predict(
+    net: nn.Module,
+    card: ModelCard,
+    x: torch.Tensor,
+    *,
+    device: str = "auto",
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Logits (N, K) on the CPU, fp32, computed in eval mode in batches."""
+    dev = resolve_device(device)
+    model = PixelSpaceModel(net, card).to(dev).eval()
+    out = [model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
+    net.cpu()
+    return torch.cat(out) if out else torch.empty(0, card.num_classes)
+
+
+def accuracy_by(
+    correct: torch.Tensor, rows: pd.DataFrame, column: str, names: Sequence[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """{group value: {n, accuracy}} for one manifest column, groups sorted by value."""
+    values = rows[column].astype("string").fillna("").str.strip().to_numpy()
+    hits = correct.numpy()
+    out: dict[str, dict[str, float]] = {}
+    for value in sorted(set(values)):
+        mask = values == value
+        label = value
+        if names is not None and value.isdigit() and int(value) < len(names):
+            label = names[int(value)]
+        out[label] = {"n": int(mask.sum()), "accuracy": round(float(hits[mask].mean()), 4)}
+    return out
+
+
+def evaluate(
+    net: nn.Module,
+    card: ModelCard,
+    sets: Mapping[str, EvalSet],
+    *,
+    by: Sequence[str] = ("device", "label"),
+    device: str = "auto",
+) -> dict[str, Any]:
+    """{set: {n, accuracy, by: {column: {group: {n, accuracy}}}}} for every non-empty set."""
+    report: dict[str, Any] = {}
+    for name, subset in sets.items():
+        if len(subset) == 0:
+            continue
+        logits = predict(net, card, subset.data.x, device=device)
+        correct = logits.argmax(1) == subset.data.y
+        groups = {
+            column: accuracy_by(
+                correct, subset.rows, column, card.class_names if column == "label" else None
+            )
+            for column in by
+            if column in subset.rows.columns
+        }
+        report[name] = {
+            "n": len(subset),
+            "accuracy": round(float(correct.float().mean()), 4),
+            "by": groups,
+        }
+    return report

@@ -1,0 +1,105 @@
+"""The revision path as plain functions that the CLI, the demo and the Python API share:
+manifest + forget selection -> tensors for the four sets -> unlearning run with its record."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from revise.data import manifest as manifest_mod
+from revise.data.loaders import IndexFailure
+from revise.data.split import partition
+from revise.data.tensors import load_tensors
+from revise.evaluate import EvalSet, evaluate
+from revise.models.card import ModelCard
+from revise.unlearn.api import UnlearnResult, unlearn
+from revise.unlearn.base import LabelledTensors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Decoded tensors for forget / retain / heldout_forget / heldout_retain."""
+
+    forget_selection: str | None
+    sets: dict[str, EvalSet]
+    digests: dict[str, str]
+    failures: list[IndexFailure] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(s) for name, s in self.sets.items()}
+
+
+def prepare(
+    manifest: pd.DataFrame,
+    card: ModelCard,
+    forget: str | None,
+    *,
+    base_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> PreparedData:
+    """Partition the labelled manifest by the forget selection and decode every set once."""
+    parts = partition(manifest, forget, base_dir=base_dir)
+    everything = pd.concat(list(parts.values()), ignore_index=True)
+    decoded = load_tensors(everything, card, cache_dir=cache_dir, progress=progress)
+    position = {key: i for i, key in enumerate(decoded.keys)}
+    if decoded.failures:
+        log.warning("%d rows could not be decoded and are left out", len(decoded.failures))
+    sets: dict[str, EvalSet] = {}
+    for name, rows in parts.items():
+        rows = rows[rows["sample_key"].isin(position)].reset_index(drop=True)
+        idx = torch.tensor([position[k] for k in rows["sample_key"]], dtype=torch.long)
+        labels = torch.tensor(rows["label"].astype(int).to_numpy(), dtype=torch.long)
+        bad = labels[(labels < 0) | (labels >= card.num_classes)] if len(labels) else labels
+        if len(bad):
+            from revise.errors import DataError
+
+            raise DataError(
+                f"{name}: label {int(bad[0])} is outside the model's {card.num_classes} classes",
+                hint="check the label file against the model card's class_names",
+            )
+        sets[name] = EvalSet(LabelledTensors(decoded.x[idx], labels), rows)
+    digests = {name: manifest_mod.digest(s.rows) for name, s in sets.items()}
+    return PreparedData(forget, sets, digests, list(decoded.failures))
+
+
+def run_unlearning(
+    net: nn.Module,
+    card: ModelCard,
+    data: PreparedData,
+    *,
+    method: str,
+    config: dict[str, Any] | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    base_digest: str = "",
+    progress: Any = None,
+) -> UnlearnResult:
+    """Unlearn, then evaluate the revised model on all four sets and complete the run record."""
+    result = unlearn(
+        net,
+        card,
+        data.sets["forget"].data,
+        data.sets["retain"].data,
+        method=method,
+        config=config,
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
+    result.record.update(
+        forget_selection=data.forget_selection,
+        selection_digests=data.digests,
+        base_model_digest=base_digest,
+        decode_failures=len(data.failures),
+        metrics=evaluate(result.model, card, data.sets, device=device),
+    )
+    return result

@@ -1,0 +1,201 @@
+"""The selection language: exact rows selected on a realistic manifest, and helpful, safe errors."""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from revise.data.manifest import COLUMNS
+from revise.data.select import Compare, columns_used, mask, parse, select
+from revise.errors import SelectionError
+from revise.phi import pseudonym
+
+KEY = b"k"
+
+# sample_key, device (DICOM-padded), label, study_date, clear patient ID, rows, body_part, split
+ROWS = [
+    ("s-1", "Cirrus 800 FA  ", 0, "2018-03-01", "MRN001", 512, "EYE ", "train"),
+    ("s-2", "Cirrus 800 FA", 1, "2019-06-15", "MRN001", 1024, "EYE", "heldout"),
+    ("s-3", "Spectralis ", 2, "", "MRN002", 496, "RETINA", "train"),
+    ("s-4", "Spectralis", None, "2017-12-31", "MRN003", 768, "EYE", ""),
+    ("s-5", "Cirrus 5000 HD-OCT", 1, "20180704", "MRN004", 512, "", "train"),
+    ("s-6", "", 0, None, "MRN005", None, "KNEE", "heldout"),
+]
+
+
+@pytest.fixture
+def df() -> pd.DataFrame:
+    """A manifest as indexing writes it: pseudonymous patients, Int64 numbers, padded strings."""
+    data: dict[str, object] = {name: [None] * len(ROWS) for name in COLUMNS}
+    keys, devices, labels, dates, patients, rows, parts, splits = zip(*ROWS, strict=True)
+    data |= {
+        "sample_key": list(keys),
+        "path": [f"/data/site/{k}.dcm" for k in keys],
+        "frame": pd.array([0] * len(ROWS), dtype="Int64"),
+        "patient": [pseudonym(p, key=KEY) for p in patients],
+        "modality": ["OPT"] * len(ROWS),
+        "manufacturer": ["Zeiss", "Zeiss", "Heidelberg", "Heidelberg", "Zeiss", "Topcon"],
+        "device": list(devices),
+        "body_part": list(parts),
+        "study_date": list(dates),
+        "rows": pd.array(rows, dtype="Int64"),
+        "label": pd.array(labels, dtype="Int64"),
+        "split": list(splits),
+        "site": ["north"] * len(ROWS),
+    }
+    return pd.DataFrame(data)
+
+
+def keys(df: pd.DataFrame, expr: str, **kwargs) -> list[str]:
+    return sorted(select(df, expr, key=KEY, allow_empty=True, **kwargs)["sample_key"])
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ('device == "Cirrus 800 FA"', ["s-1", "s-2"]),
+        ('device != "Cirrus 800 FA"', ["s-3", "s-4", "s-5"]),  # the empty device never matches
+        ("label in [0, 2]", ["s-1", "s-3", "s-6"]),
+        ("label == 1", ["s-2", "s-5"]),
+        ("not label in [1]", ["s-1", "s-3", "s-4", "s-6"]),  # negation keeps the unlabelled row
+        ("label not in [1]", ["s-1", "s-3", "s-6"]),  # a comparison: missing never matches
+        ("label != 1", ["s-1", "s-3", "s-6"]),
+        # and binds tighter than or
+        ('device == "Spectralis" or label == 1 and rows >= 1024', ["s-2", "s-3", "s-4"]),
+        ('(device == "Spectralis" or label == 1) and rows >= 1024', ["s-2"]),
+        ('not (split == "train" or split is empty)', ["s-2", "s-6"]),
+        ("study_date < 2019-01-01", ["s-1", "s-4", "s-5"]),  # s-5 is a DICOM YYYYMMDD date
+        ("study_date >= 2018-07-04 AND study_date <= 2019-06-15", ["s-2", "s-5"]),
+        ("rows >= 512", ["s-1", "s-2", "s-4", "s-5"]),
+        ("rows < 500.5", ["s-3"]),
+        (r'device ~= "^Cirrus \d+ FA$"', ["s-1", "s-2"]),
+        ('device ~= "(?i)spectralis"', ["s-3", "s-4"]),
+        ("device is empty", ["s-6"]),
+        ("study_date is empty", ["s-3", "s-6"]),
+        ("study_date is not empty", ["s-1", "s-2", "s-4", "s-5"]),
+        ('manufacturer_model_name == "Spectralis"', ["s-3", "s-4"]),
+        ('bodypart == "EYE"', ["s-1", "s-2", "s-4"]),
+        ("date == 2018-07-04", ["s-5"]),
+        ("label in [0, 2,] and split in ['heldout']", ["s-6"]),
+    ],
+)
+def test_selects_exact_rows(df: pd.DataFrame, expr: str, expected: list[str]) -> None:
+    assert keys(df, expr) == expected
+
+
+def test_file_list_skips_comments_and_blank_lines(df: pd.DataFrame, tmp_path) -> None:
+    (tmp_path / "devices.txt").write_text(
+        "# devices to forget\n\nSpectralis\n   Cirrus 5000 HD-OCT  \n# Cirrus 800 FA\n"
+    )
+    (tmp_path / "my list.txt").write_text("Spectralis\n")
+    assert keys(df, "device in @devices.txt", base_dir=tmp_path) == ["s-3", "s-4", "s-5"]
+    assert keys(df, 'device not in @"my list.txt"', base_dir=tmp_path) == ["s-1", "s-2", "s-5"]
+
+
+def test_patient_file_holds_clear_ids_hashed_with_the_key(df: pd.DataFrame, tmp_path) -> None:
+    direct = pseudonym("MRN005", key=KEY)
+    (tmp_path / "forget.txt").write_text(f"# forget requests\nMRN001\n\n  MRN003\n{direct}\n")
+    assert keys(df, "patient in @forget.txt", base_dir=tmp_path) == ["s-1", "s-2", "s-4", "s-6"]
+    assert keys(df, 'patient == "MRN002"') == ["s-3"]
+    assert keys(df, f'patient_key == "{direct}"') == ["s-6"]
+    assert keys(df, "patient == 00123") == []  # a bare ID stays text: hashed, not a number
+    # Another key gives other pseudonyms, so clear IDs find nothing.
+    assert select(df, 'patient == "MRN002"', key=b"other", allow_empty=True).empty
+
+
+def test_mask_is_a_bool_series_aligned_with_the_frame(df: pd.DataFrame) -> None:
+    df.index = [10, 11, 12, 13, 14, 15]
+    result = mask(df, parse("rows >= 512"))
+    assert result.dtype == bool
+    assert list(result.index) == list(df.index)
+    assert result.tolist() == [True, True, False, True, True, False]
+
+
+def test_canonical_text_reparses_to_the_same_tree() -> None:
+    text = "NOT (a == 1 Or b in [2, 'x\\'y', 2019-01-01, true]) and (c is not empty or d ~= \"^x\")"
+    expr = parse(text)
+    assert str(expr) == (
+        'not (a == 1 or b in [2, "x\'y", 2019-01-01, true]) and (c is not empty or d ~= "^x")'
+    )
+    assert parse(str(expr)) == expr
+    assert parse("date == 2019-01-01") == Compare("study_date", "==", dt.date(2019, 1, 1))
+
+
+def test_columns_used_resolves_aliases() -> None:
+    expr = 'model_name == "X" or (date < 2019-01-01 and label in [1])'
+    assert columns_used(expr) == {"device", "study_date", "label"}
+
+
+def test_unknown_column_suggests_the_closest(df: pd.DataFrame) -> None:
+    with pytest.raises(SelectionError) as info:
+        mask(df, 'devcie == "Spectralis"')
+    message = str(info.value)
+    assert "unknown column 'devcie'" in message
+    assert "did you mean 'device'?" in message
+    assert "sample_key, path, frame" in message
+
+
+def test_syntax_error_shows_a_caret() -> None:
+    with pytest.raises(SelectionError) as info:
+        parse("device == ")
+    assert str(info.value) == (
+        "selection: expected a value after '==' at column 11:\n  device == \n            ^"
+    )
+    with pytest.raises(SelectionError, match=r"quote text values: \"train\""):
+        parse("split == train")
+
+
+def test_empty_match_lists_existing_values(df: pd.DataFrame) -> None:
+    with pytest.raises(SelectionError) as info:
+        select(df, 'device == "Cirrus 800" and label in [1]')
+    message = str(info.value)
+    assert "matched 0 of 6 rows" in message
+    assert '"Cirrus 800 FA"' in message
+    assert '"Spectralis"' in message
+    assert select(df, 'device == "Cirrus 800"', allow_empty=True).empty
+
+
+def test_empty_patient_match_never_repeats_clear_ids(df: pd.DataFrame, tmp_path) -> None:
+    (tmp_path / "ids.txt").write_text("MRN998\nMRN999\nMRN001\n")
+    with pytest.raises(SelectionError) as info:
+        select(df, 'patient in @ids.txt and device == "Spectralis"', base_dir=tmp_path, key=KEY)
+    message = str(info.value)
+    assert "2 of 3 patient identifiers matched none" in message
+    assert "MRN" not in message
+    with pytest.raises(SelectionError) as info:
+        parse('patient == "MRN001" oops')
+    assert "MRN001" not in str(info.value)
+
+
+def test_missing_list_file_names_the_path(df: pd.DataFrame, tmp_path) -> None:
+    with pytest.raises(SelectionError, match=r"nope\.txt.*does not exist"):
+        mask(df, "device in @nope.txt", base_dir=tmp_path)
+
+
+def test_patient_allows_only_equality(df: pd.DataFrame) -> None:
+    with pytest.raises(SelectionError, match="keyed pseudonyms"):
+        parse('patient ~= "MRN"')
+
+
+def test_no_python_is_ever_evaluated(df: pd.DataFrame, monkeypatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the selection language must not evaluate Python")
+
+    for owner, name in [(builtins, "eval"), (builtins, "exec"), (pd, "eval")]:
+        monkeypatch.setattr(owner, name, forbidden)
+    monkeypatch.setattr(pd.DataFrame, "query", forbidden)
+    monkeypatch.setattr(pd.DataFrame, "eval", forbidden)
+
+    with pytest.raises(SelectionError, match=r"after '__import__', found '\('"):
+        mask(df, "__import__('os') == 1")
+    with pytest.raises(SelectionError, match=r"unexpected character '\.'"):
+        mask(df, "__import__('os').system('echo hacked') == 1")
+    with pytest.raises(SelectionError, match="expected a value"):
+        mask(df, "device == __import__('os')")
+    # As a quoted value it is data: compared as text, it matches nothing.
+    payload = "__import__('os').system('echo hacked')"
+    assert not mask(df, f'device == "{payload}" or device ~= "{payload}"').any()
+    assert keys(df, 'device == "Spectralis" and label in [2]') == ["s-3"]
