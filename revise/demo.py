@@ -30,6 +30,7 @@ PSG_DEMO_CONFIG = {
     "gamma": 1e-4,
     "lam": 0.0,
     "phi": 2.0,  # a device spans every class: without a retain term, retention collapses
+    "freeze_bn": True,  # the retiring device's batches would otherwise shift BatchNorm stats
     "eps": 0.1,
     "eta": 0.1,
 }
@@ -101,12 +102,19 @@ def run_demo(
         torch.cat([sets["forget"].data.y, sets["retain"].data.y]),
     )
     recipe = TrainConfig(epochs=TRAIN_EPOCHS, batch_size=64, lr=0.05)
+
+    def fresh_model() -> torch.nn.Module:
+        torch.manual_seed(seed)  # the same initial weights for the deployed and the retrained
+        return build(card)
+
     with stage("train deployed model"):
-        original = train_classifier(build(card), card, train_all, recipe, device=device, seed=seed)
+        original = train_classifier(
+            fresh_model(), card, train_all, recipe, device=device, seed=seed
+        )
         save_model(original, card, out / "original")
     with stage("retrain reference"):
         retrained = train_classifier(
-            build(card), card, sets["retain"].data, recipe, device=device, seed=seed
+            fresh_model(), card, sets["retain"].data, recipe, device=device, seed=seed
         )
         save_model(retrained, card, out / "retrained")
     with stage("unlearn (psg)"):

@@ -14,6 +14,7 @@ from torch import nn
 
 from revise.data import manifest as manifest_mod
 from revise.data.loaders import IndexFailure
+from revise.data.select import describe
 from revise.data.split import partition
 from revise.data.tensors import load_tensors
 from revise.evaluate import EvalSet, evaluate
@@ -96,7 +97,7 @@ def run_unlearning(
         progress=progress,
     )
     result.record.update(
-        forget_selection=data.forget_selection,
+        forget_selection=describe(data.forget_selection) if data.forget_selection else None,
         selection_digests=data.digests,
         base_model_digest=base_digest,
         decode_failures=len(data.failures),

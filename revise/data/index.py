@@ -8,6 +8,8 @@ a rule that maps a manifest column to classes (:func:`apply_label_rule`).
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +21,8 @@ from revise.data.loaders import IndexResult, SiteLoader
 from revise.data.manifest import ALIASES, COLUMNS, join_labels, normalize
 from revise.errors import DataError, UsageError
 from revise.phi import site_key
+
+log = logging.getLogger(__name__)
 
 DICOM = "dicom"
 
@@ -61,7 +65,7 @@ def index(
         raise DataError(f"{root} does not exist", hint="pass the folder (or file) to index")
     chosen = choose_loader(root, loader)
     result = chosen.index(root, site=site, key=site_key() if key is None else key)
-    manifest = normalize(result.manifest)
+    manifest = unique_keys(normalize(result.manifest))
     if labels is not None:
         if isinstance(labels, Mapping):
             rule = dict(labels)
@@ -75,6 +79,27 @@ def index(
         elif len(manifest):
             manifest = join_labels(manifest, labels)
     return IndexResult(manifest, list(result.failures), list(result.skipped))
+
+
+def unique_keys(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Give every row its own sample_key.
+
+    The same instance can be stored twice (a copy, another transfer syntax). The first copy
+    (by path) keeps the plain key; later copies get a key that also hashes their path, so every
+    row stays addressable and a selection by key never silently picks several files.
+    """
+    dup = manifest["sample_key"].duplicated(keep="first")
+    if not dup.any():
+        return manifest
+    log.warning("%d rows repeat an instance already indexed from another file", int(dup.sum()))
+    manifest = manifest.copy()
+    manifest.loc[dup, "sample_key"] = [
+        "s-" + hashlib.sha256(f"{key}|{path}".encode()).hexdigest()[:16]
+        for key, path in zip(
+            manifest.loc[dup, "sample_key"], manifest.loc[dup, "path"], strict=True
+        )
+    ]
+    return manifest
 
 
 def apply_label_rule(df: pd.DataFrame, column: str, mapping: Mapping[Any, Any]) -> pd.DataFrame:

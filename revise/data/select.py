@@ -557,6 +557,11 @@ def _as_expr(expr: str | Expr) -> Expr:
     raise TypeError(f"a selection is a str or an Expr, not {type(expr).__name__}")
 
 
+def describe(expr: str | Expr) -> str:
+    """Canonical text safe for records and logs: values given for ``patient`` are hidden."""
+    return _format(_as_expr(expr), redact=True)
+
+
 def columns_used(expr: str | Expr) -> set[str]:
     """The manifest columns a selection reads (aliases resolved)."""
     return {leaf.column for leaf in _leaves(_as_expr(expr))}

@@ -79,7 +79,7 @@ def unlearn(
     dev = resolve_device(device)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    net = copy.deepcopy(model).float().to(dev)
+    net = copy.deepcopy(model).float().to(dev).requires_grad_(True)
     original = freeze(PixelSpaceModel(copy.deepcopy(model).float(), card).to(dev))
     trained = PixelSpaceModel(net, card).to(dev)
     if dev.type == "cuda":

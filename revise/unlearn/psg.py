@@ -56,10 +56,10 @@ class PSGConfig:
     retain_loss: str = "ce"  # "ce" on retain labels, or "distill" to the original's outputs
     target: str = "hard"  # forget target: hard nearest label, soft probabilities, or top-k soft
     topk: int = 3  # classes kept for target="topk"
-    # Keep BatchNorm statistics fixed during the update. The authors' code leaves them in train
-    # mode; forget-only batches then drag the statistics toward the forget set and retention
-    # collapses (measured on the demo: retain 0.66 vs 0.96). Set false to reproduce them.
-    freeze_bn: bool = True
+    # Keep BatchNorm statistics fixed during the update. The authors leave them in train mode
+    # (the default here); when the forget set is a whole device, forget-only batches drag the
+    # statistics toward it and retention collapses (demo: retain 0.66 vs 0.96 frozen).
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -124,3 +124,18 @@ def test_apply_label_rule():
         apply_label_rule(df, "body_part", {"CHEST": "zero"})
     with pytest.raises(UsageError, match="not an integer"):
         apply_label_rule(df, "body_part", {"CHEST": 0.5})
+
+
+def test_an_instance_stored_twice_gets_two_distinct_keys(tmp_path):
+    import shutil
+
+    from revise.data.dicom_loader import sample_key
+
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    shutil.copy(source, tmp_path / "a.dcm")
+    shutil.copy(source, tmp_path / "b.dcm")
+    manifest = index(tmp_path).manifest
+    assert len(manifest) == 2
+    assert manifest["sample_key"].is_unique
+    first = manifest.sort_values("path").iloc[0]
+    assert first["sample_key"] == sample_key(first["sop_instance_uid"], 0)

@@ -199,3 +199,11 @@ def test_no_python_is_ever_evaluated(df: pd.DataFrame, monkeypatch) -> None:
     payload = "__import__('os').system('echo hacked')"
     assert not mask(df, f'device == "{payload}" or device ~= "{payload}"').any()
     assert keys(df, 'device == "Spectralis" and label in [2]') == ["s-3"]
+
+
+def test_describe_hides_patient_values_but_keeps_the_rest():
+    from revise.data.select import describe
+
+    text = describe('patient in ["MRN001", "MRN002"] or device == "Cirrus 800 FA"')
+    assert "MRN001" not in text and "MRN002" not in text
+    assert "2 identifiers" in text and '"Cirrus 800 FA"' in text

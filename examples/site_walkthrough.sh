@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run: bash examples/site_walkthrough.sh [WORKDIR]
+# The revision path step by step with the CLI, on the demo site that `revise demo` builds:
+# index the DICOM folder, check the selection, unlearn the retiring device, evaluate, export.
+set -euo pipefail
+work="${1:-revise-walkthrough}"
+revise demo -o "$work/demo" >/dev/null          # builds the site and the deployed model
+site="$work/demo/site"
+forget='device == "Borealis CR-7"'
+revise index "$site/dicom" -o "$work/manifest.parquet" --labels "$site/labels.csv" --site demo
+revise select "$work/manifest.parquet" "$forget"
+revise unlearn --model "$work/demo/original" --data "$work/manifest.parquet" --forget "$forget" \
+  --set lr=0.001 --set phi=2 --set epochs=5 --set freeze_bn=true \
+  --cache "$work/cache" -o "$work/run" --overwrite
+revise evaluate --model "$work/run" --data "$work/manifest.parquet" --forget "$forget" \
+  --cache "$work/cache" --json "$work/metrics.json"
+revise export "$work/run" -o "$work/model.onnx" --data "$work/manifest.parquet" --cache "$work/cache"

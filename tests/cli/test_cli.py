@@ -1,0 +1,347 @@
+"""The `revise` command line end to end, in-process (click's CliRunner), on the demo DICOM site.
+
+The shared site, manifest, deployed model and psg run come from tests/cli/conftest.py; tests
+only read them and write into their own ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import revise
+from revise.cli import cli as revise_group
+
+FORGET_DEVICE = "Borealis CR-7"
+OTHER_DEVICE = "Acme DX-100"
+SETS = {"forget", "retain", "heldout_forget", "heldout_retain"}
+
+
+# --- help, version, listings -------------------------------------------------------------------
+
+
+def test_group_help_lists_every_command(cli):
+    result = cli("--help", code=0)
+    assert "Usage: revise" in result.stdout
+    for name in revise_group.commands:
+        assert re.search(rf"^\s+{re.escape(name)}\s", result.stdout, re.M), name
+    assert cli("-h", code=0).stdout == result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(revise_group.commands))
+def test_command_help(cli, name):
+    result = cli(name, "--help", code=0)
+    assert f"Usage: revise {name}" in result.stdout
+    help_text = revise_group.commands[name].get_short_help_str(limit=40).rstrip(".")
+    assert help_text.split()[0] in result.stdout
+    assert result.stderr == ""
+
+
+def test_version(cli):
+    result = cli("--version", code=0)
+    assert result.stdout.strip() == f"revise, version {revise.__version__}"
+
+
+def test_methods(cli):
+    lines = cli("methods", code=0).stdout.splitlines()
+    names = {line.split()[0]: line for line in lines if line.strip()}
+    assert {"psg", "boundary_shrink"} <= set(names)
+    assert all(len(line.split()) > 1 for line in names.values()), "every method has a summary"
+
+
+def test_plugins(cli):
+    out = cli("plugins", code=0).stdout
+    dicom = next(line for line in out.splitlines() if line.split()[:1] == ["dicom"])
+    assert dicom.split()[1] == "loaded"
+    assert re.search(r"^site loaders: .*\bdicom\b", out, re.M)
+
+
+# --- usage errors: exit 2, one message, nothing written ----------------------------------------
+
+
+USAGE_ERRORS = {
+    "unknown option": (["--bogus"], "No such option"),
+    "--set without =": (["--set", "gamma"], "--set 'gamma' is not name=value"),
+    "unknown method": (["--method", "psgg"], "did you mean psg"),
+    "unknown hyperparameter": (["--set", "gama=0.1"], "has no hyperparameter(s) gama"),
+    "non-numeric hyperparameter": (["--set", "epochs=abc"], "epochs must be a number"),
+    "bad selection": (["--forget", 'device == "Borealis'], "unterminated string"),
+    "unknown column": (["--forget", 'devise == "Acme DX-100"'], "did you mean 'device'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_unlearn_usage_errors(cli, demo_site, tmp_path, case):
+    extra, expected = USAGE_ERRORS[case]
+    out = tmp_path / "run"
+    result = cli(*cli.unlearn_args(demo_site, out, *extra), code=2)
+    assert expected in result.stderr, cli.describe(result)
+    if case == "unknown hyperparameter":
+        assert "known: " in result.stderr and "gamma" in result.stderr.split("known: ")[1]
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_required_option(cli, demo_site, tmp_path):
+    args = cli.unlearn_args(demo_site, tmp_path / "run")
+    i = args.index("--model")
+    del args[i : i + 2]
+    result = cli(*args, code=2)
+    assert "Missing option '--model'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_select_syntax_error(cli, demo_site):
+    result = cli("select", demo_site.manifest, "device ==", code=2)
+    assert result.stderr.startswith("error: selection:"), cli.describe(result)
+
+
+def test_unknown_command(cli):
+    result = cli("unlearnn", code=2)
+    assert "No such command" in result.stderr
+
+
+# --- index and select --------------------------------------------------------------------------
+
+
+def test_index(demo_site):
+    result = demo_site.index_result
+    df = pd.read_parquet(demo_site.manifest)
+    assert len(df) == 1797 and df["label"].notna().all()
+    assert set(df["device"]) == {FORGET_DEVICE, OTHER_DEVICE}
+    assert set(df["split"]) == {"train", "heldout"}
+    files = len(list(demo_site.dicom.rglob("*.dcm")))
+    assert f"indexed {len(df)} images/frames from {files} files ({len(df)} labelled)" in (
+        result.stdout
+    )
+    assert str(demo_site.manifest) in result.stdout
+    assert result.stderr == ""  # nothing unreadable
+
+
+def test_index_reports_broken_files(cli, demo_site, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(demo_site.dicom / "03", site / "03")
+    good = len(list(site.rglob("*.dcm")))
+    (site / "03" / "broken.dcm").write_bytes(b"\x00" * 200 + b"not DICOM at all")
+    failures = tmp_path / "f.csv"
+    manifest = tmp_path / "m.parquet"
+    result = cli(
+        "index", site, "-o", manifest, "--labels", demo_site.labels, "--failures", failures, code=0
+    )
+    assert f"indexed {good} images/frames from {good} files ({good} labelled)" in result.stdout
+    assert "1 unreadable files" in result.stderr
+    assert "broken.dcm" in result.stderr
+    table = pd.read_csv(failures)
+    assert list(table.columns) == ["path", "reason"]
+    assert len(table) == 1 and table.loc[0, "path"].endswith("broken.dcm")
+    assert table.loc[0, "reason"].strip()
+    assert len(pd.read_parquet(manifest)) == good
+    assert cli.leftovers(tmp_path) == []
+
+
+def test_select_counts(cli, demo_site, tmp_path):
+    df = pd.read_parquet(demo_site.manifest)
+    want = int((df["device"] == FORGET_DEVICE).sum())
+    result = cli("select", demo_site.manifest, cli.forget, "-o", tmp_path / "sel.csv", code=0)
+    match = re.search(r"^(\d+) of (\d+) rows match", result.stdout, re.M)
+    assert match, cli.describe(result)
+    assert (int(match[1]), int(match[2])) == (want, len(df))
+    assert f"by device: {FORGET_DEVICE}: {want}" in result.stdout
+    chosen = pd.read_csv(tmp_path / "sel.csv")
+    assert len(chosen) == want and set(chosen["device"]) == {FORGET_DEVICE}
+
+
+def test_select_nothing_lists_existing_values(cli, demo_site):
+    result = cli("select", demo_site.manifest, 'device == "Nope"', code=2)
+    line = cli.one_line_error(result)
+    assert "matched 0" in line and FORGET_DEVICE in line and OTHER_DEVICE in line
+
+
+# --- unlearn -----------------------------------------------------------------------------------
+
+
+def test_unlearn_psg_run(cli, demo_site, psg_run):
+    from revise.data import manifest as manifest_mod
+    from revise.data.split import partition
+    from revise.models.io import load_model, weights_digest
+
+    result, out = psg_run
+    assert result.exit_code == 0, cli.describe(result)
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.safetensors", "run.json"]
+    assert "run written to" in result.stdout
+    record = json.loads((out / "run.json").read_text())
+
+    assert record["method"] == "psg"
+    hp = record["hyperparameters"]
+    assert (hp["epochs"], hp["lr"], hp["phi"]) == (1, 0.001, 2.0)
+    assert record["seed"] == 0
+    assert record["device"] == "cpu"
+    assert record["forget_selection"] == cli.forget
+
+    manifest = manifest_mod.load(demo_site.manifest)
+    parts = partition(manifest, cli.forget)
+    assert record["selection_digests"] == {k: manifest_mod.digest(v) for k, v in parts.items()}
+    base = load_model(demo_site.model).module
+    assert record["base_model_digest"] == weights_digest(base)
+    assert weights_digest(load_model(out).module) != weights_digest(base)
+    assert record["versions"]["revise"] == revise.__version__
+    assert {"torch", "python"} <= set(record["versions"])
+
+    wall = record["wall_clock_s"]
+    assert {"setup", "unlearn", "attack", "update"} <= set(wall)
+    assert all(isinstance(v, (int, float)) and v >= 0 for v in wall.values())
+    assert 0.0 <= record["attack_success_ratio"] <= 1.0
+    assert set(record["metrics"]) == SETS
+    for name, stats in record["metrics"].items():
+        assert stats["n"] == len(parts[name]), name
+        assert 0.0 <= stats["accuracy"] <= 1.0
+        assert re.search(rf"^\s+{name}\s+n={stats['n']}\s", result.stdout, re.M), name
+    assert set(record["metrics"]["forget"]["by"]["device"]) == {FORGET_DEVICE}
+
+
+def test_unlearn_refuses_existing_run_folder(cli, demo_site, run_folder):
+    before = {p.name: p.read_bytes() for p in run_folder.iterdir()}
+    result = cli(*cli.unlearn_args(demo_site, run_folder), code=2)
+    line = cli.one_line_error(result)
+    assert "already exists" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in run_folder.iterdir()} == before
+    assert cli.leftovers(run_folder.parent) == []
+
+
+def test_unlearn_boundary_shrink(cli, demo_site, tmp_path):
+    out = tmp_path / "bs"
+    args = cli.unlearn_args(demo_site, out, "--method", "boundary_shrink", settings={"epochs": 1})
+    result = cli(*args, code=0)
+    assert result.stdout.startswith("sets: forget ")
+    record = json.loads((out / "run.json").read_text())
+    assert record["method"] == "boundary_shrink"
+    assert record["hyperparameters"]["epochs"] == 1
+    assert set(record["metrics"]) == SETS
+    assert cli.leftovers(tmp_path) == []
+
+
+# --- evaluate and export -----------------------------------------------------------------------
+
+
+def test_evaluate(cli, demo_site, run_folder, tmp_path):
+    json_out = tmp_path / "m.json"
+    result = cli(
+        "evaluate",
+        "--model",
+        run_folder,
+        "--data",
+        demo_site.manifest,
+        "--forget",
+        cli.forget,
+        "--json",
+        json_out,
+        "--device",
+        "cpu",
+        code=0,
+    )
+    for device in (FORGET_DEVICE, OTHER_DEVICE):
+        line = rf"^\s+device={re.escape(device)}\s+n=\d+\s+accuracy [01]\.\d{{3}}$"
+        assert re.search(line, result.stdout, re.M), device
+    metrics = json.loads(json_out.read_text())
+    assert set(metrics) == SETS
+    # the saved run model scores exactly what the run recorded for the model in memory
+    recorded = json.loads((run_folder / "run.json").read_text())["metrics"]
+    for name in SETS:
+        assert metrics[name]["n"] == recorded[name]["n"]
+        assert metrics[name]["accuracy"] == pytest.approx(recorded[name]["accuracy"], abs=1e-4)
+    assert metrics["heldout_retain"]["by"]["device"].keys() == {OTHER_DEVICE}
+
+
+def _heldout_pixels(manifest: Path, card, n: int):
+    from revise.data import manifest as manifest_mod
+    from revise.data.tensors import load_tensors
+
+    df = manifest_mod.load(manifest)
+    rows = df[df["split"] == "heldout"].head(n)
+    return load_tensors(rows, card).x
+
+
+def test_export_onnx(cli, demo_site, run_folder, tmp_path):
+    import onnxruntime as ort
+
+    from revise.evaluate import predict
+    from revise.export.onnx import read_metadata
+    from revise.models.io import load_model
+    from revise.models.pixel import normalize
+
+    out = tmp_path / "model.onnx"
+    result = cli("export", run_folder, "-o", out, "--data", demo_site.manifest, code=0)
+    parity = r"parity on \d+ held-out images: max \|diff\| \S+, labels agree 1\.000"
+    assert re.search(parity, result.stdout), cli.describe(result)
+    assert out.is_file() and cli.leftovers(tmp_path) == []
+    meta = read_metadata(out)
+    record = json.loads((run_folder / "run.json").read_text())
+    assert meta["revise.method"] == "psg"
+    assert meta["revise.base_model_digest"] == record["base_model_digest"]
+
+    loaded = load_model(run_folder)
+    x = _heldout_pixels(demo_site.manifest, loaded.card, 30)
+    want = predict(loaded.module, loaded.card, x, device="cpu").argmax(1).numpy()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    inputs = normalize(x, loaded.card).numpy()
+    got = [session.run(None, {name: inputs[i : i + 3]})[0] for i in range(0, len(inputs), 3)]
+    assert all(g.shape == (3, loaded.card.num_classes) for g in got)
+    np.testing.assert_array_equal(np.concatenate(got).argmax(1), want)
+
+
+# --- the demo ----------------------------------------------------------------------------------
+
+
+# PatientName / PatientID as revise.data.demo_site writes them
+DEMO_PHI = re.compile(r"Demo\^Patient\d{2}|DEMO-\d{4}")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(cli, tmp_path):
+    import pydicom
+
+    from revise.export.onnx import read_metadata
+
+    out = tmp_path / "demo"
+    result = cli("demo", "-o", out, "--device", "cpu", code=0)
+    lines = result.stdout.splitlines()
+    assert ["original", "revised", "retrained"] in [line.split() for line in lines]
+    row = next(line for line in lines if line.startswith("forget set (train, retired device)"))
+    assert len(re.findall(r"\b[01]\.\d{3}\b", row)) == 3, row
+    assert re.search(r"labels agree 1\.000", result.stdout)
+    report = json.loads((out / "demo_report.json").read_text())
+    original, revised = report["original"], report["revised"]
+    assert set(original) == set(revised) == set(report["retrained"]) == SETS
+    assert revised["forget"]["accuracy"] <= original["forget"]["accuracy"] - 0.15, report
+    drift = revised["heldout_retain"]["accuracy"] - original["heldout_retain"]["accuracy"]
+    assert abs(drift) <= 0.08, report
+    assert report["parity"]["label_agreement"] == 1.0
+    assert (out / "revised" / "model.onnx").is_file()
+
+    # No patient name or ID anywhere but in the DICOM files and the label CSV.
+    some_dicom = next((out / "site" / "dicom").rglob("*.dcm"))
+    ds = pydicom.dcmread(some_dicom, stop_before_pixels=True)
+    assert DEMO_PHI.fullmatch(str(ds.PatientName)) and DEMO_PHI.fullmatch(ds.PatientID)
+    texts = {"command output": result.output}
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    cells = [*map(str, manifest.columns), *manifest.astype(str).to_numpy().ravel()]
+    texts["manifest.parquet"] = "\n".join(cells)
+    for path in out.rglob("*.json"):
+        texts[str(path.relative_to(out))] = path.read_text()
+    for path in out.rglob("*.onnx"):
+        texts[f"{path.relative_to(out)} metadata"] = json.dumps(read_metadata(path))
+    assert {"revised/run.json", "demo_report.json", "revised/model.onnx metadata"} <= set(texts)
+    for where, text in texts.items():
+        assert not DEMO_PHI.search(text), f"{where}: {DEMO_PHI.search(text)[0]}"
+    # and, byte for byte, in no other file (models, cache, parquet pages)
+    raw = re.compile(DEMO_PHI.pattern.encode())
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix != ".dcm" and path != out / "site" / "labels.csv":
+            assert not raw.search(path.read_bytes()), path

@@ -1,0 +1,36 @@
+"""A small real dataset (scikit-learn's bundled digits) and a model trained on it, once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from revise.models.architectures import build
+from revise.models.card import ModelCard
+from revise.train import TrainConfig, train_classifier
+from revise.unlearn.base import LabelledTensors
+
+
+@pytest.fixture(scope="session")
+def digits():
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]
+    y = torch.tensor(d.target, dtype=torch.long)
+    train, test = slice(0, 1200), slice(1200, None)
+    card = ModelCard("small_cnn", 10, 1, (8, 8), mean=(0.3,), std=(0.4,))
+    net = train_classifier(
+        build(card),
+        card,
+        LabelledTensors(x[train], y[train]),
+        TrainConfig(epochs=10, lr=0.05),
+        device="cpu",
+    )
+    forget = y[train] == 0
+    return {
+        "card": card,
+        "net": net,
+        "forget": LabelledTensors(x[train][forget], y[train][forget]),
+        "retain": LabelledTensors(x[train][~forget], y[train][~forget]),
+        "test": LabelledTensors(x[test], y[test]),
+    }

@@ -1,0 +1,214 @@
+"""The seed method (psg) and Boundary Shrink on real digits: forgetting happens, retention
+holds, and the attack respects its constraints."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from revise.errors import UnknownNameError, UsageError
+from revise.evaluate import predict
+from revise.models.pixel import PixelSpaceModel
+from revise.unlearn.api import make_config, unlearn
+from revise.unlearn.base import METHODS, freeze
+from revise.unlearn.psg import (
+    PSGConfig,
+    boundary_search,
+    forget_targets,
+    lambda_at,
+    sample_noise,
+)
+
+# Class forgetting on 8x8 digits: one sign step of 0.1 rarely crosses a boundary at this
+# resolution, so the search radius is wider than the paper's CIFAR default.
+CLASS_FORGET = {"lr": 1e-2, "epochs": 5, "eps": 0.3, "eta": 0.3, "phi": 1.0}
+
+
+def accuracy(net, card, data) -> float:
+    return (predict(net, card, data.x, device="cpu").argmax(1) == data.y).float().mean().item()
+
+
+def test_psg_forgets_the_class_and_keeps_the_rest(digits):
+    card, net = digits["card"], digits["net"]
+    before_forget = accuracy(net, card, digits["forget"])
+    before_retain = accuracy(net, card, digits["retain"])
+    result = unlearn(
+        net, card, digits["forget"], digits["retain"], config=CLASS_FORGET, device="cpu"
+    )
+    assert before_forget > 0.95
+    assert accuracy(result.model, card, digits["forget"]) < 0.2
+    assert accuracy(result.model, card, digits["retain"]) > before_retain - 0.05
+    test_rest = digits["test"].y != 0
+    assert (
+        predict(result.model, card, digits["test"].x[test_rest], device="cpu").argmax(1)
+        == digits["test"].y[test_rest]
+    ).float().mean() > 0.9
+    assert result.record["attack_success_ratio"] > 0.9
+    assert set(result.record["wall_clock_s"]) >= {"setup", "unlearn", "attack", "update"}
+
+
+def test_the_input_model_is_not_modified(digits):
+    card, net = digits["card"], digits["net"]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    unlearn(net, card, digits["forget"], digits["retain"], config=CLASS_FORGET, device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def _labeler(digits) -> PixelSpaceModel:
+    """A frozen copy: freezing the fixture's network itself would leak into other tests."""
+    return freeze(PixelSpaceModel(copy.deepcopy(digits["net"]), digits["card"]))
+
+
+def _weights(result):
+    return result.model.state_dict()
+
+
+def test_boundary_shrink_is_psg_without_noise_closeness_or_retain_term(digits):
+    card, net = digits["card"], digits["net"]
+    args = (net, card, digits["forget"], digits["retain"])
+    shared = {"lr": 1e-2, "epochs": 2, "eps": 0.3, "eta": 0.3}
+    shrink = unlearn(*args, method="boundary_shrink", config=shared, device="cpu", seed=3)
+    plain = unlearn(
+        *args,
+        method="psg",
+        config={**shared, "gamma": 0.0, "lam": 0.0, "phi": 0.0},
+        device="cpu",
+        seed=3,
+    )
+    noisy = unlearn(*args, method="psg", config={**shared, "gamma": 1.0}, device="cpu", seed=3)
+    a, b, c = _weights(shrink), _weights(plain), _weights(noisy)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_boundary_shrink_refuses_psg_knobs():
+    with pytest.raises(UsageError, match="boundary_shrink"):
+        make_config("boundary_shrink", {"gamma": 0.1})
+
+
+def test_same_seed_same_weights(digits):
+    card, net = digits["card"], digits["net"]
+    config = {**CLASS_FORGET, "epochs": 2, "gamma": 0.1}
+    runs = [
+        unlearn(net, card, digits["forget"], digits["retain"], config=config, device="cpu", seed=7)
+        for _ in range(2)
+    ]
+    a, b = _weights(runs[0]), _weights(runs[1])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("pixel_range", [(0.0, 1.0), (-1.0, 1.0)])
+def test_boundary_search_stays_in_the_eps_ball_and_the_pixel_range(digits, pixel_range):
+    card = dataclasses.replace(digits["card"], pixel_range=pixel_range)
+    low, high = pixel_range
+    x = low + (high - low) * digits["forget"].x[:32]
+    y = digits["forget"].y[:32]
+    labeler = freeze(PixelSpaceModel(copy.deepcopy(digits["net"]), card))
+    config = PSGConfig(eps=0.07, eta=0.05, steps=6, gamma=0.5, lam=0.01, noise="cauchy")
+    g = torch.Generator().manual_seed(0)
+    x_adv = boundary_search(labeler, x, y, config, g)
+    assert (x_adv - x).abs().max() <= 0.07 + 1e-6
+    assert x_adv.min() >= low and x_adv.max() <= high
+    assert (x_adv - x).abs().max() > 0.06  # it does move, up to the rim
+    assert not x_adv.requires_grad
+
+
+def test_early_stop_freezes_samples_whose_label_flipped(digits):
+    labeler = _labeler(digits)
+    x, y = digits["forget"].x[:64], digits["forget"].y[:64]
+    one = boundary_search(labeler, x, y, PSGConfig(eps=0.1, eta=0.1, steps=1, gamma=0.0), None)
+    flipped = labeler(one).argmax(1) != y
+    many = boundary_search(
+        labeler, x, y, PSGConfig(eps=0.6, eta=0.1, steps=3, gamma=0.0, early_stop=True), None
+    )
+    assert flipped.any() and not flipped.all()
+    assert torch.equal(many[flipped], one[flipped])
+    assert not torch.equal(many[~flipped], one[~flipped])
+
+
+def test_closeness_pulls_the_search_toward_the_image(digits):
+    labeler = _labeler(digits)
+    x, y = digits["forget"].x[:64], digits["forget"].y[:64]
+    far = boundary_search(labeler, x, y, PSGConfig(eps=0.5, eta=0.05, steps=8, gamma=0.0), None)
+    near = boundary_search(
+        labeler, x, y, PSGConfig(eps=0.5, eta=0.05, steps=8, gamma=0.0, lam=1e4), None
+    )
+    assert (near - x).abs().mean() < (far - x).abs().mean()
+
+
+def test_lambda_schedules():
+    assert lambda_at(0.2, "constant", 5) == 0.2
+    assert lambda_at(0.2, "inverse", 3) == pytest.approx(0.05)
+    assert lambda_at(0.2, "exponential", 100) == pytest.approx(0.2 * 0.36787944, rel=1e-6)
+    assert lambda_at(0.2, "linear", 50) == pytest.approx(0.1)
+    assert lambda_at(0.2, "linear", 500) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "check"),
+    [
+        ("gaussian", lambda z: abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02),
+        ("uniform", lambda z: z.min() >= -1 and z.max() <= 1 and abs(z.var() - 1 / 3) < 0.01),
+        ("laplace", lambda z: abs(z.var() - 2.0) < 0.1),
+        (
+            "cauchy",
+            lambda z: abs(z.median()) < 0.03 and abs((z.abs() < 1).float().mean() - 0.5) < 0.01,
+        ),
+    ],
+)
+def test_noise_distributions_have_their_known_moments(kind, check):
+    z = sample_noise(kind, torch.empty(200_000), torch.Generator().manual_seed(1))
+    assert check(z)
+
+
+def test_forget_targets():
+    logits = torch.tensor([[3.0, 1.0, 2.0, -1.0], [0.0, 5.0, 1.0, 4.0]])
+    assert forget_targets(logits, PSGConfig(target="hard")).tolist() == [0, 1]
+    soft = forget_targets(logits, PSGConfig(target="soft"))
+    assert torch.allclose(soft, logits.softmax(1))
+    top2 = forget_targets(logits, PSGConfig(target="topk", topk=2))
+    assert (top2 > 0).sum(1).tolist() == [2, 2]
+    assert torch.allclose(top2.sum(1), torch.ones(2))
+    assert top2[0, 3] == 0 and top2[1, 0] == 0
+
+
+def test_make_config_checks_names_and_types():
+    assert make_config("psg", {"gamma": "0.1", "epochs": 3.0}).gamma == 0.1
+    with pytest.raises(UsageError, match="known: epochs"):
+        make_config("psg", {"gama": 0.1})
+    with pytest.raises(UsageError, match="number"):
+        make_config("psg", {"lr": "fast"})
+    with pytest.raises(UsageError, match="noise"):
+        make_config("psg", {"noise": "pink"})
+    with pytest.raises(UnknownNameError, match="did you mean psg"):
+        make_config("psgg")
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_runs_and_keeps_parameters_finite(digits, name):
+    card, net = digits["card"], digits["net"]
+    result = unlearn(
+        net,
+        card,
+        digits["forget"],
+        digits["retain"],
+        method=name,
+        config={"epochs": 1},
+        device="cpu",
+    )
+    assert all(
+        torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point()
+    )
+    assert result.record["method"] == name
+
+
+def test_a_frozen_input_model_is_still_trained(digits):
+    card = digits["card"]
+    frozen = freeze(copy.deepcopy(digits["net"]))
+    result = unlearn(
+        frozen, card, digits["forget"], digits["retain"], config=CLASS_FORGET, device="cpu"
+    )
+    assert accuracy(result.model, card, digits["forget"]) < 0.2
