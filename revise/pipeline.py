@@ -4,6 +4,7 @@ manifest + forget selection -> tensors for the four sets -> unlearning run with 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class PreparedData:
     sets: dict[str, EvalSet]
     digests: dict[str, str]
     failures: list[IndexFailure] = field(default_factory=list)
+    seconds: float = 0.0  # wall-clock of partitioning and decoding
 
     def counts(self) -> dict[str, int]:
         return {name: len(s) for name, s in self.sets.items()}
@@ -48,6 +50,7 @@ def prepare(
     progress: bool = False,
 ) -> PreparedData:
     """Partition the labelled manifest by the forget selection and decode every set once."""
+    t0 = time.perf_counter()
     parts = partition(manifest, forget, base_dir=base_dir)
     everything = pd.concat(list(parts.values()), ignore_index=True)
     decoded = load_tensors(everything, card, cache_dir=cache_dir, progress=progress)
@@ -69,7 +72,8 @@ def prepare(
             )
         sets[name] = EvalSet(LabelledTensors(decoded.x[idx], labels), rows)
     digests = {name: manifest_mod.digest(s.rows) for name, s in sets.items()}
-    return PreparedData(forget, sets, digests, list(decoded.failures))
+    seconds = round(time.perf_counter() - t0, 4)
+    return PreparedData(forget, sets, digests, list(decoded.failures), seconds)
 
 
 def run_unlearning(
@@ -96,11 +100,15 @@ def run_unlearning(
         seed=seed,
         progress=progress,
     )
+    result.record["wall_clock_s"]["data"] = data.seconds
+    t0 = time.perf_counter()
+    metrics = evaluate(result.model, card, data.sets, device=device)
+    result.record["wall_clock_s"]["evaluation"] = round(time.perf_counter() - t0, 4)
     result.record.update(
         forget_selection=describe(data.forget_selection) if data.forget_selection else None,
         selection_digests=data.digests,
         base_model_digest=base_digest,
         decode_failures=len(data.failures),
-        metrics=evaluate(result.model, card, data.sets, device=device),
+        metrics=metrics,
     )
     return result

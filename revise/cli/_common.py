@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -28,6 +29,25 @@ def parse_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
             raise UsageError(f"--set {pair!r} is not name=value", hint="e.g. --set gamma=0.1")
         out[name.strip()] = yaml.safe_load(value)
     return out
+
+
+@contextlib.contextmanager
+def step_progress(ctx: click.Context, description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr fed by ``callback(done, total)``; silent with --quiet."""
+    if ctx.obj and ctx.obj.get("quiet"):
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = (description, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def echo(ctx: click.Context) -> Callable[[str], None]:

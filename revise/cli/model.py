@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from revise.cli._common import device_option, echo, parse_settings, seed_option
+from revise.cli._common import device_option, echo, parse_settings, seed_option, step_progress
 
 model_option = click.option(
     "--model",
@@ -87,18 +87,23 @@ def unlearn_cmd(
         )
     config = make_config(method, parse_settings(settings))  # bad settings fail before any work
     loaded = _load(model_path, card, arch)
-    data = prepare(manifest_mod.load(manifest_path), loaded.card, forget, cache_dir=cache)
-    say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
-    result = run_unlearning(
-        loaded.module,
-        loaded.card,
-        data,
-        method=method,
-        config=config,
-        device=device,
-        seed=seed,
-        base_digest=weights_digest(loaded.module),
+    quiet = bool(ctx.obj.get("quiet"))
+    data = prepare(
+        manifest_mod.load(manifest_path), loaded.card, forget, cache_dir=cache, progress=not quiet
     )
+    say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
+    with step_progress(ctx, f"{method}") as progress:
+        result = run_unlearning(
+            loaded.module,
+            loaded.card,
+            data,
+            method=method,
+            config=config,
+            device=device,
+            seed=seed,
+            base_digest=weights_digest(loaded.module),
+            progress=progress,
+        )
     result.record["base_model"] = {
         "path": str(model_path),
         "format": loaded.format,
