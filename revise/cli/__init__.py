@@ -56,11 +56,15 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from revise.cli import data, demo, model, plugins
+    """Add the commands of every module in this package that lists them in ``COMMANDS``."""
+    import importlib
+    import pkgutil
 
-    for module in (demo, data, model, plugins):
-        for command in module.COMMANDS:
-            cli.add_command(command)
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            for command in getattr(module, "COMMANDS", ()):
+                cli.add_command(command)
 
 
 _register()

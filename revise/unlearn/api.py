@@ -20,10 +20,11 @@ from revise._io import atomic_dir, write_json_atomic
 from revise.errors import UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
-from revise.unlearn import psg as _psg  # noqa: F401  (registers psg and boundary_shrink)
+from revise.unlearn import load_builtin_methods
 from revise.unlearn.base import METHODS, LabelledTensors, PhaseTimer, UnlearnContext, freeze
 
 log = logging.getLogger(__name__)
+load_builtin_methods()
 
 
 @dataclass

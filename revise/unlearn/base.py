@@ -151,6 +151,41 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def run_steps(
+    ctx: UnlearnContext,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    loss_fn: Callable[[int, Any], torch.Tensor],
+    *,
+    prepare: Callable[[int], Any] | None = None,
+    prepare_phase: str = "attack",
+    scheduler: Any = None,
+    freeze_bn: bool = False,
+) -> None:
+    """The optimisation loop every method shares.
+
+    Each step: ``batch = prepare(step)`` (timed as ``prepare_phase``, e.g. psg's boundary
+    search), then ``loss_fn(step, batch)``, backward and optimizer step (timed as ``update``).
+    Both run under the device's autocast; nothing here synchronises with the host.
+    """
+    train_mode(ctx.model, freeze_bn=freeze_bn)
+    for step in range(steps):
+        batch = None
+        if prepare is not None:
+            with ctx.timer.phase(prepare_phase), ctx.autocast():
+                batch = prepare(step)
+        with ctx.timer.phase("update"):
+            with ctx.autocast():
+                loss = loss_fn(step, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        ctx.progress(step + 1, steps)
+    ctx.model.eval()
+
+
 def train_mode(model: nn.Module, *, freeze_bn: bool = False) -> None:
     """Training mode; with ``freeze_bn`` the BatchNorm layers keep their running statistics."""
     model.train()

@@ -25,9 +25,9 @@ from revise.unlearn.base import (
     UnlearnContext,
     batch_indices,
     register,
+    run_steps,
     sgd,
     steps_per_pass,
-    train_mode,
 )
 
 NOISES = ("gaussian", "laplace", "cauchy", "uniform")
@@ -168,28 +168,28 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
         else None
     )
     noise = ctx.generator(3) if config.gamma else None
-    flipped = torch.zeros((), dtype=torch.long, device=ctx.device)
+    flipped = torch.zeros((), dtype=torch.long, device=ctx.device)  # stays on the device
     seen = 0
-    train_mode(model, freeze_bn=config.freeze_bn)
-    for step, idx in enumerate(forget_order):
+
+    def relabel(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal flipped, seen
+        idx = next(forget_order)
         x, y = ctx.forget.x[idx], ctx.forget.y[idx]
-        with ctx.timer.phase("attack"), ctx.autocast():
-            x_adv = boundary_search(labeler, x, y, config, noise)
-            with torch.no_grad():
-                logits_adv = labeler(x_adv)
-        hard = logits_adv.argmax(1)
-        flipped += (hard != y).sum()
+        x_adv = boundary_search(labeler, x, y, config, noise)
+        with torch.no_grad():
+            logits_adv = labeler(x_adv)
+        flipped = flipped + (logits_adv.argmax(1) != y).sum()
         seen += len(y)
-        with ctx.timer.phase("update"), ctx.autocast():
-            loss = F.cross_entropy(model(x).float(), forget_targets(logits_adv, config))
-            if retain_order is not None:
-                ridx = next(retain_order)
-                loss = loss + config.phi * retain_term(ctx, config, ridx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        ctx.progress(step + 1, steps)
-    model.eval()
+        return x, forget_targets(logits_adv, config)
+
+    def loss_fn(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, target = batch
+        loss = F.cross_entropy(model(x).float(), target)
+        if retain_order is not None:
+            loss = loss + config.phi * retain_term(ctx, config, next(retain_order))
+        return loss
+
+    run_steps(ctx, optimizer, steps, loss_fn, prepare=relabel, freeze_bn=config.freeze_bn)
     return {"steps": steps, "attack_success_ratio": round(flipped.item() / max(1, seen), 4)}
 
 
