@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from revise.cli._common import echo
-from revise.errors import DataError
+from revise.errors import DataError, UsageError
 
 
 @click.command("index")
@@ -46,14 +46,16 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
     from revise.data.index import apply_label_rule, index
 
     say = echo(ctx)
+    if out.suffix not in (".parquet", ".csv"):
+        raise UsageError(f"-o {out}: a manifest is .parquet or .csv")
     result = index(root, loader=loader, site=site, labels=labels)
     df = result.manifest
     if label_tag:
         mapping = {}
         for item in label_map:
             value, sep, cls = item.partition("=")
-            if not sep:
-                raise click.UsageError(f"--label-map {item!r} is not VALUE=CLASS")
+            if not sep or not cls.strip().lstrip("-").isdigit():
+                raise UsageError(f"--label-map {item!r} is not VALUE=CLASS (CLASS an integer)")
             mapping[value] = int(cls)
         df = apply_label_rule(df, label_tag, mapping)
     if df.empty:

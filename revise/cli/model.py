@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from revise.cli._common import device_option, echo, parse_settings, seed_option, step_progress
+from revise.errors import UsageError
 
 model_option = click.option(
     "--model",
@@ -147,8 +148,13 @@ def evaluate_cmd(model_path, card, arch, manifest_path, forget, by, json_out, ca
     from revise.evaluate import evaluate
     from revise.pipeline import prepare
 
+    if json_out is not None and json_out.is_dir():
+        raise UsageError(f"--json {json_out} is a folder; give a file name")
     loaded = _load(model_path, card, arch)
     manifest = manifest_mod.load(manifest_path)
+    unknown = [column for column in by if column not in manifest.columns]
+    if unknown:
+        raise UsageError(f"--by {', '.join(unknown)}: no such manifest column")
     data = prepare(manifest, loaded.card, forget, cache_dir=cache)
     metrics = evaluate(loaded.module, loaded.card, data.sets, by=by, device=device)
     for name, stats in metrics.items():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from revise.data.select import mask as selection_mask
+from revise.data.select import select
 from revise.errors import DataError, SelectionError
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ def partition(
     if forget is None:
         pass
     elif sets["forget"].empty:
+        training = labelled[~heldout]
+        if not chosen.any():  # let the selection explain itself (existing values, spelling)
+            select(training, forget, base_dir=base_dir)
         raise SelectionError(
             f"the forget selection {forget!r} matches no labelled training row "
             f"({int(chosen.sum())} held-out rows matched)",

@@ -218,9 +218,10 @@ def load_tensors(
 
     bar = None
     if progress:
+        from rich.console import Console
         from rich.progress import Progress
 
-        bar = Progress(transient=True)
+        bar = Progress(transient=True, console=Console(stderr=True))  # stdout holds results
         bar.start()
         task = bar.add_task("decoding", total=len(records))
     try:

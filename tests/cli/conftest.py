@@ -129,13 +129,26 @@ def cli() -> Cli:
     return Cli()
 
 
+@pytest.fixture(autouse=True)
+def _keep_global_rng() -> Iterator[None]:
+    """Leave torch's global random state as found: training and unlearning reseed it, and
+    other modules' fixtures build models from it."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 @contextlib.contextmanager
 def isolated_env(home: Path) -> Iterator[None]:
     """The root conftest's environment (fixed PHI key, no plugins, nothing in ~/.revise) for
-    set-up that runs outside any test function, i.e. in session fixtures."""
+    set-up that runs outside any test function, i.e. in session fixtures; torch's global random
+    state is left as found."""
+    import torch
+
     from revise import plugins
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, torch.random.fork_rng(devices=[]):
         mp.setenv("REVISE_PHI_KEY", "test-site-key")
         mp.setenv("REVISE_CONFIG", str(home / "config.yaml"))
         mp.setenv("REVISE_PHI_KEY_FILE", str(home / "phi.key"))

@@ -205,6 +205,13 @@ def test_unlearn_psg_run(cli, demo_site, psg_run):
     assert set(record["metrics"]["forget"]["by"]["device"]) == {FORGET_DEVICE}
 
 
+def test_unlearn_stdout_holds_only_results(psg_run):
+    result, _ = psg_run
+    lines = result.stdout.splitlines()
+    assert lines and lines[0].startswith("sets: forget "), result.stdout
+    assert all(line.strip() for line in lines), result.stdout
+
+
 def test_unlearn_refuses_existing_run_folder(cli, demo_site, run_folder):
     before = {p.name: p.read_bytes() for p in run_folder.iterdir()}
     result = cli(*cli.unlearn_args(demo_site, run_folder), code=2)
@@ -218,7 +225,7 @@ def test_unlearn_boundary_shrink(cli, demo_site, tmp_path):
     out = tmp_path / "bs"
     args = cli.unlearn_args(demo_site, out, "--method", "boundary_shrink", settings={"epochs": 1})
     result = cli(*args, code=0)
-    assert result.stdout.startswith("sets: forget ")
+    assert re.search(r"^sets: forget \d+, retain \d+", result.stdout, re.M), cli.describe(result)
     record = json.loads((out / "run.json").read_text())
     assert record["method"] == "boundary_shrink"
     assert record["hyperparameters"]["epochs"] == 1
