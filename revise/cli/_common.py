@@ -20,6 +20,17 @@ device_option = click.option(
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 
 
+def parse_scalar(text: str) -> Any:
+    """A command-line value: int, then float (``1e-4`` too, which YAML 1.1 reads as text),
+    then a YAML scalar (true/false, strings)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def parse_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``--set name=value`` pairs; values parsed as YAML scalars (numbers, true/false)."""
     out: dict[str, Any] = {}
@@ -27,7 +38,7 @@ def parse_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
             raise UsageError(f"--set {pair!r} is not name=value", hint="e.g. --set gamma=0.1")
-        out[name.strip()] = yaml.safe_load(value)
+        out[name.strip()] = parse_scalar(value)
     return out
 
 

@@ -1,0 +1,91 @@
+"""Sweeps: grid expansion, the two ranking criteria, and a real grid on digits."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from revise.cli.sweep import parse_grid
+from revise.errors import UsageError
+from revise.evaluate import EvalSet
+from revise.pipeline import PreparedData
+from revise.sweep import distance, expand_grid, objective, sweep
+
+
+def test_expand_grid_is_the_full_product_in_a_stable_order():
+    grid = {"gamma": [0, 0.1], "lam": [0, 1e-3, 1e-2]}
+    points = expand_grid(grid)
+    assert len(points) == 6
+    assert points[0] == {"gamma": 0, "lam": 0} and points[1] == {"gamma": 0, "lam": 1e-3}
+    assert points[-1] == {"gamma": 0.1, "lam": 1e-2}
+    assert expand_grid({}) == [{}]
+
+
+def test_distance_and_objective_known_values():
+    metrics = {
+        "forget": {"accuracy": 0.30},
+        "retain": {"accuracy": 0.90},
+        "heldout_forget": {"accuracy": 0.25},
+        "heldout_retain": {"accuracy": 0.88},
+    }
+    assert distance(metrics, {"forget": 0.0, "retain": 0.94}) == pytest.approx(
+        math.hypot(0.04, 0.30)
+    )
+    assert objective(metrics) == pytest.approx(0.88 - 0.05)
+    without_heldout = {"forget": {"accuracy": 0.3}, "retain": {"accuracy": 0.9}}
+    assert objective(without_heldout) == pytest.approx(0.6)
+
+
+def test_parse_grid_reads_yaml_scalars_and_rejects_malformed_items():
+    assert parse_grid(("gamma=0,1e-4,0.1", "noise=gaussian,cauchy")) == {
+        "gamma": [0, 1e-4, 0.1],
+        "noise": ["gaussian", "cauchy"],
+    }
+    with pytest.raises(UsageError):
+        parse_grid(("gamma",))
+
+
+def _prepared(digits) -> PreparedData:
+    def as_set(data):
+        return EvalSet(data, pd.DataFrame({"label": data.y.numpy()}))
+
+    sets = {"forget": as_set(digits["forget"]), "retain": as_set(digits["retain"])}
+    return PreparedData("label in [0]", sets, {})
+
+
+def test_sweep_ranks_runs_by_distance_to_the_reference(digits):
+    data = _prepared(digits)
+    grid = {"lr": [1e-4, 1e-2]}
+    fixed = {"epochs": 3, "eps": 0.3, "eta": 0.3, "phi": 1.0}
+    result = sweep(
+        digits["net"],
+        digits["card"],
+        data,
+        method="psg",
+        grid=grid,
+        fixed=fixed,
+        reference=digits["net"],
+        device="cpu",
+    )
+    assert result.criterion == "distance_to_reference"
+    scores = [row.score for row in result.rows]
+    assert scores == sorted(scores)
+    # The reference here is the original model itself: the gentler run stays closer to it.
+    assert result.best().settings == {"lr": 1e-4}
+    table = result.table()
+    assert [row["rank"] for row in table] == [1, 2] and "acc_forget" in table[0]
+
+
+def test_sweep_rejects_a_setting_given_twice(digits):
+    with pytest.raises(UsageError, match="both"):
+        sweep(
+            digits["net"],
+            digits["card"],
+            _prepared(digits),
+            method="psg",
+            grid={"lr": [1e-3]},
+            fixed={"lr": 1e-2},
+            device="cpu",
+        )
