@@ -33,6 +33,16 @@ cache_option = click.option(
 )
 
 
+SUMMARY_KEYS = (
+    "method",
+    "seed",
+    "device",
+    "attack_success_ratio",
+    "wall_clock_s",
+    "forget_samples",
+)
+
+
 def _load(model_path: Path, card: Path | None, arch: str | None):
     from revise.models.io import load_model
 
@@ -55,6 +65,7 @@ def _load(model_path: Path, card: Path | None, arch: str | None):
     "-o", "--out", required=True, type=click.Path(path_type=Path), help="Run folder to create."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (only).")
 @cache_option
 @device_option
 @seed_option
@@ -70,6 +81,7 @@ def unlearn_cmd(
     settings,
     out,
     overwrite,
+    as_json,
     cache,
     device,
     seed,
@@ -81,6 +93,8 @@ def unlearn_cmd(
     from revise.pipeline import prepare, run_unlearning
     from revise.unlearn.api import make_config, save_run
 
+    if as_json:
+        ctx.obj["quiet"] = True  # stdout carries the JSON alone
     say = echo(ctx)
     if out.exists() and not overwrite:
         raise UsageError(
@@ -112,6 +126,12 @@ def unlearn_cmd(
     }
     save_run(result, out, overwrite=overwrite)
     metrics = result.record["metrics"]
+    if as_json:
+        summary = {key: result.record.get(key) for key in SUMMARY_KEYS}
+        summary["accuracy"] = {name: stats["accuracy"] for name, stats in metrics.items()}
+        summary["run"] = str(out)
+        click.echo(json.dumps(summary, sort_keys=True))
+        return
     say(
         f"{method}: unlearned in {result.record['wall_clock_s']['unlearn']:.2f} s; attack success "
         f"{result.record.get('attack_success_ratio')}"
