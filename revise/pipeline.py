@@ -18,6 +18,7 @@ from revise.data.loaders import IndexFailure
 from revise.data.select import describe
 from revise.data.split import partition
 from revise.data.tensors import load_tensors
+from revise.distributed import is_main_process
 from revise.evaluate import EvalSet, evaluate
 from revise.models.card import ModelCard
 from revise.unlearn.api import UnlearnResult, unlearn
@@ -101,6 +102,8 @@ def run_unlearning(
         progress=progress,
     )
     result.record["wall_clock_s"]["data"] = data.seconds
+    if not is_main_process():  # rank 0 evaluates and writes; the others are done
+        return result
     t0 = time.perf_counter()
     metrics = evaluate(result.model, card, data.sets, device=device)
     result.record["wall_clock_s"]["evaluation"] = round(time.perf_counter() - t0, 4)

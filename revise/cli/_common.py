@@ -61,6 +61,29 @@ def step_progress(ctx: click.Context, description: str) -> Iterator[Callable[[in
         yield update
 
 
+def worker_argv(ctx: click.Context, *, drop: tuple[str, ...] = ()) -> list[str]:
+    """The command line that reproduces this invocation (group flags, command, its options),
+    for starting the same command in torchrun workers."""
+    argv: list[str] = []
+    parent = ctx.parent.obj if ctx.parent and ctx.parent.obj else {}
+    argv += ["--quiet"] if parent.get("quiet") else []
+    argv += ["--debug"] if parent.get("debug") else []
+    argv.append(ctx.info_name or ctx.command.name)
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in drop or value is None or not isinstance(param, click.Option):
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            argv += [flag] if value else []
+        elif param.multiple:
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def echo(ctx: click.Context) -> Callable[[str], None]:
     """click.echo unless --quiet."""
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))

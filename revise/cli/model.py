@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from revise.cli._common import device_option, echo, parse_settings, seed_option, step_progress
+from revise import distributed
+from revise.cli._common import (
+    device_option,
+    echo,
+    parse_settings,
+    seed_option,
+    step_progress,
+    worker_argv,
+)
 from revise.errors import UsageError
 
 model_option = click.option(
@@ -66,6 +74,13 @@ def _load(model_path: Path, card: Path | None, arch: str | None):
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (only).")
+@click.option(
+    "--nproc-per-node",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Workers on this machine (torch.distributed via torchrun; one per GPU).",
+)
 @cache_option
 @device_option
 @seed_option
@@ -82,6 +97,7 @@ def unlearn_cmd(
     out,
     overwrite,
     as_json,
+    nproc_per_node,
     cache,
     device,
     seed,
@@ -101,6 +117,8 @@ def unlearn_cmd(
             f"run folder {out} already exists", hint="choose another -o or pass --overwrite"
         )
     config = make_config(method, parse_settings(settings))  # bad settings fail before any work
+    if nproc_per_node > 1 and not distributed.launched_by_torchrun():
+        ctx.exit(distributed.relaunch(nproc_per_node, worker_argv(ctx, drop=("nproc_per_node",))))
     loaded = _load(model_path, card, arch)
     quiet = bool(ctx.obj.get("quiet"))
     data = prepare(
@@ -119,6 +137,9 @@ def unlearn_cmd(
             base_digest=weights_digest(loaded.module),
             progress=progress,
         )
+    if not distributed.is_main_process():
+        distributed.finish()
+        return
     result.record["base_model"] = {
         "path": str(model_path),
         "format": loaded.format,
@@ -131,6 +152,7 @@ def unlearn_cmd(
         summary["accuracy"] = {name: stats["accuracy"] for name, stats in metrics.items()}
         summary["run"] = str(out)
         click.echo(json.dumps(summary, sort_keys=True))
+        distributed.finish()
         return
     say(
         f"{method}: unlearned in {result.record['wall_clock_s']['unlearn']:.2f} s; attack success "
@@ -139,6 +161,7 @@ def unlearn_cmd(
     for name, stats in metrics.items():
         say(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
     say(f"run written to {out}")
+    distributed.finish()
 
 
 @click.command("evaluate")

@@ -17,6 +17,7 @@ from torch import nn
 
 import revise
 from revise._io import atomic_dir, write_json_atomic
+from revise.distributed import init_from_env, rank_and_world
 from revise.errors import UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
@@ -77,7 +78,7 @@ def unlearn(
     spec = METHODS.get(method)
     if config is None or isinstance(config, Mapping):
         config = make_config(method, config)
-    dev = resolve_device(device)
+    dev = init_from_env(resolve_device(device))
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     net = copy.deepcopy(model).float().to(dev).requires_grad_(True)
@@ -109,6 +110,7 @@ def unlearn(
         "hyperparameters": dataclasses.asdict(config),
         "seed": seed,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "world_size": rank_and_world()[1],
         "forget_samples": len(forget),
         "retain_samples": len(retain),
         "wall_clock_s": {

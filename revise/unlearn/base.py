@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revise.distributed import average_gradients, shard
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel
 from revise.registry import Registry
@@ -126,7 +127,10 @@ class UnlearnContext:
 def batch_indices(
     n: int, batch_size: int, steps: int, generator: torch.Generator, device: torch.device
 ) -> Iterator[torch.Tensor]:
-    """``steps`` batches of indices into ``n`` items, reshuffled at every pass (cycled)."""
+    """``steps`` batches of indices into ``n`` items, reshuffled at every pass (cycled).
+
+    Under torch.distributed every worker draws the same global batches and yields its slice.
+    """
     if n == 0:
         raise ValueError("cannot draw batches from an empty set")
     batch_size = min(batch_size, n)
@@ -136,7 +140,7 @@ def batch_indices(
         if pos + batch_size > n:
             perm = torch.randperm(n, generator=generator, device=device)
             pos = 0
-        yield perm[pos : pos + batch_size]
+        yield shard(perm[pos : pos + batch_size])
         pos += batch_size
 
 
@@ -179,6 +183,7 @@ def run_steps(
                 loss = loss_fn(step, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(ctx.model.parameters())
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()

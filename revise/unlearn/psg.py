@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from revise.distributed import all_sum
 from revise.errors import UsageError
 from revise.models.pixel import PixelSpaceModel
 from revise.unlearn.base import (
@@ -190,7 +191,11 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
         return loss
 
     run_steps(ctx, optimizer, steps, loss_fn, prepare=relabel, freeze_bn=config.freeze_bn)
-    return {"steps": steps, "attack_success_ratio": round(flipped.item() / max(1, seen), 4)}
+    counts = all_sum(torch.stack([flipped, torch.tensor(seen, device=flipped.device)]))
+    return {
+        "steps": steps,
+        "attack_success_ratio": round(counts[0].item() / max(1, counts[1].item()), 4),
+    }
 
 
 def retain_term(ctx: UnlearnContext, config: PSGConfig, idx: torch.Tensor) -> torch.Tensor:

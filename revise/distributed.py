@@ -1,0 +1,98 @@
+"""Several processes (GPUs or nodes) through torch.distributed, launched by torchrun.
+
+Each worker runs the same method on the same global batches (same seed, same index streams)
+and takes its slice of every batch (``rank::world``); gradients are averaged across workers
+after every backward pass, so the update equals the single-process update on the global batch
+(exactly so with BatchNorm statistics frozen; with them training, each worker normalises its
+own slice, as DDP does). Rank 0 writes the outputs.
+
+Launch: ``revise unlearn --nproc-per-node N ...`` starts N local workers with torch's own
+launcher (``torch.distributed.run``, i.e. torchrun); for several nodes run
+``torchrun --nnodes ... -m revise.cli unlearn ...`` on each node.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes; return this worker's device."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shard(batch: torch.Tensor) -> torch.Tensor:
+    """This worker's slice of a global batch of indices."""
+    rank, world = rank_and_world()
+    return batch if world == 1 else batch[rank::world]
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """All-reduce the gradients as one flat buffer and divide by the number of workers."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def all_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum of a (device) tensor over all workers (itself when alone)."""
+    if rank_and_world()[1] > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def finish() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def relaunch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``revise <argv>`` in ``nproc`` local workers via torch.distributed.run (torchrun)."""
+    from torch.distributed.run import main as torchrun
+
+    args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "revise.cli", *argv]
+    try:
+        torchrun(args)
+    except SystemExit as exc:  # torchrun exits through SystemExit on success too
+        return int(exc.code or 0)
+    except Exception as exc:  # ChildFailedError: a worker failed; it printed its own error
+        print(f"error: a distributed worker failed: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    return 0
