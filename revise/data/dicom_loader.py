@@ -23,27 +23,34 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
-import struct
 import warnings
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import (
-    apply_color_lut,
-    apply_modality_lut,
-    apply_voi,
-    as_pixel_options,
-    convert_color_space,
-    get_decoder,
-)
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
+from pydicom.uid import UID, MediaStorageDirectoryStorage
 
+from revise.data._dicom_header import (
+    DICOM_SUFFIXES,
+    _check_pixel_length,
+    _Fail,
+    _frame_count,
+    _has_value,
+    _int_tag,
+    _iso_date,
+    _one_line,
+    _present,
+    _read_header,
+    _Skip,
+    _text,
+    _transfer_syntax,
+)
+from revise.data._dicom_header import ITEM_TAG as ITEM_TAG
+from revise.data._dicom_header import PIXEL_TAGS as PIXEL_TAGS
+from revise.data._dicom_header import UNDEFINED as UNDEFINED
+from revise.data._dicom_pixels import _decode, _display
 from revise.data.loaders import IndexFailure, IndexResult
 from revise.data.manifest import COLUMNS, normalize
 from revise.errors import DataError
@@ -53,11 +60,6 @@ from revise.plugins import hookimpl
 log = logging.getLogger(__name__)
 
 NAME = "dicom"
-# Names that promise a DICOM file: such a file that does not parse is a failure, not a skip.
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
-PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # Pixel, Float, Double Float
-ITEM_TAG = 0xFFFEE000
-UNDEFINED = 0xFFFFFFFF
 _REQUIRED = (
     "SOPInstanceUID",
     "Rows",
@@ -72,50 +74,6 @@ def sample_key(sop_instance_uid: str, frame: int) -> str:
     """Stable key of an image/frame: ``s-`` + 16 hex of sha256("<SOPInstanceUID>/<frame>")."""
     digest = hashlib.sha256(f"{sop_instance_uid}/{int(frame)}".encode()).hexdigest()
     return f"s-{digest[:16]}"
-
-
-class _Skip(Exception):
-    """A readable file that holds no image."""
-
-
-class _Fail(Exception):
-    """A file that cannot be used; the message is the reason."""
-
-
-class _ReadTracker:
-    """File wrapper that notices the short reads of a header that ends inside a data element.
-
-    pydicom reads a truncated header without complaint (the last value is just short). Reading
-    a complete file ends with exactly one empty read (the next element's tag at end of file); a
-    partial read, or a second empty read (a value whose bytes are missing), means the file ends
-    inside an element. A file cut exactly between two elements cannot be told from a shorter
-    valid file.
-    """
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-        self.name = getattr(f, "name", None)
-        self.partial = 0
-        self.empty = 0
-
-    def read(self, size: int | None = -1) -> bytes:
-        data = self._f.read(size)
-        if size is not None and size > 0:
-            if not data:
-                self.empty += 1
-            elif len(data) < size:
-                self.partial += 1
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    @property
-    def truncated(self) -> bool:
-        return self.partial > 0 or self.empty > 1
 
 
 class DicomLoader:
@@ -346,189 +304,7 @@ def _walk(root: Path):
     yield from sorted(found, key=lambda item: str(item[0]))
 
 
-def _looks_like_text(head: bytes) -> bool:
-    if not head or b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:  # a multi-byte character cut at the end is still text
-        return exc.start >= len(head) - 3
-    return True
-
-
-def _read_header(path: Path) -> tuple[Any, tuple[int, int, int] | None]:
-    """Header dataset and the pixel element's (length, value offset, file size), or None."""
-    try:
-        with warnings.catch_warnings(), path.open("rb") as raw:
-            warnings.simplefilter("ignore")
-            size = os.fstat(raw.fileno()).st_size
-            tracker = _ReadTracker(raw)
-            try:
-                ds = pydicom.dcmread(tracker, stop_before_pixels=True)
-            except InvalidDicomError:
-                raw.seek(0)
-                head = raw.read(512)
-                text = _looks_like_text(head)
-                if path.name.startswith(".") and path.suffix.lower() not in DICOM_SUFFIXES:
-                    raise _Skip("not a DICOM file (hidden file)") from None
-                if path.suffix.lower() in DICOM_SUFFIXES or (not path.suffix and not text):
-                    kind = "a text file" if text else "no 'DICM' prefix / file meta header"
-                    raise _Fail(f"not a DICOM file ({kind})") from None
-                raise _Skip(f"not a DICOM file ({path.suffix or 'text'})") from None
-            if tracker.truncated:
-                raise _Fail("truncated header (the file ends inside a data element)")
-            if _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
-                return _read_deflated(path)
-            return ds, _pixel_element(raw, ds, size)
-    except (_Fail, _Skip):
-        raise
-    except OSError as exc:
-        raise _Fail(f"unreadable file: {exc.strerror or exc}") from None
-    except Exception as exc:  # pydicom raises struct.error, ValueError... on a broken header
-        raise _Fail(f"unreadable DICOM header ({_one_line(exc)})") from None
-
-
-def _read_deflated(path: Path) -> tuple[Any, tuple[int, int, int] | None]:
-    # The data set is one zlib stream, so there is no file offset to peek at: inflate it and
-    # defer (skip) large values instead.
-    ds = pydicom.dcmread(path, defer_size=1024)
-    for tag in PIXEL_TAGS:
-        if tag in ds:
-            elem = ds.get_item(tag)
-            length = getattr(elem, "length", None)
-            if length is None:
-                length = len(elem.value or b"")
-            return ds, (length, -1, -1)
-    return ds, None
-
-
-def _pixel_element(raw: Any, ds: Any, size: int) -> tuple[int, int, int] | None:
-    """Peek at the element where ``stop_before_pixels`` stopped: (length, value offset, size)."""
-    start = raw.tell()
-    head = raw.read(12)
-    if len(head) < 8:
-        return None
-    little = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
-    endian = "<" if little else ">"
-    group, element = struct.unpack(endian + "HH", head[:4])
-    if (group << 16 | element) not in PIXEL_TAGS:
-        return None
-    # Explicit VR: tag, VR, 2 reserved bytes, 4-byte length. In implicit VR these 4 bytes are
-    # the length, which can never spell "OB\0\0" etc. (that would be an odd length).
-    if (
-        len(head) == 12
-        and head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OV", b"UN")
-        and head[6:8] == b"\0\0"
-    ):
-        (length,) = struct.unpack(endian + "L", head[8:12])
-        return length, start + 12, size
-    (length,) = struct.unpack(endian + "L", head[4:8])
-    return length, start + 8, size
-
-
-def _check_pixel_length(
-    pixel: tuple[int, int, int],
-    tsyntax: Any,
-    rows: int,
-    cols: int,
-    frames: int,
-    spp: int,
-    bits: int,
-    photometric: str,
-) -> None:
-    length, offset, size = pixel
-    if UID(str(tsyntax)).is_encapsulated:
-        if length != UNDEFINED:
-            raise _Fail("malformed encapsulated pixel data (defined length)")
-        if offset >= 0 and offset + 8 > size:
-            raise _Fail("truncated pixel data (no fragments)")
-        return
-    if length == UNDEFINED:
-        raise _Fail("malformed native pixel data (undefined length)")
-    samples = 2 if photometric == "YBR_FULL_422" else spp  # 4:2:2 stores 2 values per pixel
-    if bits == 1:
-        expected = -(-rows * cols * frames * samples // 8)
-    else:
-        expected = rows * cols * frames * samples * (-(-bits // 8))
-    if length < expected:
-        raise _Fail(f"truncated pixel data ({length} of {expected} bytes)")
-    if offset >= 0 and offset + min(length, expected) > size:
-        raise _Fail(
-            f"truncated pixel data (file ends after {max(size - offset, 0)} of {expected} bytes)"
-        )
-
-
-def _transfer_syntax(ds: Any) -> Any:
-    meta = getattr(ds, "file_meta", None)
-    if meta is None:
-        return None
-    value = meta.get("TransferSyntaxUID")
-    return UID(str(value).strip()) if value else None
-
-
-def _has_value(ds: Any, keyword: str) -> bool:
-    try:
-        value = ds.get(keyword)
-    except Exception:
-        return False
-    return value is not None and str(value).strip() != ""
-
-
-def _int_tag(ds: Any, keyword: str) -> int:
-    value = ds.get(keyword)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise _Fail(f"invalid {keyword} {str(value)!r}") from None
-
-
-def _frame_count(ds: Any) -> int:
-    value = ds.get("NumberOfFrames")
-    if value is None or str(value).strip() == "":
-        return 1
-    try:
-        frames = int(str(value).strip())
-    except ValueError:
-        raise _Fail(f"invalid NumberOfFrames {str(value)!r}") from None
-    if frames < 1:
-        raise _Fail(f"invalid NumberOfFrames {frames}")
-    return frames
-
-
-def _text(ds: Any, keyword: str) -> str:
-    try:
-        value = ds.get(keyword)
-    except Exception:
-        return ""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v).strip() for v in value)
-    return str(value).strip()
-
-
-def _iso_date(value: Any) -> str:
-    digits = re.sub(r"\D", "", str(value or ""))
-    if len(digits) < 8:
-        return ""
-    try:
-        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:8])).isoformat()
-    except ValueError:
-        return ""
-
-
 # --- decode helpers -----------------------------------------------------------------------------
-
-
-def _present(value: Any) -> bool:
-    if value is None:
-        return False
-    try:
-        if pd.isna(value):
-            return False
-    except (TypeError, ValueError):
-        pass
-    return str(value).strip() != ""
 
 
 def _row_int(value: Any, default: int | None) -> int | None:
@@ -538,181 +314,3 @@ def _row_int(value: Any, default: int | None) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return default
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _decode(ds: Any, frame: int) -> tuple[np.ndarray, str]:
-    """Decode one frame; returns (H, W) or (H, W, 3) and the photometric of the result."""
-    tsyntax = _transfer_syntax(ds)
-    if not tsyntax:
-        raise DataError("no TransferSyntaxUID in the file meta")
-    if not any(tag in ds for tag in PIXEL_TAGS):
-        raise DataError("no pixel data")
-    try:
-        decoder = get_decoder(tsyntax)
-    except NotImplementedError:
-        raise DataError(f"transfer syntax {tsyntax.name} is not supported") from None
-    if not decoder.is_available:
-        needs = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
-        raise DataError(f"missing codec for {tsyntax.name} (needs {needs})")
-    try:
-        arr, meta = decoder.as_array(ds, index=frame, validate=True, **as_pixel_options(ds))
-    except Exception as exc:  # decoders raise many types for damaged data
-        missing = "; ".join(decoder.missing_dependencies)
-        extra = f" (decoders not installed: {missing})" if missing else ""
-        raise DataError(
-            f"{_one_line(exc)}{extra}",
-            hint="the pixel data is damaged or needs a codec that is not installed",
-        ) from exc
-    photometric = str(meta.get("photometric_interpretation") or ds.PhotometricInterpretation)
-    return arr, photometric.strip().upper()
-
-
-def _functional_item(ds: Any, frame: int, sequence: str) -> Any:
-    """First item of ``sequence`` from the per-frame, else the shared functional groups."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and frame < len(per_frame):
-        seq = per_frame[frame].get(sequence)
-        if seq:
-            return seq[0]
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        seq = shared[0].get(sequence)
-        if seq:
-            return seq[0]
-    return None
-
-
-def _rescale(ds: Any, frame: int) -> tuple[float, float] | None:
-    source = ds
-    if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
-        source = _functional_item(ds, frame, "PixelValueTransformationSequence")
-        if source is None:
-            return None
-    slope = source.get("RescaleSlope")
-    intercept = source.get("RescaleIntercept")
-    slope = float(slope) if _present(slope) and float(slope) != 0 else 1.0
-    intercept = float(intercept) if _present(intercept) else 0.0
-    return slope, intercept
-
-
-def _stored_range(ds: Any, arr: np.ndarray) -> tuple[float, float]:
-    bits = ds.get("BitsStored")
-    if not _present(bits) or np.issubdtype(arr.dtype, np.floating):
-        return float(np.min(arr)), float(np.max(arr))  # float pixel data: no nominal range
-    bits = int(bits)
-    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
-        return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    return 0.0, float(2**bits - 1)
-
-
-def _modality(ds: Any, arr: np.ndarray, frame: int) -> tuple[np.ndarray, float, float]:
-    """Modality LUT output and the output range that the stored value range maps to."""
-    smin, smax = _stored_range(ds, arr)
-    if ds.get("ModalityLUTSequence"):
-        values = apply_modality_lut(arr, ds).astype(np.float64)
-        if smax - smin <= 2**20:
-            span = apply_modality_lut(np.arange(smin, smax + 1).astype(arr.dtype), ds)
-            return values, float(span.min()), float(span.max())
-        return values, float(values.min()), float(values.max())
-    rescale = _rescale(ds, frame)
-    values = arr.astype(np.float64)
-    if rescale is None:
-        return values, smin, smax
-    slope, intercept = rescale
-    ends = sorted((smin * slope + intercept, smax * slope + intercept))
-    return values * slope + intercept, ends[0], ends[1]
-
-
-def _first(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        if not len(value):
-            return None
-        value = value[0]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _window(ds: Any, frame: int) -> tuple[float, float, str] | None:
-    """The first VOI window (center, width, function), from the data set or functional groups."""
-    source = ds
-    if "WindowCenter" not in ds:
-        source = _functional_item(ds, frame, "FrameVOILUTSequence")
-        if source is None:
-            return None
-    center, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
-    function = str(source.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    if center is None or width is None or width <= 0 or (function == "LINEAR" and width < 1):
-        return None
-    return center, width, function
-
-
-def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
-    # LINEAR (PS3.3 C.11.2.1.2.1) with output range [0, 1].
-    if width == 1:
-        return (values > center - 0.5).astype(np.float64)
-    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-
-
-def _minmax(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(values)), float(np.max(values))
-    if hi <= lo:
-        return np.zeros_like(values, dtype=np.float64)
-    return (values - lo) / (hi - lo)
-
-
-def _display(ds: Any, arr: np.ndarray, photometric: str, frame: int, *, voi: bool) -> np.ndarray:
-    if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        values, lo, hi = _modality(ds, arr, frame)
-        if voi:
-            window = _window(ds, frame)
-            if window is not None:
-                out = _apply_window(values, *window)
-            elif ds.get("VOILUTSequence"):
-                item = ds.VOILUTSequence[0]
-                depth = int(item.LUTDescriptor[2])
-                out = np.clip(apply_voi(values, ds, index=0) / float(2**depth - 1), 0.0, 1.0)
-            else:
-                out = _minmax(values)  # no VOI in the file: the image's own range
-            if photometric == "MONOCHROME1":
-                out = 1.0 - out
-        elif photometric == "MONOCHROME1":
-            # Invert about the modality output range of the *possible* stored values
-            # (BitsStored, PixelRepresentation, rescale): every image with the same encoding
-            # gets the same mapping, so a given stored value always means the same brightness
-            # and "fixed" intensity ranges stay meaningful. (Inverting about the image's own
-            # min+max would shift with image content.)
-            out = (lo + hi) - values
-        else:
-            out = values
-        return np.ascontiguousarray(out, dtype=np.float32)[None]
-    if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds)
-        if voi:
-            depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
-            rgb = rgb / float(2**depth - 1)
-        return np.ascontiguousarray(np.moveaxis(rgb, -1, 0), dtype=np.float32)
-    if arr.ndim == 3 and arr.shape[-1] == 3:
-        if photometric != "RGB":
-            if photometric not in ("YBR_FULL", "YBR_FULL_422"):
-                raise DataError(f"colour space {photometric} is not supported")
-            arr = convert_color_space(arr, photometric, "RGB")
-        rgb = arr.astype(np.float64)
-        if voi:
-            bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 8))
-            rgb = np.clip(rgb / float(2**bits - 1), 0.0, 1.0)
-        return np.ascontiguousarray(np.moveaxis(rgb, -1, 0), dtype=np.float32)
-    raise DataError(f"photometric interpretation {photometric!r} is not supported")

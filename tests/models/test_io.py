@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from revise._io import sha256_file
 from revise.errors import ModelError, UnknownNameError
-from revise.models import io as mio
+from revise.models._onnx_import import _import_onnx2torch
+from revise.models._sniff import _sniff
 from revise.models.architectures import build, head_module_name
 from revise.models.card import ModelCard
 from revise.models.io import LoadedModel, load_model, save_model, weights_digest
@@ -145,7 +146,7 @@ def test_sniffing_safetensors_whose_header_length_looks_like_a_pickle(tmp_path):
             break
     else:
         pytest.skip("no header length with the pickle-like prefix")
-    assert mio._sniff(path) == "safetensors"
+    assert _sniff(path) == "safetensors"
 
 
 def test_unknown_architecture_says_did_you_mean(tmp_path, model, card):
@@ -338,7 +339,7 @@ def test_onnx_with_an_op_onnx2torch_cannot_convert(tmp_path):
 def test_onnx2torch_import_leaves_no_fake_torchvision():
     import sys
 
-    mio._import_onnx2torch()
+    _import_onnx2torch()
     assert "torchvision" not in sys.modules or hasattr(sys.modules["torchvision"], "__version__")
 
 

@@ -1,0 +1,121 @@
+"""ONNX models, converted to PyTorch with onnx2torch (imported behind a torchvision stub), with
+the operators it cannot convert reported before trying.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from revise.errors import ModelError
+from revise.models._graphs import _quiet
+from revise.models._sniff import _looks_like_onnx, _sniff, _wrong_claim
+
+_ONNX2TORCH: Any = None
+
+
+def _import_onnx2torch() -> Any:
+    """Import onnx2torch; it imports torchvision at import time, which revise does not need."""
+    global _ONNX2TORCH
+    if _ONNX2TORCH is not None:
+        return _ONNX2TORCH
+    stubbed: list[str] = []
+    if importlib.util.find_spec("torchvision") is None:
+
+        def _needs_torchvision(*args: Any, **kwargs: Any) -> Any:
+            raise ModelError(
+                "this ONNX graph uses a torchvision operator (NMS / RoIAlign)",
+                hint="install torchvision, or provide safetensors + --architecture",
+            )
+
+        tv = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+        for name in ("roi_align", "nms", "box_convert", "batched_nms", "roi_pool"):
+            setattr(ops, name, _needs_torchvision)
+        tv.ops = ops  # type: ignore[attr-defined]
+        for name, mod in (("torchvision", tv), ("torchvision.ops", ops)):
+            sys.modules[name] = mod
+            stubbed.append(name)
+    try:
+        with _quiet():
+            import onnx2torch
+    except ImportError as exc:
+        raise ModelError(
+            f"loading ONNX needs onnx2torch, which is not importable: {exc}",
+            hint="pip install --no-deps onnx2torch, or provide safetensors + --architecture",
+        ) from None
+    finally:
+        # The stub served onnx2torch's own imports; leave no fake torchvision behind for others.
+        for name in stubbed:
+            sys.modules.pop(name, None)
+    _ONNX2TORCH = onnx2torch
+    return onnx2torch
+
+
+def _unsupported_onnx_ops(proto: Any) -> list[str]:
+    """Node op types onnx2torch has no converter for (empty if its registry is not readable)."""
+    try:
+        from onnx2torch.node_converters import get_converter
+    except ImportError:
+        return []
+    versions = {(o.domain or ""): o.version for o in proto.opset_import}
+    missing: dict[str, None] = {}
+    for node in proto.graph.node:
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        try:
+            get_converter(node.op_type, versions.get(domain, 1), domain)
+        except NotImplementedError:
+            label = f"{domain}::{node.op_type}" if domain else node.op_type
+            missing[f"{label} (opset {versions.get(domain, '?')})"] = None
+        except Exception:
+            continue
+    return list(missing)
+
+
+def _onnx_input_shape(proto: Any) -> tuple[int, ...] | None:
+    inits = {i.name for i in proto.graph.initializer}
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+    return None
+
+
+def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
+    import onnx
+
+    kind = _sniff(path)
+    if kind not in ("unknown", "text") or not _looks_like_onnx(path):
+        raise _wrong_claim(path, ("onnx",), kind)
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ModelError(
+            f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}",
+            hint="re-export it, and keep any external data file (X.onnx.data) beside it",
+        ) from None
+    o2t = _import_onnx2torch()
+    fix = "export with opset <= 16 (torch.onnx.export(..., dynamo=False, opset_version=16)) or "
+    fix += "provide safetensors weights + --architecture"
+    missing = _unsupported_onnx_ops(proto)
+    if missing:
+        raise ModelError(
+            f"{path}: onnx2torch cannot convert operator(s) {', '.join(missing)}",
+            hint=fix,
+        )
+    try:
+        with _quiet():
+            module = o2t.convert(proto)
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelError(
+            f"{path}: onnx2torch cannot convert this graph: {message}", hint=fix
+        ) from None
+    return module, _onnx_input_shape(proto)
