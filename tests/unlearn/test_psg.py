@@ -24,7 +24,7 @@ from revise.unlearn.psg import (
 
 # Class forgetting on 8x8 digits: one sign step of 0.1 rarely crosses a boundary at this
 # resolution, so the search radius is wider than the paper's CIFAR default.
-CLASS_FORGET = {"lr": 1e-2, "epochs": 5, "eps": 0.3, "eta": 0.3, "phi": 1.0}
+CLASS_FORGET = {"lr": 1e-2, "epochs": 5, "eps": 0.3, "eta": 0.3, "phi": 2.0}
 
 
 def accuracy(net, card, data) -> float:
@@ -41,11 +41,9 @@ def test_psg_forgets_the_class_and_keeps_the_rest(digits):
     assert before_forget > 0.95
     assert accuracy(result.model, card, digits["forget"]) < 0.2
     assert accuracy(result.model, card, digits["retain"]) > before_retain - 0.05
-    test_rest = digits["test"].y != 0
-    assert (
-        predict(result.model, card, digits["test"].x[test_rest], device="cpu").argmax(1)
-        == digits["test"].y[test_rest]
-    ).float().mean() > 0.9
+    rest = digits["test"].y != 0
+    held_out_rest = type(digits["test"])(digits["test"].x[rest], digits["test"].y[rest])
+    assert accuracy(result.model, card, held_out_rest) > accuracy(net, card, held_out_rest) - 0.05
     assert result.record["attack_success_ratio"] > 0.9
     assert set(result.record["wall_clock_s"]) >= {"setup", "unlearn", "attack", "update"}
 
@@ -212,3 +210,20 @@ def test_a_frozen_input_model_is_still_trained(digits):
         frozen, card, digits["forget"], digits["retain"], config=CLASS_FORGET, device="cpu"
     )
     assert accuracy(result.model, card, digits["forget"]) < 0.2
+
+
+def test_the_retain_loss_choice_changes_the_update(digits):
+    card, net = digits["card"], digits["net"]
+    runs = [
+        unlearn(
+            net,
+            card,
+            digits["forget"],
+            digits["retain"],
+            config={**CLASS_FORGET, "epochs": 1, "retain_loss": loss},
+            device="cpu",
+        )
+        for loss in ("ce", "distill")
+    ]
+    a, b = _weights(runs[0]), _weights(runs[1])
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())

@@ -1,0 +1,110 @@
+"""Fine-tuning on the retain set only ("FT"), the simplest unlearning baseline.
+
+Golatkar, Achille and Soatto, "Eternal Sunshine of the Spotless Net: Selective Forgetting in Deep
+Networks", CVPR 2020 (the "Fine-tune" baseline): keep training the deployed model on D_r alone
+and rely on catastrophic forgetting to wash out what only D_f taught it. The recipe is the one the
+seed paper compares against (Nahass et al., arXiv:2505.21872; method.md): SGD, lr 0.04, 10 epochs.
+
+The retain-set loop here is shared with ``l1_sparse`` (which adds a penalty to the same loss), so
+that the two draw identical batches under the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from revise.errors import UsageError
+from revise.unlearn.base import (
+    UnlearnContext,
+    batch_indices,
+    register,
+    run_steps,
+    sgd,
+    steps_per_pass,
+)
+
+# Random streams of ctx.generator(k), fixed per role so that methods sharing a role (the retain
+# batches of finetune, l1_sparse and neggrad_plus) draw the same batches under the same seed.
+RETAIN_STREAM = 1
+FORGET_STREAM = 2
+LABEL_STREAM = 3
+
+
+@dataclass
+class FinetuneConfig:
+    """Defaults: the seed paper's FT baseline (method.md); optimizer as in the training recipe."""
+
+    epochs: int = 10  # passes over the retain set (seed paper: 10)
+    batch_size: int = 64  # retain images per step (the training recipe's batch size)
+    lr: float = 0.04  # seed paper's FT rate: high enough for D_r to overwrite D_f's traces
+    momentum: float = 0.9  # SGD momentum of the training recipe
+    weight_decay: float = (
+        5e-4  # the usual FT choice (Golatkar et al.); decays weights D_r leaves idle
+    )
+
+    def __post_init__(self) -> None:
+        check_sgd_config("finetune", self)
+
+
+def check_sgd_config(method: str, config: Any, extra: Iterable[tuple[bool, str]] = ()) -> None:
+    """The checks every SGD-based baseline shares, plus the method's own ``extra`` ones."""
+    checks = [
+        (config.epochs >= 1 and config.batch_size >= 1, "epochs and batch_size must be >= 1"),
+        (config.lr > 0, "lr must be > 0"),
+        (0 <= config.momentum < 1, "momentum must be in [0, 1)"),
+        (config.weight_decay >= 0, "weight_decay must be >= 0"),
+        *extra,
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(f"{method}: {message}")
+
+
+def require_retain(ctx: UnlearnContext, method: str) -> None:
+    if len(ctx.retain) == 0:
+        raise UsageError(
+            f"{method} trains on the retain set, and it is empty",
+            hint="select some retained data, or use a forget-only method such as psg",
+        )
+
+
+def finetune_on_retain(
+    ctx: UnlearnContext,
+    config: Any,
+    method: str,
+    penalty: Callable[[int, int], torch.Tensor] | None = None,
+    scheduler: Callable[[torch.optim.Optimizer, int], Any] | None = None,
+) -> dict[str, Any]:
+    """SGD on cross-entropy over retain batches, plus ``penalty(step, steps)`` when given.
+
+    ``config`` needs epochs, batch_size, lr, momentum, weight_decay; ``scheduler(optimizer,
+    steps)`` may build a per-step learning-rate schedule.
+    """
+    require_retain(ctx, method)
+    model, retain = ctx.model, ctx.retain
+    optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
+    steps = config.epochs * steps_per_pass(len(retain), config.batch_size)
+    order = batch_indices(
+        len(retain), config.batch_size, steps, ctx.generator(RETAIN_STREAM), ctx.device
+    )
+
+    def loss_fn(step: int, _: Any) -> torch.Tensor:
+        idx = next(order)
+        loss = F.cross_entropy(model(retain.x[idx]).float(), retain.y[idx])
+        if penalty is not None:
+            loss = loss + penalty(step, steps)
+        return loss
+
+    schedule = scheduler(optimizer, steps) if scheduler is not None else None
+    run_steps(ctx, optimizer, steps, loss_fn, scheduler=schedule)
+    return {"steps": steps}
+
+
+@register("finetune", FinetuneConfig, "fine-tune on the retain set only (FT; Golatkar et al. 2020)")
+def finetune(ctx: UnlearnContext, config: FinetuneConfig) -> dict[str, Any]:
+    return finetune_on_retain(ctx, config, "finetune")

@@ -1,0 +1,129 @@
+"""benchmarks/throughput.py: a tiny CPU run writes complete, sane JSON and its Markdown section,
+and the efficiency arithmetic and section merging do what the README says."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    name = "_revise_benchmark_throughput"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+OTHER_SECTION = (
+    "<!-- throughput:nvidia-h200 -->\n## nvidia-h200\n\nkept\n<!-- /throughput:nvidia-h200 -->"
+)
+
+
+def test_a_tiny_cpu_run_writes_sane_json_and_markdown(bench, tmp_path, keep_threads):
+    out, md = tmp_path / "results" / "throughput-cpu.json", tmp_path / "throughput.md"
+    md.write_text("# Throughput\n\n" + OTHER_SECTION + "\n")
+    argv = ["--models", "small_cnn", "--batch", "8", "--steps", "2", "--warmup", "1"]
+    argv += ["--repeats", "2", "--threads", "1", "--device", "cpu"]
+    returned = bench.main([*argv, "--out", str(out), "--markdown", str(md)])
+
+    data = json.loads(out.read_text())
+    assert data["models"].keys() == returned["models"].keys() == {"small_cnn"}
+    machine, settings = data["machine"], data["settings"]
+    assert machine["device_kind"] == "cpu" and machine["cpu"] and machine["date"]
+    assert machine["torch"] == torch.__version__
+    assert settings["dtype"] == "fp32" and settings["batch"] == 8 and settings["steps"] == 2
+    assert settings["psg_compiled"] is False
+
+    model = data["models"]["small_cnn"]
+    assert "error" not in model
+    assert model["batch"] == 8 and model["input"] == [3, 32, 32]
+    assert positive(model["train_img_s"])
+    assert set(model["components_ms"]) == set(bench.COMPONENTS)
+    assert all(positive(v) for v in model["components_ms"].values())
+    assert set(model["psg"]) == {"phi0", "phi1"}
+    for key, row in model["psg"].items():
+        assert row["phi"] == (0.0 if key == "phi0" else 1.0)
+        assert row["steps"] == 2 and row["images"] == 16
+        for field in ("img_s", "unlearn_s", "attack_s", "update_s", "ideal_s"):
+            assert positive(row[field]), (key, field, row[field])
+        for field in ("efficiency", "efficiency_modelled", "attack_efficiency"):
+            assert 0 < row[field] < 5, (key, field, row[field])
+        assert positive(row["update_efficiency"])
+        assert row["attack_frac"] + row["update_frac"] == pytest.approx(1.0, abs=1e-3)
+        assert row["img_s"] == pytest.approx(16 / row["unlearn_s"], rel=1e-3)
+
+    text = md.read_text()
+    assert OTHER_SECTION in text  # another device's section survives
+    assert text.count("<!-- throughput:cpu -->") == 1
+    assert "| small_cnn | 3x32x32 | 8 |" in text
+
+
+def test_efficiency_is_the_measured_passes_over_the_actual_time(bench):
+    comp = {
+        "labeler_forward": 1.0,
+        "labeler_forward_input_grad": 2.0,
+        "train_step": 3.0,
+        "forward_backward": 2.5,
+    }
+    run = {"unlearn_s": 20.0, "attack_s": 8.0, "update_s": 12.0, "steps": 2, "images": 64}
+    row0 = bench.psg_row(dict(run), comp, 0.0)
+    assert row0["ideal_s"] == pytest.approx(2 * (2 + 1 + 3))
+    assert row0["efficiency"] == pytest.approx(12 / 20)
+    assert row0["attack_efficiency"] == pytest.approx(6 / 8)
+    assert row0["update_efficiency"] == pytest.approx(6 / 12)
+    assert row0["efficiency_modelled"] == pytest.approx(2 * 3 * 2 / 20)  # 2 tau per step
+    assert row0["img_s"] == pytest.approx(64 / 20)
+    row1 = bench.psg_row(dict(run), comp, 1.0)
+    assert row1["ideal_s"] == pytest.approx(2 * (2 + 1 + 3 + 2.5))
+    assert row1["efficiency_modelled"] == pytest.approx(2 * 3 * 3 / 20)  # 3 tau per step
+
+
+def test_markdown_sections_are_replaced_in_place_and_others_kept(bench):
+    def section(kind: str, body: str) -> str:
+        return f"<!-- throughput:{kind} -->\n{body}\n<!-- /throughput:{kind} -->"
+
+    fresh = bench.merge_markdown(None, section("cpu", "first-body"), "cpu")
+    assert fresh.startswith("# ") and section("cpu", "first-body") in fresh
+    both = bench.merge_markdown(fresh, section("nvidia-h200", "gpu"), "nvidia-h200")
+    again = bench.merge_markdown(both, section("cpu", "second-body"), "cpu")
+    assert section("cpu", "second-body") in again and "first-body" not in again
+    assert section("nvidia-h200", "gpu") in again
+    assert again.index("throughput:cpu") < again.index("throughput:nvidia-h200")
+
+
+def test_model_list_and_the_imagenet_resnets(bench):
+    requests = bench.parse_models("allcnn:filters_percentage=0.1,small_cnn:widths=(4,8),resnet50")
+    assert [r.spec.name for r in requests] == ["allcnn", "small_cnn", "resnet50"]
+    assert requests[0].kwargs == {"filters_percentage": 0.1}
+    assert requests[1].kwargs == {"widths": (4, 8)}
+    assert requests[1].build()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # the standard ImageNet ResNets (torchvision's parameter counts)
+    assert sum(p.numel() for p in bench.resnet50().parameters()) == 25_557_032
+    assert sum(p.numel() for p in bench.resnet18().parameters()) == 11_689_512
+    with pytest.raises(SystemExit):
+        bench.parse_models("resnet1000")
