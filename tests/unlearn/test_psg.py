@@ -13,7 +13,7 @@ from revise.errors import UnknownNameError, UsageError
 from revise.evaluate import predict
 from revise.models.pixel import PixelSpaceModel
 from revise.unlearn.api import make_config, unlearn
-from revise.unlearn.base import METHODS, freeze
+from revise.unlearn.base import freeze
 from revise.unlearn.psg import (
     PSGConfig,
     boundary_search,
@@ -183,33 +183,6 @@ def test_make_config_checks_names_and_types():
         make_config("psg", {"noise": "pink"})
     with pytest.raises(UnknownNameError, match="did you mean psg"):
         make_config("psgg")
-
-
-@pytest.mark.parametrize("name", METHODS.names())
-def test_every_method_runs_and_keeps_parameters_finite(digits, name):
-    card, net = digits["card"], digits["net"]
-    result = unlearn(
-        net,
-        card,
-        digits["forget"],
-        digits["retain"],
-        method=name,
-        config={"epochs": 1},
-        device="cpu",
-    )
-    assert all(
-        torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point()
-    )
-    assert result.record["method"] == name
-
-
-def test_a_frozen_input_model_is_still_trained(digits):
-    card = digits["card"]
-    frozen = freeze(copy.deepcopy(digits["net"]))
-    result = unlearn(
-        frozen, card, digits["forget"], digits["retain"], config=CLASS_FORGET, device="cpu"
-    )
-    assert accuracy(result.model, card, digits["forget"]) < 0.2
 
 
 def test_the_retain_loss_choice_changes_the_update(digits):

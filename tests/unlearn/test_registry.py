@@ -1,0 +1,31 @@
+"""Every registered method, through the same checks: a new method is tested by registering it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from revise.evaluate import predict
+from revise.unlearn.api import unlearn
+from revise.unlearn.base import METHODS
+
+
+def _forget_accuracy(net, digits) -> float:
+    logits = predict(net, digits["card"], digits["forget"].x, device="cpu")
+    return (logits.argmax(1) == digits["forget"].y).float().mean().item()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_is_finite_does_not_raise_forget_accuracy_and_is_deterministic(digits, name):
+    card, net = digits["card"], digits["net"]
+    args = (net, card, digits["forget"], digits["retain"])
+    runs = [
+        unlearn(*args, method=name, config={"epochs": 1}, device="cpu", seed=5) for _ in range(2)
+    ]
+    first, second = (run.model.state_dict() for run in runs)
+    assert all(torch.isfinite(v).all() for v in first.values() if v.is_floating_point())
+    assert first.keys() == net.state_dict().keys()
+    assert all(first[k].shape == v.shape for k, v in net.state_dict().items())
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert _forget_accuracy(runs[0].model, digits) <= _forget_accuracy(net, digits) + 1e-6
+    assert runs[0].record["method"] == name and runs[0].record["steps"] >= 1
