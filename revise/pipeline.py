@@ -88,8 +88,13 @@ def run_unlearning(
     seed: int = 0,
     base_digest: str = "",
     progress: Any = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> UnlearnResult:
-    """Unlearn, then evaluate the revised model on all four sets and complete the run record."""
+    """Unlearn, then evaluate the revised model on all four sets and complete the run record.
+
+    ``checkpoint_dir``, ``checkpoint_every`` and ``resume`` are :func:`unlearn`'s."""
     result = unlearn(
         net,
         card,
@@ -100,6 +105,9 @@ def run_unlearning(
         device=device,
         seed=seed,
         progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )
     result.record["wall_clock_s"]["data"] = data.seconds
     if not is_main_process():  # rank 0 evaluates and writes; the others are done

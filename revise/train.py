@@ -10,7 +10,7 @@ from torch import nn
 
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
-from revise.unlearn.base import LabelledTensors, batch_indices, sgd, steps_per_pass
+from revise.unlearn.base import BatchStreams, LabelledTensors, sgd, steps_per_pass
 
 
 @dataclass
@@ -43,10 +43,10 @@ def train_classifier(
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if config.cosine else None
     )
-    generator = torch.Generator(device=dev)
-    generator.manual_seed(seed)
+    batches = BatchStreams(seed, dev)
     model.train()
-    for idx in batch_indices(len(data), config.batch_size, steps, generator, dev):
+    for _ in range(steps):
+        idx = batches.next(0, len(data), config.batch_size)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             loss = F.cross_entropy(model(data.x[idx]).float(), data.y[idx])
         optimizer.zero_grad(set_to_none=True)

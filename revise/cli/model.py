@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import click
@@ -48,7 +50,32 @@ SUMMARY_KEYS = (
     "attack_success_ratio",
     "wall_clock_s",
     "forget_samples",
+    "resumed_from_step",
 )
+
+
+def _first_worker() -> bool:
+    """Rank 0 under torchrun (known from its environment before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _prepare_partial(say, out: Path, resume: bool) -> None:
+    """Say what happens to an unfinished run of ``out`` (its ``.partial`` folder): continued
+    with --resume when it holds a checkpoint, otherwise removed for a fresh start."""
+    from revise.unlearn import checkpoint
+    from revise.unlearn.api import checkpoint_dir_for, partial_dir
+
+    partial = partial_dir(out)
+    saved = checkpoint.peek(checkpoint_dir_for(out)) if partial.exists() else None
+    if resume and saved is not None:
+        say(f"resuming from step {saved['global_step']} (checkpoint in {partial})")
+    elif resume:
+        say(f"no checkpoint in {partial}: starting fresh")
+        shutil.rmtree(partial, ignore_errors=True)
+    elif partial.exists():
+        what = f"its checkpoint at step {saved['global_step']}" if saved else "it"
+        say(f"starting fresh: removing the unfinished run {partial} (--resume continues {what})")
+        shutil.rmtree(partial)
 
 
 def _load(model_path: Path, card: Path | None, arch: str | None):
@@ -73,6 +100,18 @@ def _load(model_path: Path, card: Path | None, arch: str | None):
     "-o", "--out", required=True, type=click.Path(path_type=Path), help="Run folder to create."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option(
+    "--checkpoint-every",
+    default=50,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Steps between checkpoints in <out>.partial/ (0: none).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run from the checkpoint in <out>.partial/ (same result).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (only).")
 @click.option(
     "--nproc-per-node",
@@ -96,18 +135,29 @@ def unlearn_cmd(
     settings,
     out,
     overwrite,
+    checkpoint_every,
+    resume,
     as_json,
     nproc_per_node,
     cache,
     device,
     seed,
 ):
-    """Revise a model to forget the images a selection names."""
+    """Revise a model to forget the images a selection names.
+
+    The run is built in <out>.partial/ and moved to <out> when complete; with --checkpoint-every
+    N a killed run can be continued with --resume and ends as the uninterrupted run would.
+    """
     from revise.data import manifest as manifest_mod
     from revise.errors import UsageError
     from revise.models.io import weights_digest
     from revise.pipeline import prepare, run_unlearning
-    from revise.unlearn.api import make_config, save_run
+    from revise.unlearn.api import (
+        checkpoint_dir_for,
+        discard_partial,
+        make_config,
+        save_run,
+    )
 
     if as_json:
         ctx.obj["quiet"] = True  # stdout carries the JSON alone
@@ -117,7 +167,10 @@ def unlearn_cmd(
             f"run folder {out} already exists", hint="choose another -o or pass --overwrite"
         )
     config = make_config(method, parse_settings(settings))  # bad settings fail before any work
-    if nproc_per_node > 1 and not distributed.launched_by_torchrun():
+    launcher = nproc_per_node > 1 and not distributed.launched_by_torchrun()
+    if not launcher and _first_worker():  # the run's own process, or rank 0 of torchrun's
+        _prepare_partial(say, out, resume)
+    if launcher:
         ctx.exit(distributed.relaunch(nproc_per_node, worker_argv(ctx, drop=("nproc_per_node",))))
     loaded = _load(model_path, card, arch)
     quiet = bool(ctx.obj.get("quiet"))
@@ -125,18 +178,26 @@ def unlearn_cmd(
         manifest_mod.load(manifest_path), loaded.card, forget, cache_dir=cache, progress=not quiet
     )
     say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
-    with step_progress(ctx, f"{method}") as progress:
-        result = run_unlearning(
-            loaded.module,
-            loaded.card,
-            data,
-            method=method,
-            config=config,
-            device=device,
-            seed=seed,
-            base_digest=weights_digest(loaded.module),
-            progress=progress,
-        )
+    try:
+        with step_progress(ctx, f"{method}") as progress:
+            result = run_unlearning(
+                loaded.module,
+                loaded.card,
+                data,
+                method=method,
+                config=config,
+                device=device,
+                seed=seed,
+                base_digest=weights_digest(loaded.module),
+                progress=progress,
+                checkpoint_dir=checkpoint_dir_for(out),
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
+    except BaseException:
+        if _first_worker():
+            discard_partial(out)  # kept if it holds a checkpoint: --resume continues from it
+        raise
     if not distributed.is_main_process():
         distributed.finish()
         return
@@ -154,9 +215,11 @@ def unlearn_cmd(
         click.echo(json.dumps(summary, sort_keys=True))
         distributed.finish()
         return
+    resumed = result.record.get("resumed_from_step")
     say(
         f"{method}: unlearned in {result.record['wall_clock_s']['unlearn']:.2f} s; attack success "
         f"{result.record.get('attack_success_ratio')}"
+        + (f"; resumed from step {resumed}" if resumed else "")
     )
     for name, stats in metrics.items():
         say(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
+import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,12 +19,12 @@ import torch
 from torch import nn
 
 import revise
-from revise._io import atomic_dir, write_json_atomic
+from revise._io import write_json_atomic
 from revise.distributed import init_from_env, rank_and_world
 from revise.errors import UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
-from revise.unlearn import load_builtin_methods
+from revise.unlearn import checkpoint, load_builtin_methods
 from revise.unlearn.base import METHODS, LabelledTensors, PhaseTimer, UnlearnContext, freeze
 
 log = logging.getLogger(__name__)
@@ -71,14 +74,46 @@ def unlearn(
     device: str = "auto",
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> UnlearnResult:
-    """Revise ``model`` to forget ``forget`` while keeping ``retain``; the input is not modified."""
+    """Revise ``model`` to forget ``forget`` while keeping ``retain``; the input is not modified.
+
+    With ``checkpoint_every`` N > 0 the state is saved to ``checkpoint_dir`` every N steps;
+    with ``resume`` a checkpoint found there is continued from (none: a fresh start), and the
+    result is the one the uninterrupted run gives (bit-identical on the CPU). A checkpoint of
+    another run (method, hyperparameters, seed, model, data, world size or device type) is
+    refused with a UsageError.
+    """
     if len(forget) == 0:
         raise UsageError("the forget set is empty", hint="check the --forget selection")
     spec = METHODS.get(method)
     if config is None or isinstance(config, Mapping):
         config = make_config(method, config)
+    if checkpoint_every < 0:
+        raise UsageError(f"checkpoint_every must be >= 0, not {checkpoint_every}")
+    if (checkpoint_every or resume) and checkpoint_dir is None:
+        raise UsageError("checkpoints and resuming need a checkpoint folder")
     dev = init_from_env(resolve_device(device))
+    identity: dict[str, Any] = {}
+    resume_from = None
+    if checkpoint_dir is not None and (checkpoint_every or resume):
+        identity = run_identity(model, card, forget, retain, method, config, seed, dev)
+        resume_from = checkpoint.load(checkpoint_dir) if resume else None
+        if resume_from is not None:
+            check_resumable(resume_from, identity)
+            log.info("resuming from step %d (%s)", resume_from.global_step, resume_from.path)
+            threads = resume_from.state.get("cpu_threads")
+            if dev.type == "cpu" and threads != torch.get_num_threads():
+                log.warning(
+                    "the checkpoint was written with %s CPU threads and this run has %d: the "
+                    "result may differ from the uninterrupted run's in the last bits",
+                    threads,
+                    torch.get_num_threads(),
+                )
+        elif resume:
+            log.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     net = copy.deepcopy(model).float().to(dev).requires_grad_(True)
@@ -98,15 +133,21 @@ def unlearn(
         seed=seed,
         timer=PhaseTimer(dev),
         progress=progress or (lambda done, total: None),
+        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+        checkpoint_every=checkpoint_every,
+        identity=identity,
+        resume_from=resume_from,
     )
     if dev.type == "cuda":
         torch.cuda.synchronize()  # copies to the device belong to setup, not to unlearning
     setup = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    ctx.timer.start_clock()
     facts = spec.run(ctx, config)
+    if ctx.resume_from is not None:
+        raise RuntimeError(f"{method} never reached the loop of checkpoint {resume_from.path}")
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    total = time.perf_counter() - t1
+    total = ctx.timer.elapsed()
     net = net.cpu().eval()
     record = {
         "method": method,
@@ -116,6 +157,7 @@ def unlearn(
         "world_size": rank_and_world()[1],
         "forget_samples": len(forget),
         "retain_samples": len(retain),
+        "resumed_from_step": ctx.resumed_from_step,
         "wall_clock_s": {
             "setup": round(setup, 4),
             "unlearn": round(total, 4),
@@ -127,6 +169,44 @@ def unlearn(
     return UnlearnResult(model=net, card=card, record=record)
 
 
+def run_identity(
+    model: nn.Module,
+    card: ModelCard,
+    forget: LabelledTensors,
+    retain: LabelledTensors,
+    method: str,
+    config: Any,
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """What a checkpoint must share with a run to resume it (its digest is the run_key)."""
+    from revise.models.io import weights_digest
+
+    card_json = json.dumps(card.to_dict(), sort_keys=True, default=str)
+    return {
+        "method": method,
+        "hyperparameters": dataclasses.asdict(config),
+        "seed": seed,
+        "model": checkpoint.run_key({"weights": weights_digest(model), "card": card_json}),
+        "data": checkpoint.tensors_digest(forget.x, forget.y, retain.x, retain.y),
+        "world_size": rank_and_world()[1],
+        "device_type": device.type,
+    }
+
+
+def check_resumable(saved: checkpoint.Checkpoint, identity: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint of another run, saying what differs."""
+    if saved.state.get("run_key") == checkpoint.run_key(identity):
+        return
+    differs = checkpoint.differences(saved.state.get("identity") or {}, identity)
+    raise UsageError(
+        f"cannot resume from {saved.path}: it is of another run ("
+        + ("; ".join(differs) or "run key differs")
+        + ")",
+        hint="start fresh without --resume, which replaces the checkpoint",
+    )
+
+
 def software_versions() -> dict[str, str]:
     return {
         "revise": revise.__version__,
@@ -135,11 +215,53 @@ def software_versions() -> dict[str, str]:
     }
 
 
+PARTIAL_SUFFIX = ".partial"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def partial_dir(folder: str | Path) -> Path:
+    """Where the run folder ``folder`` is built (its checkpoints included) until complete:
+    ``<folder>.partial`` beside it."""
+    folder = Path(folder)
+    return folder.with_name(folder.name + PARTIAL_SUFFIX)
+
+
+def checkpoint_dir_for(folder: str | Path) -> Path:
+    """The checkpoint folder of the run folder ``folder`` (inside its partial folder)."""
+    return partial_dir(folder) / CHECKPOINT_DIR
+
+
+def discard_partial(folder: str | Path) -> None:
+    """Remove ``folder``'s partial folder after a failure, unless it holds a checkpoint (which
+    a run with ``resume`` continues from)."""
+    partial = partial_dir(folder)
+    if checkpoint.peek(partial / CHECKPOINT_DIR) is None:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def save_run(result: UnlearnResult, folder: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the run folder atomically: model.safetensors, card.json, run.json."""
+    """Write the run folder atomically: model.safetensors, card.json, run.json.
+
+    The files are written in ``<folder>.partial/`` (:func:`partial_dir`), the finished folder
+    is renamed into place and the partial folder, checkpoints included, removed: ``folder``
+    exists only when complete.
+    """
     from revise.models.io import save_model
 
-    with atomic_dir(folder, overwrite=overwrite) as tmp:
-        save_model(result.model, result.card, tmp)
-        write_json_atomic(tmp / "run.json", result.record)
-    return Path(folder)
+    target = Path(folder)
+    if target.exists() and not overwrite:
+        raise UsageError(
+            f"output folder {target} already exists", hint="choose another -o or remove it"
+        )
+    partial = partial_dir(target)
+    staged, replaced = partial / "run", partial / "replaced"
+    for leftover in (staged, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staged.mkdir(parents=True)
+    save_model(result.model, result.card, staged)
+    write_json_atomic(staged / "run.json", result.record)
+    if target.exists():
+        os.replace(target, replaced)
+    os.replace(staged, target)
+    shutil.rmtree(partial, ignore_errors=True)
+    return target

@@ -25,16 +25,10 @@ from torch import nn
 
 from revise.errors import ModelError, UsageError
 from revise.models.architectures import head_module_name
-from revise.unlearn.base import (
-    UnlearnContext,
-    batch_indices,
-    register,
-    run_steps,
-    sgd,
-    steps_per_pass,
-)
+from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
 
-SHADOW_STREAM = 3  # ctx-seeded stream that initialises the shadow output
+FORGET_STREAM = 1  # batch stream of the forget images
+SHADOW_STREAM = 3  # random stream that initialises the shadow output
 
 
 @dataclass
@@ -143,10 +137,9 @@ def boundary_expand(ctx: UnlearnContext, config: BoundaryExpandConfig) -> dict[s
     try:
         optimizer = sgd(ctx.model, config.lr, config.momentum, config.weight_decay)
         steps = config.epochs * steps_per_pass(len(forget), config.batch_size)
-        order = batch_indices(len(forget), config.batch_size, steps, ctx.generator(1), ctx.device)
 
         def loss_fn(step: int, batch: Any) -> torch.Tensor:
-            x = forget.x[next(order)]
+            x = forget.x[ctx.batch(FORGET_STREAM, len(forget), config.batch_size)]
             target = torch.full((len(x),), shadow, dtype=torch.long, device=x.device)
             return F.cross_entropy(ctx.model(x).float(), target)
 

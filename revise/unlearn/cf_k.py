@@ -22,13 +22,9 @@ import torch.nn.functional as F
 
 from revise.errors import UsageError
 from revise.unlearn._structure import frozen_modules, hold_in_eval, last_blocks, train_only
-from revise.unlearn.base import (
-    UnlearnContext,
-    batch_indices,
-    register,
-    run_steps,
-    steps_per_pass,
-)
+from revise.unlearn.base import UnlearnContext, register, run_steps, steps_per_pass
+
+RETAIN_STREAM = 1  # batch stream of the retain images
 
 
 @dataclass
@@ -63,7 +59,6 @@ def fit_last_blocks(ctx: UnlearnContext, config: CFKConfig, names: list[str]) ->
     net = ctx.model.net
     frozen = frozen_modules(net, names)
     steps = config.epochs * steps_per_pass(len(ctx.retain), config.batch_size)
-    order = batch_indices(len(ctx.retain), config.batch_size, steps, ctx.generator(1), ctx.device)
     with train_only(net, names) as params:
         optimizer = torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -74,7 +69,7 @@ def fit_last_blocks(ctx: UnlearnContext, config: CFKConfig, names: list[str]) ->
 
         def loss_fn(step: int, batch: Any) -> torch.Tensor:
             hold_in_eval(frozen)  # run_steps put the whole model in train mode
-            idx = next(order)
+            idx = ctx.batch(RETAIN_STREAM, len(ctx.retain), config.batch_size)
             return F.cross_entropy(ctx.model(ctx.retain.x[idx]).float(), ctx.retain.y[idx])
 
         run_steps(ctx, optimizer, steps, loss_fn, scheduler=scheduler)

@@ -19,17 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from revise.errors import UsageError
-from revise.unlearn.base import (
-    UnlearnContext,
-    batch_indices,
-    register,
-    run_steps,
-    sgd,
-    steps_per_pass,
-)
+from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
 
-# Random streams of ctx.generator(k), fixed per role so that methods sharing a role (the retain
-# batches of finetune, l1_sparse and neggrad_plus) draw the same batches under the same seed.
+# Stream numbers of ctx.batch (batches) and ctx.generator (random labels), fixed per role so
+# that methods sharing a role (the retain batches of finetune, l1_sparse, neggrad_plus and
+# retrain) draw the same batches under the same seed.
 RETAIN_STREAM = 1
 FORGET_STREAM = 2
 LABEL_STREAM = 3
@@ -89,12 +83,9 @@ def finetune_on_retain(
     model, retain = ctx.model, ctx.retain
     optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
     steps = config.epochs * steps_per_pass(len(retain), config.batch_size)
-    order = batch_indices(
-        len(retain), config.batch_size, steps, ctx.generator(RETAIN_STREAM), ctx.device
-    )
 
     def loss_fn(step: int, _: Any) -> torch.Tensor:
-        idx = next(order)
+        idx = ctx.batch(RETAIN_STREAM, len(retain), config.batch_size)
         loss = F.cross_entropy(model(retain.x[idx]).float(), retain.y[idx])
         if penalty is not None:
             loss = loss + penalty(step, steps)

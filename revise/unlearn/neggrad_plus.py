@@ -17,14 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from revise.unlearn.base import (
-    UnlearnContext,
-    batch_indices,
-    register,
-    run_steps,
-    sgd,
-    steps_per_pass,
-)
+from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
 from revise.unlearn.finetune import FORGET_STREAM, RETAIN_STREAM, check_sgd_config, require_retain
 
 
@@ -60,25 +53,15 @@ def neggrad_plus(ctx: UnlearnContext, config: NegGradPlusConfig) -> dict[str, An
     model, retain, forget = ctx.model, ctx.retain, ctx.forget
     optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
     steps = config.epochs * steps_per_pass(len(retain), config.batch_size)
-    retain_order = batch_indices(
-        len(retain), config.batch_size, steps, ctx.generator(RETAIN_STREAM), ctx.device
-    )
     # With alpha = 1 the forget term weighs nothing: skip its forward pass, which would still
     # move BatchNorm statistics, so that alpha = 1 is exactly finetune under the same seed.
     ascend = config.alpha < 1.0
-    forget_order = (
-        batch_indices(
-            len(forget), config.batch_size, steps, ctx.generator(FORGET_STREAM), ctx.device
-        )
-        if ascend
-        else None
-    )
 
     def loss_fn(step: int, _: Any) -> torch.Tensor:
-        idx = next(retain_order)
+        idx = ctx.batch(RETAIN_STREAM, len(retain), config.batch_size)
         loss = config.alpha * F.cross_entropy(model(retain.x[idx]).float(), retain.y[idx])
-        if forget_order is not None:
-            idx_f = next(forget_order)
+        if ascend:
+            idx_f = ctx.batch(FORGET_STREAM, len(forget), config.batch_size)
             forget_ce = F.cross_entropy(model(forget.x[idx_f]).float(), forget.y[idx_f])
             loss = loss - (1.0 - config.alpha) * forget_ce
         return loss

@@ -22,14 +22,11 @@ import torch.nn.functional as F
 from revise.distributed import all_sum
 from revise.errors import UsageError
 from revise.models.pixel import PixelSpaceModel
-from revise.unlearn.base import (
-    UnlearnContext,
-    batch_indices,
-    register,
-    run_steps,
-    sgd,
-    steps_per_pass,
-)
+from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+
+FORGET_STREAM = 1  # batch stream of the forget images
+RETAIN_STREAM = 2  # batch stream of the retain images (phi > 0)
+NOISE_STREAM = 3  # random stream of the search noise
 
 NOISES = ("gaussian", "laplace", "cauchy", "uniform")
 LAMBDA_SCHEDULES = ("constant", "inverse", "exponential", "linear")
@@ -159,39 +156,29 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
     model, labeler = ctx.model, ctx.original
     optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
     steps = config.epochs * steps_per_pass(len(ctx.forget), config.batch_size)
-    forget_order = batch_indices(
-        len(ctx.forget), config.batch_size, steps, ctx.generator(1), ctx.device
-    )
     use_retain = config.phi > 0 and len(ctx.retain) > 0
-    retain_order = (
-        batch_indices(len(ctx.retain), config.batch_size, steps, ctx.generator(2), ctx.device)
-        if use_retain
-        else None
-    )
-    noise = ctx.generator(3) if config.gamma else None
-    flipped = torch.zeros((), dtype=torch.long, device=ctx.device)  # stays on the device
-    seen = 0
+    noise = ctx.generator(NOISE_STREAM) if config.gamma else None
 
     def relabel(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal flipped, seen
-        idx = next(forget_order)
+        idx = ctx.batch(FORGET_STREAM, len(ctx.forget), config.batch_size)
         x, y = ctx.forget.x[idx], ctx.forget.y[idx]
         x_adv = boundary_search(labeler, x, y, config, noise)
         with torch.no_grad():
             logits_adv = labeler(x_adv)
-        flipped = flipped + (logits_adv.argmax(1) != y).sum()
-        seen += len(y)
+        ctx.tally("flipped", (logits_adv.argmax(1) != y).sum())  # stays on the device
+        ctx.tally("seen", len(y))
         return x, forget_targets(logits_adv, config)
 
     def loss_fn(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, target = batch
         loss = F.cross_entropy(model(x).float(), target)
-        if retain_order is not None:
-            loss = loss + config.phi * retain_term(ctx, config, next(retain_order))
+        if use_retain:
+            idx = ctx.batch(RETAIN_STREAM, len(ctx.retain), config.batch_size)
+            loss = loss + config.phi * retain_term(ctx, config, idx)
         return loss
 
     run_steps(ctx, optimizer, steps, loss_fn, prepare=relabel, freeze_bn=config.freeze_bn)
-    counts = all_sum(torch.stack([flipped, torch.tensor(seen, device=flipped.device)]))
+    counts = all_sum(torch.stack([ctx.tallies["flipped"], ctx.tallies["seen"]]))
     return {
         "steps": steps,
         "attack_success_ratio": round(counts[0].item() / max(1, counts[1].item()), 4),

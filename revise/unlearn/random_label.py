@@ -20,15 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from revise.errors import UsageError
-from revise.unlearn.base import (
-    UnlearnContext,
-    batch_indices,
-    register,
-    run_steps,
-    sgd,
-    steps_per_pass,
-)
-from revise.unlearn.finetune import LABEL_STREAM, RETAIN_STREAM, check_sgd_config
+from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+from revise.unlearn.finetune import LABEL_STREAM, check_sgd_config
+
+UNION_STREAM = 1  # batch stream over D_f + D_r
 
 
 @dataclass
@@ -71,14 +66,11 @@ def random_label(ctx: UnlearnContext, config: RandomLabelConfig) -> dict[str, An
     n_f, n_r = len(forget), len(retain)
     optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
     steps = config.epochs * steps_per_pass(n_f + n_r, config.batch_size)
-    order = batch_indices(
-        n_f + n_r, config.batch_size, steps, ctx.generator(RETAIN_STREAM), ctx.device
-    )
     labels = ctx.generator(LABEL_STREAM)
     fixed = random_other_labels(forget.y, num_classes, labels) if config.fixed_labels else None
 
     def loss_fn(step: int, _: Any) -> torch.Tensor:
-        idx = next(order)
+        idx = ctx.batch(UNION_STREAM, n_f + n_r, config.batch_size)
         # Union index i < n_f is forget sample i, else retain sample i - n_f. Both gathers use
         # clamped indices and torch.where picks per sample: no host sync on the split.
         is_forget = idx < n_f

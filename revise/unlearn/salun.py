@@ -26,12 +26,14 @@ from revise.errors import UsageError
 from revise.unlearn.base import (
     LabelledTensors,
     UnlearnContext,
-    batch_indices,
     register,
     run_steps,
     sgd,
     steps_per_pass,
 )
+
+UNION_STREAM = 1  # batch stream over D_f + D_r
+LABEL_STREAM = 2  # random stream of the forget images' random labels
 
 
 @dataclass
@@ -130,11 +132,10 @@ def salun(ctx: UnlearnContext, config: SalUnConfig) -> dict[str, Any]:
 
     n_f, n_r = len(forget), len(retain)
     steps = config.epochs * steps_per_pass(n_f + n_r, config.batch_size)
-    order = batch_indices(n_f + n_r, config.batch_size, steps, ctx.generator(1), ctx.device)
-    relabel = ctx.generator(2)
+    relabel = ctx.generator(LABEL_STREAM)
 
     def loss_fn(step: int, batch: Any) -> torch.Tensor:
-        idx = next(order)
+        idx = ctx.batch(UNION_STREAM, n_f + n_r, config.batch_size)
         is_forget = idx < n_f
         f_idx = idx.clamp(max=n_f - 1)
         y_f = random_other_labels(forget.y[f_idx], num_classes, relabel)

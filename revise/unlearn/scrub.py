@@ -22,14 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from revise.errors import UsageError
-from revise.unlearn.base import (
-    UnlearnContext,
-    batch_indices,
-    register,
-    run_steps,
-    sgd,
-    steps_per_pass,
-)
+from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+
+FORGET_STREAM = 1  # batch stream of the max-steps
+RETAIN_STREAM = 2  # batch stream of the min-steps
 
 
 @dataclass
@@ -92,22 +88,16 @@ def scrub(ctx: UnlearnContext, config: SCRUBConfig) -> dict[str, Any]:
     student, teacher = ctx.model, ctx.original
     plan = schedule(config, len(ctx.forget), len(ctx.retain))
     n_max = sum(plan)
-    forget_order = batch_indices(
-        len(ctx.forget), config.forget_batch_size, n_max, ctx.generator(1), ctx.device
-    )
-    retain_order = batch_indices(
-        len(ctx.retain), config.batch_size, len(plan) - n_max, ctx.generator(2), ctx.device
-    )
     optimizer = sgd(student, config.lr, config.momentum, config.weight_decay)
     T = config.temperature
 
     def loss_fn(step: int, batch: Any) -> torch.Tensor:
         if plan[step]:
-            x = ctx.forget.x[next(forget_order)]
+            x = ctx.forget.x[ctx.batch(FORGET_STREAM, len(ctx.forget), config.forget_batch_size)]
             with torch.no_grad():
                 target = teacher(x)
             return -distill_kl(student(x), target, T)
-        idx = next(retain_order)
+        idx = ctx.batch(RETAIN_STREAM, len(ctx.retain), config.batch_size)
         x, y = ctx.retain.x[idx], ctx.retain.y[idx]
         with torch.no_grad():
             target = teacher(x)

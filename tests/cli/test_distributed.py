@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from safetensors.torch import load_file
 
 # BatchNorm statistics frozen and no noise: the sharded update is then mathematically the
@@ -11,7 +13,10 @@ from safetensors.torch import load_file
 EXACT = {"epochs": 2, "lr": 0.001, "freeze_bn": "true"}
 
 
-def test_two_gloo_workers_match_one_process(cli, demo_site, tmp_path):
+def test_two_gloo_workers_match_one_process(cli, demo_site, tmp_path, monkeypatch):
+    # torchrun gives each worker one thread unless told otherwise; match this process, so
+    # that only the sharding differs between the two runs.
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     one, two = tmp_path / "one", tmp_path / "two"
     cli(*cli.unlearn_args(demo_site, one, "--method", "boundary_shrink", settings=EXACT), code=0)
     cli(
@@ -35,7 +40,8 @@ def test_two_gloo_workers_match_one_process(cli, demo_site, tmp_path):
     record_one = json.loads((one / "run.json").read_text())
     record_two = json.loads((two / "run.json").read_text())
     assert record_two["world_size"] == 2 and record_one["world_size"] == 1
-    assert record_two["attack_success_ratio"] == record_one["attack_success_ratio"]
-    assert (
-        record_two["metrics"]["forget"]["accuracy"] == record_one["metrics"]["forget"]["accuracy"]
+    assert record_two["attack_success_ratio"] == pytest.approx(
+        record_one["attack_success_ratio"], abs=0.01
     )
+    for name, stats in record_one["metrics"].items():
+        assert record_two["metrics"][name]["accuracy"] == pytest.approx(stats["accuracy"], abs=0.01)
