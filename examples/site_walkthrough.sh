@@ -10,7 +10,7 @@ forget='device == "Borealis CR-7"'
 revise index "$site/dicom" -o "$work/manifest.parquet" --labels "$site/labels.csv" --site demo
 revise select "$work/manifest.parquet" "$forget"
 revise unlearn --model "$work/demo/original" --data "$work/manifest.parquet" --forget "$forget" \
-  --set lr=0.001 --set phi=2 --set epochs=5 --set freeze_bn=true \
+  --set lr=0.001 --set phi=2 --set epochs=10 --set freeze_bn=true \
   --cache "$work/cache" -o "$work/run" --overwrite
 revise evaluate --model "$work/run" --data "$work/manifest.parquet" --forget "$forget" \
   --cache "$work/cache" --json "$work/metrics.json"

@@ -24,7 +24,7 @@ FORGET = 'device == "Borealis CR-7"'
 # term (phi) protects the remaining device. Result: forget-side accuracy close to the
 # retrained reference's, retain-side accuracy a few points below it.
 PSG_DEMO_CONFIG = {
-    "epochs": 5,
+    "epochs": 10,
     "batch_size": 64,
     "lr": 1e-3,
     "gamma": 1e-4,
