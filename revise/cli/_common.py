@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +17,27 @@ device_option = click.option(
     default="auto",
     show_default=True,
     help="auto (CUDA when present), cpu, cuda or cuda:N.",
+)
+model_option = click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Model: a run/model folder, .safetensors (+ --card), TorchScript, .pt2 or .onnx.",
+)
+card_option = click.option(
+    "--card", type=click.Path(exists=True, path_type=Path), help="Model card JSON."
+)
+arch_option = click.option("--arch", help="Architecture name for bare weights (see the card).")
+data_option = click.option(
+    "--data",
+    "manifest_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Manifest (.parquet/.csv) from `revise index`, with labels.",
+)
+cache_option = click.option(
+    "--cache", type=click.Path(path_type=Path), help="Folder for decoded tensors (reused)."
 )
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 

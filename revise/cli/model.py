@@ -11,37 +11,19 @@ import click
 
 from revise import distributed
 from revise.cli._common import (
+    arch_option,
+    cache_option,
+    card_option,
+    data_option,
     device_option,
     echo,
+    model_option,
     parse_settings,
     seed_option,
     step_progress,
     worker_argv,
 )
 from revise.errors import UsageError
-
-model_option = click.option(
-    "--model",
-    "model_path",
-    required=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="Model: a run/model folder, .safetensors (+ --card), TorchScript, .pt2 or .onnx.",
-)
-card_option = click.option(
-    "--card", type=click.Path(exists=True, path_type=Path), help="Model card JSON."
-)
-arch_option = click.option("--arch", help="Architecture name for bare weights (see the card).")
-data_option = click.option(
-    "--data",
-    "manifest_path",
-    required=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="Manifest (.parquet/.csv) from `revise index`, with labels.",
-)
-cache_option = click.option(
-    "--cache", type=click.Path(path_type=Path), help="Folder for decoded tensors (reused)."
-)
-
 
 SUMMARY_KEYS = (
     "method",

@@ -6,7 +6,18 @@ from pathlib import Path
 
 import click
 
-from revise.cli._common import device_option, echo, parse_scalar, parse_settings, seed_option
+from revise.cli._common import (
+    arch_option,
+    cache_option,
+    card_option,
+    data_option,
+    device_option,
+    echo,
+    model_option,
+    parse_scalar,
+    parse_settings,
+    seed_option,
+)
 
 GRID_HELP = "name=v1,v2,... (repeatable); e.g. --grid gamma=0,1e-4,0.1 --grid lam=0,1e-3"
 
@@ -24,12 +35,10 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
 
 
 @click.command("sweep")
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--card", type=click.Path(exists=True, path_type=Path), help="Model card JSON.")
-@click.option("--arch", help="Architecture name for bare weights.")
-@click.option(
-    "--data", "manifest_path", required=True, type=click.Path(exists=True, path_type=Path)
-)
+@model_option
+@card_option
+@arch_option
+@data_option
 @click.option("--forget", required=True, help="Selection to forget.")
 @click.option("--method", default="psg", show_default=True)
 @click.option("--grid", "grid_items", multiple=True, required=True, help=GRID_HELP)
@@ -42,7 +51,7 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
 @click.option(
     "-o", "--out", required=True, type=click.Path(path_type=Path), help="Folder for results."
 )
-@click.option("--cache", type=click.Path(path_type=Path), help="Folder for decoded tensors.")
+@cache_option
 @device_option
 @seed_option
 @click.pass_context
