@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from revise.errors import UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
 from revise.unlearn.base import BatchStreams, LabelledTensors, sgd, steps_per_pass
@@ -21,6 +22,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     cosine: bool = True  # cosine learning-rate decay to 0: stable end point in few epochs
+    optimizer: str = "sgd"  # "sgd" (the seed paper's recipe) or "adam" (composition fine-tune)
 
 
 def train_classifier(
@@ -36,9 +38,17 @@ def train_classifier(
     config = config or TrainConfig()
     dev = resolve_device(device)
     torch.manual_seed(seed)
+    net.requires_grad_(True)
     model = PixelSpaceModel(net, card).to(dev)
     data = data.to(dev)
-    optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(
+            net.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+    elif config.optimizer == "sgd":
+        optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
+    else:
+        raise UsageError(f"optimizer must be sgd or adam, not {config.optimizer!r}")
     steps = config.epochs * steps_per_pass(len(data), config.batch_size)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if config.cosine else None

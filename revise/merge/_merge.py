@@ -1,0 +1,216 @@
+"""merge_runs: several runs of one base model -> one merged run (a model and its record)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from revise.errors import UsageError
+from revise.evaluate import evaluate
+from revise.merge._runs import RunInput, check_aligned, digest_of, load_run, resolve
+from revise.merge.arithmetic import Override, task_arithmetic
+from revise.merge.batchnorm import _BN, reestimate_batchnorm
+from revise.merge.compose import compose, split_rules
+from revise.merge.search import DEFAULT_GRID, search_strengths
+from revise.pipeline import PreparedData
+from revise.train import TrainConfig, train_classifier
+from revise.unlearn.api import UnlearnResult, software_versions
+from revise.unlearn.base import steps_per_pass
+
+
+def _normalise_overrides(overrides: Sequence[Any], n_runs: int) -> list[Override]:
+    out: list[Override] = []
+    for pattern, values in overrides:
+        values = (float(values),) * n_runs if isinstance(values, (int, float)) else values
+        values = tuple(float(v) for v in values)
+        if len(values) != n_runs:
+            raise UsageError(f"strength override {pattern!r}: {len(values)} values, {n_runs} runs")
+        out.append((str(pattern), values))
+    return out
+
+
+def merge_runs(
+    runs: Sequence[RunInput | str | Path],
+    *,
+    base: nn.Module | None = None,
+    take: Sequence[tuple[str, str | int]] | None = None,
+    backbone: str | int | None = None,
+    head: str | int | None = None,
+    strengths: Sequence[float] | None = None,
+    overrides: Sequence[tuple[str, float | Sequence[float]]] = (),
+    search: bool = False,
+    grid: Sequence[float] = DEFAULT_GRID,
+    data: PreparedData | None = None,
+    reference: nn.Module | None = None,
+    finetune_epochs: int = 0,
+    finetune_lr: float = 1e-4,
+    reestimate_bn: bool | None = None,
+    bn_batch_size: int = 1024,
+    device: str = "auto",
+    seed: int = 0,
+) -> UnlearnResult:
+    """Merge runs of one base model by composition or by task-vector strengths.
+
+    Composition (``take`` patterns, or ``backbone`` + ``head`` run references: index or folder
+    name) takes each state-dict key whole from one run. Strength merging (``strengths``, or
+    ``search`` over ``grid`` per run; ``overrides`` per key pattern) needs the ``base`` model
+    the runs revise. BatchNorm statistics are re-estimated on ``data``'s retain set after a
+    strength merge (``reestimate_bn`` None: automatic), then the model is optionally fine-tuned
+    on it. With ``data`` the result carries metrics on its four sets. Save it with
+    :func:`revise.unlearn.api.save_run`.
+    """
+    t0 = time.perf_counter()
+    runs = [r if isinstance(r, RunInput) else load_run(r) for r in runs]
+    composing = bool(take) or backbone is not None or head is not None
+    weighting = strengths is not None or search or bool(overrides)
+    if composing and weighting:
+        raise UsageError("choose composition (--take/--backbone/--head) or strengths, not both")
+    if not composing and not weighting:
+        raise UsageError(
+            "nothing says how to merge",
+            hint="give --backbone/--head, --take, --strengths or --search-strengths",
+        )
+    if search and strengths is not None:
+        raise UsageError("give --strengths or --search-strengths, not both")
+    if search and data is None:
+        raise UsageError("searching strengths needs data", hint="give --data and --forget")
+    sets = data.sets if data is not None else {}
+    card = runs[0].card
+    names = [run.name for run in runs]
+    recipe: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+
+    if composing:
+        check_aligned(runs)
+        base_digest = runs[0].base_digest
+        if take:
+            rules = [(pattern, resolve(ref, runs)) for pattern, ref in take]
+            how = "patterns"
+        else:
+            if backbone is None or head is None:
+                raise UsageError("composition by parts needs both --backbone and --head")
+            rules = split_rules(runs[0].model, resolve(backbone, runs), resolve(head, runs))
+            how = "backbone/head"
+        merged, chosen = compose([run.model.state_dict() for run in runs], rules)
+        recipe = {
+            "mode": "compose",
+            "by": how,
+            "rules": [{"pattern": p, "run": names[i]} for p, i in rules],
+            "keys_per_run": {names[i]: n for i, n in sorted(Counter(chosen.values()).items())},
+        }
+    else:
+        if base is None:
+            raise UsageError(
+                "strength merging needs the base model the runs revise", hint="give --base"
+            )
+        from revise.models.io import weights_digest
+
+        base_digest = weights_digest(base)
+        base_state = base.state_dict()
+        check_aligned(runs, base_state, base_digest=base_digest)
+        states = [run.model.state_dict() for run in runs]
+        fixed = _normalise_overrides(overrides, len(runs))
+        recipe = {
+            "mode": "strengths",
+            "overrides": [{"pattern": p, "strengths": list(v)} for p, v in fixed],
+        }
+        if search:
+            ref_acc = None
+            if reference is not None:
+                ref_metrics = evaluate(reference, card, sets, by=(), device=device)
+                ref_acc = {name: stats["accuracy"] for name, stats in ref_metrics.items()}
+            t1 = time.perf_counter()
+            found = search_strengths(
+                runs[0].model,
+                card,
+                base_state,
+                states,
+                sets,
+                grid=grid,
+                overrides=fixed,
+                reference=ref_acc,
+                bn_batch_size=bn_batch_size,
+                device=device,
+            )
+            timings["search"] = round(time.perf_counter() - t1, 4)
+            strengths = found.strengths
+            recipe["search"] = {
+                "grid": list(found.grid),
+                "criterion": found.criterion,
+                "score": round(found.score, 4),
+                "reference_accuracy": ref_acc,
+                "candidates": found.table,
+            }
+        strengths = tuple(float(s) for s in strengths)
+        recipe["strengths"] = dict(zip(names, strengths, strict=True))
+        merged = task_arithmetic(base_state, states, strengths, fixed)
+
+    net = copy.deepcopy(runs[0].model).cpu()
+    net.load_state_dict(merged)
+    net.eval()
+    has_bn = any(isinstance(m, _BN) for m in net.modules())
+    redo_bn = (not composing) if reestimate_bn is None else reestimate_bn
+    bn_layers = 0
+    if redo_bn and has_bn:
+        if data is None:
+            raise UsageError(
+                "BatchNorm statistics must be re-estimated on retain data after this merge",
+                hint="give --data and --forget",
+            )
+        t1 = time.perf_counter()
+        bn_layers = reestimate_batchnorm(
+            net, card, sets["retain"].data, batch_size=bn_batch_size, device=device
+        )
+        timings["batchnorm"] = round(time.perf_counter() - t1, 4)
+    recipe["batchnorm"] = {
+        "reestimated_layers": bn_layers,
+        "samples": len(sets["retain"]) if bn_layers else 0,
+    }
+    if finetune_epochs:
+        if data is None:
+            raise UsageError("fine-tuning needs the retain set", hint="give --data and --forget")
+        # The paper's composition fine-tune: all parameters, Adam, constant learning rate.
+        config = TrainConfig(
+            epochs=finetune_epochs, lr=finetune_lr, optimizer="adam", weight_decay=0.0, cosine=False
+        )
+        t1 = time.perf_counter()
+        train_classifier(net, card, sets["retain"].data, config, device=device, seed=seed)
+        timings["finetune"] = round(time.perf_counter() - t1, 4)
+        steps = finetune_epochs * steps_per_pass(len(sets["retain"]), config.batch_size)
+        recipe["finetune"] = {**dataclasses.asdict(config), "steps": steps}
+    net = net.cpu().eval()
+    record: dict[str, Any] = {
+        "method": "merge",
+        "hyperparameters": recipe,
+        "merge": {
+            **recipe,
+            "inputs": [
+                {
+                    "name": run.name,
+                    "path": str(run.path) if run.path else None,
+                    "method": run.record.get("method"),
+                    "weights_digest": digest_of(run),
+                }
+                for run in runs
+            ],
+        },
+        "base_model_digest": base_digest,
+        "seed": seed,
+        "versions": software_versions(),
+    }
+    if data is not None:
+        t1 = time.perf_counter()
+        record["metrics"] = evaluate(net, card, sets, device=device)
+        timings["evaluation"] = round(time.perf_counter() - t1, 4)
+        record["selection_digests"] = data.digests
+        record["forget_samples"] = len(sets["forget"])
+        record["retain_samples"] = len(sets["retain"])
+    record["wall_clock_s"] = {"merge": round(time.perf_counter() - t0, 4), **timings}
+    return UnlearnResult(model=net, card=card, record=record)

@@ -1,0 +1,52 @@
+"""BatchNorm running statistics re-estimated on retain data after a weight-space merge."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from revise.models.card import ModelCard
+from revise.models.pixel import PixelSpaceModel, resolve_device
+from revise.unlearn.base import LabelledTensors
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@torch.no_grad()
+def reestimate_batchnorm(
+    net: nn.Module,
+    card: ModelCard,
+    data: LabelledTensors,
+    *,
+    batch_size: int = 1024,
+    device: str = "auto",
+) -> int:
+    """Reset every BatchNorm layer's running statistics and re-estimate them from ``data``.
+
+    Each layer is reset (mean 0, var 1, num_batches_tracked 0), set to a cumulative average
+    (momentum None) and fed the data in batches in train mode, everything else in eval mode
+    (dropout off), without gradients; the momenta come back and the network is left in eval
+    mode on its device of entry. With one batch (``len(data) <= batch_size``) the statistics
+    are exactly the data's mean and unbiased variance; ``num_batches_tracked`` counts the
+    batches. Returns the number of BatchNorm layers re-estimated (0: nothing to do).
+    """
+    layers = [m for m in net.modules() if isinstance(m, _BN) and m.track_running_stats]
+    if not layers or len(data) == 0:
+        net.eval()
+        return 0
+    home = next(net.parameters()).device
+    dev = resolve_device(device)
+    model = PixelSpaceModel(net, card).to(dev).eval()
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for i in range(0, len(data), batch_size):
+            model(data.x[i : i + batch_size].to(dev))
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        net.eval().to(home)
+    return len(layers)

@@ -1,0 +1,291 @@
+"""`revise merge`: task arithmetic, composition, BatchNorm re-estimation, alignment checks and
+an end-to-end merge of two real unlearning runs through the command line."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from revise.errors import ModelError, UsageError
+from revise.merge import (
+    RunInput,
+    check_aligned,
+    compose,
+    merge_runs,
+    reestimate_batchnorm,
+    split_rules,
+    task_arithmetic,
+)
+from revise.models.architectures import build
+from revise.models.card import ModelCard
+from revise.unlearn.base import LabelledTensors
+
+
+def invoke(*args: object):
+    from click.testing import CliRunner
+
+    from revise.cli import cli
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return CliRunner().invoke(cli, [str(a) for a in args], prog_name="revise")
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+
+
+CARD = ModelCard("small_cnn", 10, 1, (8, 8), mean=(0.3,), std=(0.4,))
+
+
+def _net(seed: int, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    card = ModelCard("small_cnn", 10, 1, (8, 8), arch_kwargs=kwargs)
+    return build(card).eval()
+
+
+def _run(name: str, net: nn.Module, digest: str = "base") -> RunInput:
+    return RunInput(name, net, CARD, {"method": "psg", "base_model_digest": digest})
+
+
+# ------------------------------------------------------------------------------------------
+# task arithmetic
+
+
+def test_task_arithmetic_known_values_with_a_per_module_override():
+    base = {
+        "conv.weight": torch.tensor([1.0, 2.0]),
+        "fc.weight": torch.tensor([0.0, 10.0]),
+        "bn.num_batches_tracked": torch.tensor(7),
+    }
+    a = {
+        "conv.weight": torch.tensor([3.0, 2.0]),  # task vector [2, 0]
+        "fc.weight": torch.tensor([1.0, 10.0]),  # [1, 0]
+        "bn.num_batches_tracked": torch.tensor(100),
+    }
+    b = {
+        "conv.weight": torch.tensor([1.0, 6.0]),  # [0, 4]
+        "fc.weight": torch.tensor([0.0, 12.0]),  # [0, 2]
+        "bn.num_batches_tracked": torch.tensor(200),
+    }
+    merged = task_arithmetic(base, [a, b], [0.5, 1.0])
+    assert torch.equal(merged["conv.weight"], torch.tensor([2.0, 6.0]))  # 1+0.5*2, 2+1*4
+    assert torch.equal(merged["fc.weight"], torch.tensor([0.5, 12.0]))
+    assert merged["bn.num_batches_tracked"].item() == 7  # integers: the base's, not averaged
+    assert merged["bn.num_batches_tracked"].dtype == torch.int64
+    with_override = task_arithmetic(base, [a, b], [0.5, 1.0], [("fc.*", (1.0, 0.0))])
+    assert torch.equal(with_override["conv.weight"], torch.tensor([2.0, 6.0]))  # untouched
+    assert torch.equal(with_override["fc.weight"], torch.tensor([1.0, 10.0]))  # a's fc exactly
+    zero = task_arithmetic(base, [a, b], [0.0, 0.0])
+    assert all(torch.equal(zero[k], base[k]) for k in base)
+    with pytest.raises(UsageError, match="2 strengths for 1 runs"):
+        task_arithmetic(base, [a], [0.5, 1.0])
+
+
+# ------------------------------------------------------------------------------------------
+# composition
+
+
+def test_take_patterns_select_exactly_the_keys_they_name():
+    nets = [_net(seed) for seed in range(3)]
+    states = [n.state_dict() for n in nets]
+    rules = [("fc.*", 1), ("features.1.*", 2), ("*", 0)]
+    merged, chosen = compose(states, rules)
+    assert set(merged) == set(states[0])
+    for key, value in merged.items():
+        want = 1 if key.startswith("fc.") else 2 if key.startswith("features.1.") else 0
+        assert chosen[key] == want, key
+        assert torch.equal(value, states[want][key]), key
+    assert {k for k, v in chosen.items() if v == 1} == {"fc.weight", "fc.bias"}
+    assert {k for k, v in chosen.items() if v == 2} == {
+        f"features.1.{b}"
+        for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
+    with pytest.raises(UsageError, match=r"features\.0\.weight"):
+        compose(states, [("fc.*", 1)])  # the backbone keys are covered by nothing
+
+
+def test_backbone_head_split_is_found_from_the_architecture():
+    net = _net(0)
+    assert split_rules(net, backbone=0, head=1) == [("fc.*", 1), ("*", 0)]
+    other = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10), nn.Identity()
+    )
+    assert split_rules(other, backbone=1, head=0) == [("3.*", 0), ("*", 1)]  # not hard-coded
+
+
+# ------------------------------------------------------------------------------------------
+# BatchNorm re-estimation
+
+
+def test_batchnorm_statistics_are_those_of_the_retain_data():
+    net = _net(0)
+    bn = net.features[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)  # stale statistics, as a weight-space merge leaves them
+        bn.running_var.fill_(9.0)
+    bn.num_batches_tracked.fill_(123)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(200, 1, 8, 8, generator=g)
+    data = LabelledTensors(x, torch.zeros(200, dtype=torch.long))
+    layers = reestimate_batchnorm(net, CARD, data, batch_size=256, device="cpu")
+    assert layers == 2
+    with torch.no_grad():  # by hand: the first conv's output on the normalised retain images
+        z = net.features[0]((x - 0.3) / 0.4)
+    want_mean = z.mean(dim=(0, 2, 3))
+    want_var = z.var(dim=(0, 2, 3), unbiased=True)
+    torch.testing.assert_close(bn.running_mean, want_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, want_var, rtol=1e-5, atol=1e-6)
+    assert bn.num_batches_tracked.item() == 1
+    assert bn.momentum == 0.1 and not net.training
+    # in batches, the cumulative average of the batch statistics
+    reestimate_batchnorm(net, CARD, data, batch_size=100, device="cpu")
+    halves = [z[:100].mean(dim=(0, 2, 3)), z[100:].mean(dim=(0, 2, 3))]
+    torch.testing.assert_close(bn.running_mean, (halves[0] + halves[1]) / 2)
+    assert bn.num_batches_tracked.item() == 2
+
+
+# ------------------------------------------------------------------------------------------
+# alignment
+
+
+def test_runs_of_another_base_model_are_refused_by_name():
+    runs = [_run("a", _net(0)), _run("b", _net(1), digest="other")]
+    with pytest.raises(ModelError, match="run b revises another base model"):
+        check_aligned(runs)
+    with pytest.raises(ModelError, match=r"run a: run\.json has no base_model_digest"):
+        check_aligned([_run("a", _net(0), digest=""), _run("b", _net(1))])
+
+
+def test_missing_key_and_shape_mismatch_name_the_run_and_key():
+    class NoHeadBias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = _net(0)
+            self.inner.fc = nn.Linear(32, 10, bias=False)
+
+        def state_dict(self, *args, **kwargs):
+            return self.inner.state_dict(*args, **kwargs)
+
+    with pytest.raises(ModelError, match=r"run short has no key 'fc\.bias'"):
+        check_aligned([_run("full", _net(0)), _run("short", NoHeadBias())])
+    with pytest.raises(ModelError, match=r"run wide: key 'features\.0\.weight' has shape"):
+        check_aligned([_run("narrow", _net(0)), _run("wide", _net(0, widths=(8, 32)))])
+    half = _net(0).half()
+    with pytest.raises(ModelError, match=r"run half: key .* is torch\.float16"):
+        check_aligned([_run("full", _net(0)), _run("half", half)])
+    base = _net(0)
+    runs = [_run("a", _net(1)), _run("b", _net(2))]
+    with pytest.raises(ModelError, match="revises another base model"):
+        merge_runs(runs, base=base, strengths=[0.5, 0.5])  # digest of base is not "base"
+
+
+def test_merge_mode_must_be_one_or_the_other():
+    runs = [_run("a", _net(1)), _run("b", _net(2))]
+    with pytest.raises(UsageError, match="not both"):
+        merge_runs(runs, backbone="a", head="b", strengths=[1, 1])
+    with pytest.raises(UsageError, match="nothing says how to merge"):
+        merge_runs(runs)
+    with pytest.raises(UsageError, match="no run is called 'c'"):
+        merge_runs(runs, backbone="a", head="c")
+
+
+# ------------------------------------------------------------------------------------------
+# end to end: two real runs, merged both ways through the command line
+
+
+def test_merge_cli_end_to_end(merge_site, tmp_path):
+    from revise.models.io import load_model, weights_digest
+
+    site = merge_site
+    forgetting, retention = site.forgetting, site.retention
+    common = ["--data", site.manifest, "--forget", site.forget, "--device", "cpu"]
+
+    composed = tmp_path / "composed"
+    result = invoke(
+        "merge", forgetting, retention, "--backbone", "retention", "--head", "0",
+        "--finetune-epochs", "1", "-o", composed, *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((composed / "run.json").read_text())
+    assert record["method"] == "merge" and record["merge"]["mode"] == "compose"
+    assert record["merge"]["rules"] == [
+        {"pattern": "fc.*", "run": "forgetting"},
+        {"pattern": "*", "run": "retention"},
+    ]
+    assert record["merge"]["finetune"]["epochs"] == 1
+    digests = [i["weights_digest"] for i in record["merge"]["inputs"]]
+    assert digests == [weights_digest(load_model(p).module) for p in (forgetting, retention)]
+    base_digest = weights_digest(load_model(site.base).module)
+    assert record["base_model_digest"] == base_digest
+
+    searched = tmp_path / "searched"
+    result = invoke(
+        "merge", forgetting, retention, "--search-strengths", "--grid", "0,0.5,1",
+        "--strength", "fc.*=1,0", "-o", searched, *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((searched / "run.json").read_text())
+    merge = record["merge"]
+    assert merge["mode"] == "strengths" and merge["search"]["criterion"] == "objective"
+    assert len(merge["search"]["candidates"]) == 9
+    best = merge["search"]["candidates"][0]["strengths"]
+    assert list(merge["strengths"].values()) == best
+    assert merge["overrides"] == [{"pattern": "fc.*", "strengths": [1.0, 0.0]}]
+    assert merge["batchnorm"]["reestimated_layers"] == 2
+    assert record["base_model_digest"] == base_digest
+
+    for folder in (composed, searched):
+        loaded = load_model(folder)
+        assert loaded.card.num_classes == 10
+        report = tmp_path / f"{folder.name}.json"
+        result = invoke(
+            "evaluate", "--model", folder, "--data", site.manifest, "--forget", site.forget,
+            "--device", "cpu", "--json", report,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(report.read_text())
+        assert set(metrics) >= {"forget", "retain"}
+
+    # given strengths: the merged weights are the arithmetic's, BatchNorm aside
+    given = tmp_path / "given"
+    result = invoke(
+        "merge", forgetting, retention, "--strengths", "0.7,0.5", "--base", site.base,
+        "-o", given, *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = [load_model(p).module.state_dict() for p in (forgetting, retention)]
+    want = task_arithmetic(load_model(site.base).module.state_dict(), runs, [0.7, 0.5])
+    got = load_model(given).module.state_dict()
+    torch.testing.assert_close(got["fc.weight"], want["fc.weight"])
+    torch.testing.assert_close(got["features.0.weight"], want["features.0.weight"])
+
+
+def test_merge_cli_errors(merge_site, tmp_path):
+    site = merge_site
+    result = invoke(
+        "merge", site.forgetting, site.retention, "--take", "fc.*=1", "-o", tmp_path / "m"
+    )
+    assert result.exit_code == 2
+    assert "no --take pattern covers the key 'features.0.weight'" in result.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("model.safetensors", "card.json"):
+        (other / name).write_bytes((site.retention / name).read_bytes())
+    record = json.loads((site.retention / "run.json").read_text())
+    record["base_model_digest"] = "0" * 64
+    (other / "run.json").write_text(json.dumps(record))
+    result = invoke(
+        "merge", site.forgetting, other, "--backbone", "0", "--head", "1", "-o", tmp_path / "m"
+    )
+    assert result.exit_code == 1
+    assert "run other revises another base model" in result.stderr
+    assert not (tmp_path / "m").exists()
+    copy.deepcopy(record)  # the shared run folders were only read
