@@ -94,7 +94,7 @@ def _load_torch_export(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
             f"{path} is a torch.export archive but cannot be loaded: {str(exc).splitlines()[0]}",
             hint="it may come from another PyTorch version; re-export it or use ONNX",
         ) from None
-    # .module() refuses train()/eval(); callers (and nn.Module.eval of a parent) need them.
+    # .module() refuses the train/eval mode switches, which callers (and a parent module) need.
     module.train = types.MethodType(_fixed_mode_train, module)  # type: ignore[method-assign]
     module.eval = types.MethodType(_fixed_mode_eval, module)  # type: ignore[method-assign]
     shape = None
