@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
+
+
+@contextlib.contextmanager
+def _site_env(mp: pytest.MonkeyPatch, home: Path) -> Iterator[None]:
+    from revise import plugins
+
+    mp.setenv("REVISE_PHI_KEY", "test-site-key")
+    mp.setenv("REVISE_CONFIG", str(home / "config.yaml"))
+    mp.setenv("REVISE_PHI_KEY_FILE", str(home / "phi.key"))
+    mp.delenv("REVISE_PLUGINS", raising=False)
+    plugins.reset()
+    try:
+        yield
+    finally:
+        plugins.reset()
 
 
 @pytest.fixture(autouse=True)
 def _isolated_site(tmp_path_factory, monkeypatch):
-    home = tmp_path_factory.mktemp("revise-home")
-    monkeypatch.setenv("REVISE_PHI_KEY", "test-site-key")
-    monkeypatch.setenv("REVISE_CONFIG", str(home / "config.yaml"))
-    monkeypatch.setenv("REVISE_PHI_KEY_FILE", str(home / "phi.key"))
-    monkeypatch.delenv("REVISE_PLUGINS", raising=False)
-    from revise import plugins
+    with _site_env(monkeypatch, tmp_path_factory.mktemp("revise-home")):
+        yield
 
-    plugins.reset()
-    yield
-    plugins.reset()
+
+@pytest.fixture(scope="session")
+def isolated_env(tmp_path_factory) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """For session fixtures (which run outside any test): ``with isolated_env(): ...`` gives
+    their set-up the same environment as a test, and leaves torch's global random state as
+    found."""
+
+    @contextlib.contextmanager
+    def enter() -> Iterator[None]:
+        import torch
+
+        home = tmp_path_factory.mktemp("revise-home")
+        with (
+            pytest.MonkeyPatch.context() as mp,
+            torch.random.fork_rng(devices=[]),
+            _site_env(mp, home),
+        ):
+            yield
+
+    return enter

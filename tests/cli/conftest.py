@@ -10,7 +10,6 @@ imported): ``cli(*args, code=0)`` runs ``revise`` in-process and checks the exit
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import traceback
 from collections.abc import Iterator
@@ -139,27 +138,6 @@ def _keep_global_rng() -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def isolated_env(home: Path) -> Iterator[None]:
-    """The root conftest's environment (fixed PHI key, no plugins, nothing in ~/.revise) for
-    set-up that runs outside any test function, i.e. in session fixtures; torch's global random
-    state is left as found."""
-    import torch
-
-    from revise import plugins
-
-    with pytest.MonkeyPatch.context() as mp, torch.random.fork_rng(devices=[]):
-        mp.setenv("REVISE_PHI_KEY", "test-site-key")
-        mp.setenv("REVISE_CONFIG", str(home / "config.yaml"))
-        mp.setenv("REVISE_PHI_KEY_FILE", str(home / "phi.key"))
-        mp.delenv("REVISE_PLUGINS", raising=False)
-        plugins.reset()
-        try:
-            yield
-        finally:
-            plugins.reset()
-
-
 def train_model(manifest: Path, out: Path, *, epochs: int = 8) -> Path:
     """Train the deployed model on every training row of ``manifest``; save it to ``out``."""
     from revise.data import manifest as manifest_mod
@@ -177,11 +155,11 @@ def train_model(manifest: Path, out: Path, *, epochs: int = 8) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_site(tmp_path_factory) -> DemoSite:
+def demo_site(tmp_path_factory, isolated_env) -> DemoSite:
     from revise.data.demo_site import build_demo_site
 
     root = tmp_path_factory.mktemp("cli-site")
-    with isolated_env(tmp_path_factory.mktemp("cli-home")):
+    with isolated_env():
         site = build_demo_site(root / "site", n_patients=24)
         manifest = root / "manifest.parquet"
         result = invoke(
@@ -199,7 +177,7 @@ def demo_site(tmp_path_factory) -> DemoSite:
 
 
 @pytest.fixture(scope="session")
-def psg_run(demo_site, tmp_path_factory) -> tuple[Result, Path]:
+def psg_run(demo_site, tmp_path_factory, isolated_env) -> tuple[Result, Path]:
     """`revise unlearn` (psg, RUN_SETTINGS) of the shared model: (result, run folder).
 
     Not checked here: test_cli's test_unlearn_psg_run says what is wrong when it fails; tests
@@ -207,7 +185,7 @@ def psg_run(demo_site, tmp_path_factory) -> tuple[Result, Path]:
     times.
     """
     out = tmp_path_factory.mktemp("cli-runs") / "psg"
-    with isolated_env(tmp_path_factory.mktemp("cli-home")):
+    with isolated_env():
         result = invoke(*unlearn_args(demo_site, out))
     return result, out
 

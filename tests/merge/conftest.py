@@ -31,8 +31,7 @@ class MergeSite:
 
 
 @pytest.fixture(scope="session")
-def merge_site(tmp_path_factory) -> MergeSite:
-    from revise import plugins
+def merge_site(tmp_path_factory, isolated_env) -> MergeSite:
     from revise.data import manifest as manifest_mod
     from revise.data.demo_site import build_demo_site
     from revise.data.index import index
@@ -45,13 +44,7 @@ def merge_site(tmp_path_factory) -> MergeSite:
     from revise.unlearn.base import LabelledTensors
 
     root = tmp_path_factory.mktemp("merge-site")
-    home = tmp_path_factory.mktemp("merge-home")
-    with pytest.MonkeyPatch.context() as mp, torch.random.fork_rng(devices=[]):
-        mp.setenv("REVISE_PHI_KEY", "test-site-key")
-        mp.setenv("REVISE_CONFIG", str(home / "config.yaml"))
-        mp.setenv("REVISE_PHI_KEY_FILE", str(home / "phi.key"))
-        mp.delenv("REVISE_PLUGINS", raising=False)
-        plugins.reset()
+    with isolated_env():
         site = build_demo_site(root / "site", n_patients=24)
         indexed = index(site.root / "dicom", site="merge", labels=site.labels_csv)
         manifest = manifest_mod.save(indexed.manifest, root / "manifest.parquet")
@@ -73,5 +66,4 @@ def merge_site(tmp_path_factory) -> MergeSite:
             result.record["base_model_digest"] = digest
             result.record["base_model"] = {"path": str(base)}
             runs[name] = save_run(result, root / name)
-        plugins.reset()
     return MergeSite(root, Path(manifest), Path(base), runs["forgetting"], runs["retention"], data)
