@@ -118,25 +118,24 @@ def boundary_search(
     low, high = labeler.low, labeler.high
     lower, upper = (x - config.eps).clamp(min=low), (x + config.eps).clamp(max=high)
     x_t = x.detach().clone()
-    active = torch.ones(len(x), 1, 1, 1, dtype=torch.bool, device=x.device)
+    active = None  # with early stop: the images whose label has not flipped yet
     for t in range(config.steps):
         x_t.requires_grad_(True)
         logits = labeler(x_t)
         (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x_t)
+        x_t = x_t.detach()
         direction = grad
         lam_t = lambda_at(config.lam, config.lam_schedule, t)
         if lam_t:
-            direction = direction - lam_t * (x_t.detach() - x)
+            direction = direction - lam_t * (x_t - x)
         if config.gamma and generator is not None:
             direction = direction + config.gamma * sample_noise(config.noise, grad, generator)
-        stepped = torch.minimum(
-            torch.maximum(x_t.detach() + config.eta * direction.sign(), lower), upper
-        )
-        x_t = torch.where(active, stepped, x_t.detach())
+        stepped = torch.minimum(torch.maximum(x_t + config.eta * direction.sign(), lower), upper)
+        x_t = stepped if active is None else torch.where(active, stepped, x_t)
         if config.early_stop and t + 1 < config.steps:
             with torch.no_grad():
-                flipped = labeler(x_t).argmax(1) != y
-            active = active & ~flipped.view(-1, 1, 1, 1)
+                still = (labeler(x_t).argmax(1) == y).view(-1, 1, 1, 1)
+            active = still if active is None else active & still
     return x_t.detach()
 
 
