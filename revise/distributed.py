@@ -79,7 +79,10 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
 
 
 def finish() -> None:
+    """Leave the process group together: a worker that tears gloo down while rank 0 is still
+    evaluating and writing can abort at exit ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
