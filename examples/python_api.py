@@ -1,7 +1,8 @@
 """Run: python examples/python_api.py [WORKDIR]
 
 The revision path from Python, with the same library functions the CLI uses: build the demo
-site, index it, train a stand-in deployed model, forget one device with psg, evaluate, export.
+site, index it, train a stand-in deployed model, forget one device with psg, evaluate, export,
+validate against acceptance criteria.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from revise.pipeline import prepare, run_unlearning
 from revise.train import TrainConfig, train_classifier
 from revise.unlearn.api import save_run
 from revise.unlearn.base import LabelledTensors
+from revise.validate.api import validate, write_report
+from revise.validate.criteria import parse_criteria
 
 work = Path(sys.argv[1] if len(sys.argv) > 1 else "revise-api-example")
 site = build_demo_site(work / "site")
@@ -42,3 +45,18 @@ for name, after in result.record["metrics"].items():
 heldout = normalize(data.sets["heldout_retain"].data.x[:128], card)
 exported = export_onnx(result.model, card, work / "run" / "model.onnx", samples=heldout)
 print(f"ONNX parity: max |diff| {exported.parity.max_abs_diff:.1e}")
+
+# Validate against acceptance criteria written before the run; the report files go to work/report.
+criteria = parse_criteria(
+    """
+gates:
+  - {metric: accuracy, set: heldout_forget, at_most: 0.5}
+  - {metric: accuracy, set: heldout_retain, per: device, at_least: original - 0.05}
+  - {metric: parity_label_agreement, at_least: 1.0}
+"""
+)
+models = {"candidate": result.model, "original": deployed}
+validation = validate(models, data, criteria, card=card, onnx_path=work / "run" / "model.onnx")
+write_report(validation, work / "report", overwrite=True)
+for verdict in validation.verdicts:
+    print("PASS" if verdict.passed else "FAIL", verdict.gate.name, verdict.message())

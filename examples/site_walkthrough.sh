@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run: bash examples/site_walkthrough.sh [WORKDIR]
 # The revision path step by step with the CLI, on the demo site that `revise demo` builds:
-# index the DICOM folder, check the selection, unlearn the retiring device, evaluate, export.
+# index the DICOM folder, check the selection, unlearn the retiring device, evaluate, export,
+# validate against acceptance criteria.
 set -euo pipefail
 work="${1:-revise-walkthrough}"
 revise demo -o "$work/demo" >/dev/null          # builds the site and the deployed model
@@ -15,3 +16,8 @@ revise unlearn --model "$work/demo/original" --data "$work/manifest.parquet" --f
 revise evaluate --model "$work/run" --data "$work/manifest.parquet" --forget "$forget" \
   --cache "$work/cache" --json "$work/metrics.json"
 revise export "$work/run" -o "$work/model.onnx" --data "$work/manifest.parquet" --cache "$work/cache"
+# Validate against the acceptance criteria the demo wrote before its run (exit 1 if a gate fails)
+revise validate "$work/run" --original "$work/demo/original" --data "$work/manifest.parquet" \
+  --forget "$forget" --criteria "$work/demo/gates.yaml" --reference "$work/demo/retrained" \
+  --onnx "$work/model.onnx" --cache "$work/cache" -o "$work/validation" --overwrite
+echo "report: $work/validation/report.html"

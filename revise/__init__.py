@@ -21,6 +21,8 @@ _LAZY = {
     "unlearn": "revise.unlearn.api",
     "evaluate": "revise.evaluate",
     "export_onnx": "revise.export.onnx",
+    "load_criteria": "revise.validate.criteria",
+    "validate": "revise.validate.api",
     "RevisionError": "revise.errors",
 }
 

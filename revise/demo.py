@@ -35,6 +35,32 @@ PSG_DEMO_CONFIG = {
     "eta": 0.1,
 }
 TRAIN_EPOCHS = 20
+# Acceptance criteria a site would write before revising: the retired device is forgotten on
+# held-out images, the remaining device keeps its accuracy, members cannot be told from
+# non-members as well as on the retrained reference, and the ONNX export agrees exactly.
+DEMO_GATES = """\
+gates:
+  - name: retired device forgotten on held-out images
+    metric: accuracy
+    set: heldout_forget
+    at_most: 0.5
+  - name: remaining device within 5 points of the original
+    metric: accuracy
+    set: heldout_retain
+    per: device
+    at_least: original - 0.05
+  - name: no digit loses more than 15 points on the remaining device
+    metric: accuracy_change
+    set: heldout_retain
+    per: label
+    at_least: -0.15
+  - name: forget set as private as for the retrained reference
+    metric: loss_mia
+    between: [reference - 0.05, reference + 0.05]
+  - name: ONNX export predicts exactly as PyTorch
+    metric: parity_label_agreement
+    at_least: 1.0
+"""
 
 
 @dataclass
@@ -142,12 +168,44 @@ def run_demo(
             out / "revised" / "model.onnx",
             samples=normalize(sets["heldout_retain"].data.x[:256], card),
         )
+    with stage("validate + report"):
+        validation = _validate(out, data, device)
+    table["validation"] = {
+        "verdict": validation.report["verdict"],
+        "summary": validation.report["summary"],
+        "failed": [v.gate.name for v in validation.failed()],
+        "report": str(out / "validation" / "report.html"),
+    }
     table["parity"] = _as_dict(exported.parity)
     table["attack_success_ratio"] = result.record.get("attack_success_ratio")
     table["counts"] = data.counts()
     table["timings_s"] = timings
     write_json_atomic(out / "demo_report.json", table)
     return DemoResult(out=out, table=table, timings=timings)
+
+
+def _validate(out: Path, data, device: str):
+    """Judge the revised model against DEMO_GATES; the report goes to ``out/validation``."""
+    from revise._io import write_text_atomic
+    from revise.models.io import load_model
+    from revise.validate.api import validate, write_report
+    from revise.validate.criteria import load_criteria
+
+    write_text_atomic(out / "gates.yaml", DEMO_GATES)
+    criteria = load_criteria(out / "gates.yaml")
+    models = {  # as saved: the report records their files and digests
+        name: load_model(out / folder)
+        for name, folder in (
+            ("candidate", "revised"),
+            ("original", "original"),
+            ("reference", "retrained"),
+        )
+    }
+    result = validate(
+        models, data, criteria, onnx_path=out / "revised" / "model.onnx", device=device
+    )
+    write_report(result, out / "validation", overwrite=True)
+    return result
 
 
 def _as_dict(obj: Any) -> Any:

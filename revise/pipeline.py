@@ -53,6 +53,20 @@ def prepare(
     """Partition the labelled manifest by the forget selection and decode every set once."""
     t0 = time.perf_counter()
     parts = partition(manifest, forget, base_dir=base_dir)
+    return decode_sets(parts, card, forget, cache_dir=cache_dir, progress=progress, started=t0)
+
+
+def decode_sets(
+    parts: dict[str, pd.DataFrame],
+    card: ModelCard,
+    forget: str | None,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+    started: float | None = None,
+) -> PreparedData:
+    """Decode the sets :func:`~revise.data.split.partition` made (each image once)."""
+    t0 = time.perf_counter() if started is None else started
     everything = pd.concat(list(parts.values()), ignore_index=True)
     decoded = load_tensors(everything, card, cache_dir=cache_dir, progress=progress)
     position = {key: i for i, key in enumerate(decoded.keys)}

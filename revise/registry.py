@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from revise.errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    """'did you mean a, b?' for the names close to ``name``, or None when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return f"did you mean {', '.join(close)}?" if close else None
 
 
 class Registry(Generic[T]):
@@ -37,11 +43,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._items), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else None
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}",
-                hint=hint,
+                hint=did_you_mean(name, self._items),
             ) from None
 
     def summary(self, name: str) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from orthanc import orthanc  # noqa: F401  (the session fixture: one real PACS for the whole run)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,14 @@ def demo(ctx: click.Context, out: Path, device: str, seed: int) -> None:
         f"{parity['n']} held-out images: max |diff| {parity['max_abs_diff']:.2e}, "
         f"labels agree {parity['label_agreement']:.3f}"
     )
-    click.echo(f"total wall-clock {total:.1f} s; report: {out / 'demo_report.json'}")
+    validation = result.table["validation"]
+    click.echo(
+        f"acceptance gates ({out / 'gates.yaml'}): {validation['verdict'].upper()}, "
+        f"{validation['summary']}; report: {validation['report']}"
+    )
+    for name in validation["failed"]:
+        click.echo(f"  failed: {name}")
+    click.echo(f"total wall-clock {total:.1f} s; table: {out / 'demo_report.json'}")
 
 
 COMMANDS = [demo]

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,23 @@ class DicomLoader:
         if not root.exists():
             raise DataError(f"{root} does not exist", hint="pass a DICOM folder or file")
         root = root.resolve()
+        files: list[Path] = []
+        unreadable: list[IndexFailure] = []
+        for path, problem in _walk(root):
+            if problem:
+                unreadable.append(IndexFailure(str(path), problem))
+            else:
+                files.append(path)
+        result = self.index_files(files, site=site, key=key)
+        result.failures[:0] = unreadable
+        return result
+
+    def index_files(self, files: Sequence[Path], *, site: str, key: bytes) -> IndexResult:
+        """Index exactly these files (e.g. instances fetched from a PACS into a cache)."""
         rows: list[dict[str, Any]] = []
         failures: list[IndexFailure] = []
         skipped: list[IndexFailure] = []
-        for path, problem in _walk(root):
-            if problem:
-                failures.append(IndexFailure(str(path), problem))
-                continue
+        for path in files:
             try:
                 with warnings.catch_warnings():  # pydicom warns on every odd value
                     warnings.simplefilter("ignore")
@@ -137,9 +148,9 @@ class DicomLoader:
                     int(dup.sum()),
                 )
         log.info(
-            "dicom: %d rows from %s; %d skipped, %d failed",
+            "dicom: %d rows from %d files; %d skipped, %d failed",
             len(manifest),
-            root,
+            len(files),
             len(skipped),
             len(failures),
         )

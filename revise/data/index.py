@@ -66,19 +66,26 @@ def index(
     chosen = choose_loader(root, loader)
     result = chosen.index(root, site=site, key=site_key() if key is None else key)
     manifest = unique_keys(normalize(result.manifest))
-    if labels is not None:
-        if isinstance(labels, Mapping):
-            rule = dict(labels)
-            unknown = set(rule) - {"column", "map"}
-            if unknown or "column" not in rule or "map" not in rule:
-                raise UsageError(
-                    f"label rule {rule!r} is malformed",
-                    hint='use {"column": "body_part", "map": {"CHEST": 0, "HEAD": 1}}',
-                )
-            manifest = apply_label_rule(manifest, rule["column"], rule["map"])
-        elif len(manifest):
-            manifest = join_labels(manifest, labels)
+    manifest = label_manifest(manifest, labels)
     return IndexResult(manifest, list(result.failures), list(result.skipped))
+
+
+def label_manifest(
+    manifest: pd.DataFrame, labels: str | os.PathLike | Mapping[str, Any] | None
+) -> pd.DataFrame:
+    """Labels joined from a CSV, or set by a rule ``{"column": ..., "map": {...}}``."""
+    if labels is None or not len(manifest):
+        return manifest
+    if isinstance(labels, Mapping):
+        rule = dict(labels)
+        unknown = set(rule) - {"column", "map"}
+        if unknown or "column" not in rule or "map" not in rule:
+            raise UsageError(
+                f"label rule {rule!r} is malformed",
+                hint='use {"column": "body_part", "map": {"CHEST": 0, "HEAD": 1}}',
+            )
+        return apply_label_rule(manifest, rule["column"], rule["map"])
+    return join_labels(manifest, labels)
 
 
 def unique_keys(manifest: pd.DataFrame) -> pd.DataFrame:

@@ -177,6 +177,20 @@ def demo_site(tmp_path_factory, isolated_env) -> DemoSite:
 
 
 @pytest.fixture(scope="session")
+def retrained_model(demo_site, tmp_path_factory, isolated_env) -> Path:
+    """The reference: the deployed model's recipe on the training rows outside FORGET."""
+    from revise.data import manifest as manifest_mod
+    from revise.data.select import mask
+
+    df = manifest_mod.load(demo_site.manifest)
+    training = df["split"].astype("string").fillna("") != "heldout"
+    root = tmp_path_factory.mktemp("retrained")
+    manifest_mod.save(df[~(mask(df, FORGET) & training)], root / "retain.parquet")
+    with isolated_env():
+        return train_model(root / "retain.parquet", root / "model")
+
+
+@pytest.fixture(scope="session")
 def psg_run(demo_site, tmp_path_factory, isolated_env) -> tuple[Result, Path]:
     """`revise unlearn` (psg, RUN_SETTINGS) of the shared model: (result, run folder).
 

@@ -331,6 +331,12 @@ def test_demo_end_to_end(cli, tmp_path):
     assert abs(drift) <= 0.08, report
     assert report["parity"]["label_agreement"] == 1.0
     assert (out / "revised" / "model.onnx").is_file()
+    # the revision passes the demo's acceptance criteria, and says so with a report
+    assert report["validation"]["verdict"] == "pass", report["validation"]
+    assert re.search(r"acceptance gates .*: PASS, (\d+) of \1 gates passed", result.stdout)
+    validation = json.loads((out / "validation" / "revision_report.json").read_text())
+    assert validation["verdict"] == "pass" and validation["reference"]["distance"] < 0.15
+    assert (out / "validation" / "report.html").is_file()
 
     # No patient name or ID anywhere but in the DICOM files and the label CSV.
     some_dicom = next((out / "site" / "dicom").rglob("*.dcm"))
@@ -344,7 +350,9 @@ def test_demo_end_to_end(cli, tmp_path):
         texts[str(path.relative_to(out))] = path.read_text()
     for path in out.rglob("*.onnx"):
         texts[f"{path.relative_to(out)} metadata"] = json.dumps(read_metadata(path))
-    assert {"revised/run.json", "demo_report.json", "revised/model.onnx metadata"} <= set(texts)
+    expected = {"revised/run.json", "demo_report.json", "validation/revision_report.json"}
+    assert expected | {"revised/model.onnx metadata"} <= set(texts)
+    texts["validation/report.html"] = (out / "validation" / "report.html").read_text()
     for where, text in texts.items():
         assert not DEMO_PHI.search(text), f"{where}: {DEMO_PHI.search(text)[0]}"
     # and, byte for byte, in no other file (models, cache, parquet pages)

@@ -1,0 +1,455 @@
+"""Validate a revised model against acceptance criteria: every metric of the report, the gate
+verdicts, and the report files.
+
+    result = validate(models, data, criteria)   # models: candidate, original[, reference]
+    write_report(result, out)                   # revision_report.json + report.html
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from revise.errors import DataError, UsageError
+from revise.evaluate import predict
+from revise.models.card import ModelCard
+from revise.models.io import LoadedModel
+from revise.pipeline import PreparedData
+from revise.validate import metrics as m
+from revise.validate.criteria import METRICS, Criteria, Gate, Verdict, judge, where_mask
+from revise.validate.mia import (
+    MIN_PER_GROUP,
+    loss_histogram,
+    loss_mia,
+    mia_efficacy,
+    per_sample_loss,
+    true_class_probability,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "revise.validation_report/1"
+MODEL_ORDER = ("original", "candidate", "reference")
+SET_DESCRIPTIONS = {
+    "forget": "training images inside the forget selection (the model saw them)",
+    "retain": "training images outside the forget selection",
+    "heldout_forget": "held-out images inside the forget selection (never trained on)",
+    "heldout_retain": "held-out images outside the forget selection (the test set)",
+}
+PARITY_SAMPLES = 1024
+
+
+@dataclass
+class ValidationResult:
+    report: dict[str, Any]
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.verdicts)
+
+    def failed(self) -> list[Verdict]:
+        return [v for v in self.verdicts if not v.passed]
+
+
+@dataclass
+class _Outputs:
+    """One model's predictions on every set: logits, predicted class, correctness."""
+
+    logits: dict[str, torch.Tensor]
+    labels: dict[str, torch.Tensor]
+
+    def predicted(self, name: str) -> np.ndarray:
+        return self.logits[name].argmax(1).numpy()
+
+    def correct(self, name: str) -> np.ndarray:
+        return self.predicted(name) == self.labels[name].numpy()
+
+
+def validate(
+    models: Mapping[str, LoadedModel | nn.Module],
+    data: PreparedData,
+    criteria: Criteria,
+    *,
+    card: ModelCard | None = None,
+    onnx_path: str | Path | None = None,
+    by: Sequence[str] = ("device", "label"),
+    device: str = "auto",
+    seed: int = 0,
+    inputs: Mapping[str, Any] | None = None,
+) -> ValidationResult:
+    """Measure ``models["candidate"]`` (and ``original``, optional ``reference``) on the four
+    sets of ``data`` and judge every gate of ``criteria``.
+
+    Models are loaded models (:func:`revise.models.io.load_model`) or modules with ``card``.
+    ``inputs`` are descriptions of the data sources for the report (paths, digests)."""
+    t_start = time.perf_counter()
+    models = {name: _loaded(name, model, card) for name, model in models.items()}
+    candidate = models["candidate"]
+    card = candidate.card
+    for name, loaded in models.items():
+        if loaded.card.num_classes != card.num_classes:
+            raise DataError(
+                f"the {name} model has {loaded.card.num_classes} classes, the candidate "
+                f"{card.num_classes}",
+                hint="validate models of the same task",
+            )
+    sets = {name: s for name, s in data.sets.items() if len(s)}
+    t0 = time.perf_counter()
+    outputs = {
+        name: _Outputs(
+            {s: predict(loaded.module, loaded.card, sets[s].data.x, device=device) for s in sets},
+            {s: sets[s].data.y for s in sets},
+        )
+        for name, loaded in models.items()
+    }
+    t_inference = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mia, histograms = _membership(outputs, sets, seed)
+    t_mia = time.perf_counter() - t0
+    class_names = list(card.class_names)
+    accuracy = {name: _accuracy_tables(out, sets, by, class_names) for name, out in outputs.items()}
+    agreement = {}
+    if "original" in outputs:
+        for s in sets:
+            same = outputs["candidate"].predicted(s) == outputs["original"].predicted(s)
+            agreement[s] = m.proportion(same).as_dict()
+    reference = _reference_summary(accuracy, mia) if "reference" in outputs else None
+    parity = _parity(candidate, sets, onnx_path) if onnx_path else None
+    context = _GateContext(outputs, sets, class_names, mia, reference, parity)
+    verdicts = [v for gate in criteria.gates for v in context.verdicts(gate)]
+    passed = sum(v.passed for v in verdicts)
+    report = {
+        "schema": SCHEMA,
+        "verdict": "pass" if passed == len(verdicts) else "fail",
+        "summary": f"{passed} of {len(verdicts)} gates passed",
+        "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "forget_selection": data.forget_selection,
+        "class_names": class_names,
+        "models": {
+            name: {"path": str(loaded.path), "format": loaded.format, "sha256": _digest(loaded)}
+            for name, loaded in sorted(models.items(), key=lambda kv: MODEL_ORDER.index(kv[0]))
+        },
+        "inputs": {
+            **dict(inputs or {}),
+            "criteria": {"path": criteria.source, "sha256": criteria.sha256},
+            "onnx": _onnx_input(onnx_path),
+        },
+        "sets": {
+            name: {
+                "n": len(data.sets[name]),
+                "digest": data.digests.get(name, ""),
+                "description": SET_DESCRIPTIONS[name],
+            }
+            for name in data.sets
+        },
+        "gates": [v.as_dict() for v in verdicts],
+        "accuracy": accuracy,
+        "agreement": agreement,
+        "confusion": _confusion(outputs, sets, card.num_classes, class_names),
+        "mia": mia,
+        "loss_histograms": histograms,
+        "reference": reference,
+        "parity": parity,
+        "definitions": {name: spec.definition for name, spec in METRICS.items()},
+        "software": _software(),
+        "timings_s": {
+            "decode": round(data.seconds, 3),
+            "inference": round(t_inference, 3),
+            "mia": round(t_mia, 3),
+            "total": round(data.seconds + time.perf_counter() - t_start, 3),
+        },
+        "decode_failures": len(data.failures),
+    }
+    return ValidationResult(report, verdicts)
+
+
+def write_report(result: ValidationResult, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``out/revision_report.json`` and ``out/report.html``, the folder atomically."""
+    from revise._io import atomic_dir, write_json_atomic
+    from revise.validate.report_html import write_html
+
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json_atomic(tmp / "revision_report.json", result.report)
+        write_html(result.report, tmp / "report.html")
+    return out
+
+
+def _loaded(name: str, model: LoadedModel | nn.Module, card: ModelCard | None) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if card is None:
+        raise UsageError(f"the {name} model is a bare module: pass its card")
+    return LoadedModel(model.eval(), card, Path(f"<{name} in memory>"), "module")
+
+
+# -- measurements ------------------------------------------------------------------------------
+
+
+def _accuracy_tables(
+    out: _Outputs, sets: Mapping[str, Any], by: Sequence[str], class_names: list[str]
+) -> dict[str, Any]:
+    tables = {}
+    for s, subset in sets.items():
+        hits = out.correct(s)
+        groups = {
+            column: {
+                group: est.as_dict()
+                for group, est in m.by_group(hits, subset.rows, column, class_names).items()
+            }
+            for column in by
+            if column in subset.rows.columns
+        }
+        tables[s] = {**m.proportion(hits).as_dict(), "by": groups}
+    return tables
+
+
+def _nonmember_set(sets: Mapping[str, Any]) -> list[str]:
+    """Held-out images of the forgotten group are the matching non-members (same distribution
+    as the forget set); without enough of them, every held-out image."""
+    if "heldout_forget" in sets and len(sets["heldout_forget"]) >= MIN_PER_GROUP:
+        return ["heldout_forget"]
+    return [s for s in ("heldout_forget", "heldout_retain") if s in sets]
+
+
+def _membership(
+    outputs: Mapping[str, _Outputs], sets: Mapping[str, Any], seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """loss-MIA, MIA-Efficacy and the loss histograms of every model (what the data allows)."""
+    mia: dict[str, Any] = {}
+    histograms: dict[str, Any] = {}
+    nonmember_sets = _nonmember_set(sets)
+    if "forget" not in sets or not nonmember_sets:
+        return mia, histograms
+    for name, out in outputs.items():
+        members = per_sample_loss(out.logits["forget"], out.labels["forget"])
+        nonmembers = np.concatenate(
+            [per_sample_loss(out.logits[s], out.labels[s]) for s in nonmember_sets]
+        )
+        entry: dict[str, Any] = {}
+        try:
+            entry["loss_mia"] = {
+                **loss_mia(members, nonmembers, seed=seed),
+                "members": "forget",
+                "nonmembers": "+".join(nonmember_sets),
+            }
+        except DataError as exc:
+            entry["loss_mia"] = {"error": str(exc)}
+        if "retain" in sets and "heldout_retain" in sets:
+            try:
+                entry["mia_efficacy"] = mia_efficacy(
+                    true_class_probability(out.logits["retain"], out.labels["retain"]),
+                    true_class_probability(
+                        out.logits["heldout_retain"], out.labels["heldout_retain"]
+                    ),
+                    true_class_probability(out.logits["forget"], out.labels["forget"]),
+                    seed=seed,
+                )
+            except DataError as exc:
+                entry["mia_efficacy"] = {"error": str(exc)}
+        mia[name] = entry
+        histograms[name] = {
+            **loss_histogram(members, nonmembers),
+            "members_label": "forget set (train)",
+            "nonmembers_label": " + ".join(nonmember_sets).replace("_", " "),
+        }
+    return mia, histograms
+
+
+def _reference_summary(accuracy: Mapping[str, Any], mia: Mapping[str, Any]) -> dict[str, Any]:
+    """Distance D and Avg. Gap of the candidate (and the original) to the retrained reference."""
+
+    def point(name: str) -> dict[str, float] | None:
+        acc = accuracy[name]
+        if not all(s in acc for s in ("forget", "retain", "heldout_retain")):
+            return None
+        efficacy = mia.get(name, {}).get("mia_efficacy", {}).get("value")
+        return {
+            "ua": 1 - acc["forget"]["value"],
+            "ra": acc["retain"]["value"],
+            "ta": acc["heldout_retain"]["value"],
+            "mia_efficacy": efficacy if efficacy is not None else float("nan"),
+        }
+
+    ref = point("reference")
+    summary: dict[str, Any] = {}
+    for name in ("candidate", "original"):
+        mine = point(name) if name in accuracy else None
+        if ref is None or mine is None:
+            continue
+        distance = m.distance_to_reference(mine["ra"], 1 - mine["ua"], ref["ra"], 1 - ref["ua"])
+        gap = m.average_gap(mine, ref)
+        key = "" if name == "candidate" else "original_"
+        summary[f"{key}distance"] = round(distance, 4)
+        summary[f"{key}avg_gap"] = round(gap, 3) if np.isfinite(gap) else None
+    return summary
+
+
+def _parity(candidate: LoadedModel, sets: Mapping[str, Any], onnx_path: str | Path) -> dict:
+    from revise.export.onnx import check_parity
+    from revise.models.pixel import normalize
+
+    held = [sets[s].data.x for s in ("heldout_retain", "heldout_forget") if s in sets]
+    samples = torch.cat(held)[:PARITY_SAMPLES] if held else sets["retain"].data.x[:PARITY_SAMPLES]
+    parity = check_parity(candidate.module, onnx_path, normalize(samples, candidate.card))
+    return {
+        "n": parity.n,
+        "max_abs_diff": float(parity.max_abs_diff),
+        "max_rel_diff": float(parity.max_rel_diff),
+        "label_agreement": float(parity.label_agreement),
+        "within_tolerance": bool(parity.passed),
+    }
+
+
+def _confusion(
+    outputs: Mapping[str, _Outputs], sets: Mapping[str, Any], k: int, class_names: list[str]
+) -> dict[str, Any]:
+    held = [s for s in ("heldout_forget", "heldout_retain") if s in sets]
+    if not held:
+        return {}
+    confusion = {}
+    for name, out in outputs.items():
+        labels = np.concatenate([out.labels[s].numpy() for s in held])
+        predicted = np.concatenate([out.predicted(s) for s in held])
+        matrix = m.confusion_matrix(labels, predicted, k)
+        confusion[name] = {"set": "heldout", "labels": class_names, "matrix": matrix.tolist()}
+    return confusion
+
+
+# -- gates -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _GateContext:
+    outputs: Mapping[str, _Outputs]
+    sets: Mapping[str, Any]
+    class_names: list[str]
+    mia: Mapping[str, Any]
+    reference: Mapping[str, Any] | None
+    parity: Mapping[str, Any] | None
+
+    def verdicts(self, gate: Gate) -> list[Verdict]:
+        if METRICS[gate.metric].per_set:
+            return self._per_set(gate)
+        estimate, baselines, unit = self._whole_run(gate)
+        return [judge(gate, estimate, baselines, unit=unit)]
+
+    def _per_set(self, gate: Gate) -> list[Verdict]:
+        rows: pd.DataFrame = self.sets[gate.set].rows
+        base = where_mask(gate, rows, self.class_names).to_numpy()
+        shown = {c: m.group_name(c, v, self.class_names) for c, v in gate.where}
+        groups: list[tuple[dict[str, str] | None, np.ndarray]] = [(shown or None, base)]
+        if gate.per:
+            values = m.group_values(rows, gate.per)
+            groups = [
+                (
+                    {**shown, gate.per: m.group_name(gate.per, v, self.class_names)},
+                    base & (values == v),
+                )
+                for v in sorted(set(values[base]))
+            ]
+        verdicts = []
+        for group, mask in groups:
+            estimate, baselines = self._measure(gate, mask)
+            verdicts.append(judge(gate, estimate, baselines, group=group))
+        return verdicts
+
+    def _measure(self, gate: Gate, mask: np.ndarray) -> tuple[m.Estimate, dict[str, float]]:
+        s = gate.set
+        candidate = self.outputs["candidate"]
+        original = self.outputs.get("original")
+        if gate.metric == "accuracy":
+            baselines = {
+                name: m.proportion(out.correct(s)[mask]).value
+                for name, out in self.outputs.items()
+                if name != "candidate"
+            }
+            return m.proportion(candidate.correct(s)[mask]), baselines
+        if original is None:
+            raise DataError(f"{gate.metric} compares with the original model: pass --original")
+        if gate.metric == "accuracy_change":
+            return m.paired_change(candidate.correct(s)[mask], original.correct(s)[mask]), {}
+        same = candidate.predicted(s)[mask] == original.predicted(s)[mask]
+        return m.proportion(same), {}
+
+    def _whole_run(self, gate: Gate) -> tuple[m.Estimate, dict[str, float], str]:
+        metric = gate.metric
+        if metric in ("loss_mia", "mia_efficacy"):
+            values = {}
+            for name, entry in self.mia.items():
+                if "value" in entry.get(metric, {}) or "mean" in entry.get(metric, {}):
+                    values[name] = entry[metric].get("mean", entry[metric].get("value"))
+            if "candidate" not in values:
+                why = self.mia.get("candidate", {}).get(metric, {}).get("error", "no forget set")
+                raise DataError(f"gate {gate.name!r}: {metric} cannot be measured: {why}")
+            entry = self.mia["candidate"][metric]
+            n = 2 * entry["n_per_group"] if metric == "loss_mia" else len(self.sets["forget"])
+            unit = "members + non-members" if metric == "loss_mia" else "forget-set images"
+            return m.Estimate(n, values.pop("candidate"), None), values, unit
+        if metric in ("distance_to_reference", "avg_gap"):
+            key = "distance" if metric == "distance_to_reference" else "avg_gap"
+            value = (self.reference or {}).get(key)
+            if value is None:
+                raise DataError(
+                    f"gate {gate.name!r}: {metric} needs forget, retain and held-out retained "
+                    "images and the reference's MIA-Efficacy"
+                )
+            n = len(self.sets["forget"]) + len(self.sets["retain"])
+            return m.Estimate(n, float(value), None), {}, "forget + retain images"
+        assert self.parity is not None  # check_inputs rejected parity gates without --onnx
+        key = metric.removeprefix("parity_")
+        return m.Estimate(self.parity["n"], self.parity[key], None), {}, "held-out images"
+
+
+# -- report bits -------------------------------------------------------------------------------
+
+
+def _digest(loaded: LoadedModel) -> str:
+    """The weights' digest, whatever the file format: the same value a run record gives as
+    ``base_model_digest``, so a report and the run it validates can be matched."""
+    from revise.models.io import weights_digest
+
+    return weights_digest(loaded.module)
+
+
+def _onnx_input(onnx_path: str | Path | None) -> dict[str, str] | None:
+    if onnx_path is None:
+        return None
+    from revise._io import sha256_file
+
+    return {"path": str(onnx_path), "sha256": sha256_file(onnx_path)}
+
+
+def _software() -> dict[str, str]:
+    import sklearn
+
+    import revise
+
+    versions = {
+        "revise": revise.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scikit-learn": sklearn.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions

@@ -1,0 +1,467 @@
+"""Acceptance criteria: a YAML file of gates, written before the revision is run, that a revised
+model must pass (the way a predetermined change control plan works).
+
+```yaml
+gates:
+  - name: retired device forgotten on held-out images
+    metric: accuracy
+    set: heldout_forget
+    at_most: 0.45
+  - name: every remaining device within 2 points of the original
+    metric: accuracy
+    set: heldout_retain
+    per: device                 # one verdict per device
+    at_least: original - 0.02   # a number, or original/reference +- a number
+    judge: interval             # on the lower bound of the 95% interval
+  - metric: loss_mia
+    between: [0.45, 0.55]
+```
+
+Everything is checked before any image is decoded: unknown metrics, sets, keys and columns, a
+group that does not exist in its set, a threshold relative to a reference that was not given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from revise.errors import UsageError
+from revise.registry import did_you_mean
+from revise.validate.metrics import Estimate, group_values
+
+SETS = ("forget", "retain", "heldout_forget", "heldout_retain")
+BASELINES = ("original", "reference")
+OPERATORS = ("at_most", "at_least", "between")
+FORBIDDEN_COLUMNS = ("path",)  # file paths can carry patient names: never a reported group
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a gate may ask of a metric."""
+
+    definition: str
+    per_set: bool  # measured on one of SETS (and its groups), with a 95% interval
+    baselines: tuple[str, ...] = ()  # models a threshold may be relative to
+    requires: str | None = None  # "reference" or "onnx": an input the metric cannot do without
+    default_set: str | None = None
+    needs: tuple[str, ...] = ()  # sets that must hold images (the whole-run metrics)
+
+
+METRICS: dict[str, MetricSpec] = {
+    "accuracy": MetricSpec(
+        "share of images whose predicted class is the label; 95% percentile bootstrap interval",
+        per_set=True,
+        baselines=BASELINES,
+    ),
+    "accuracy_change": MetricSpec(
+        "candidate accuracy minus the original model's on the same images; paired bootstrap "
+        "95% interval",
+        per_set=True,
+    ),
+    "agreement": MetricSpec(
+        "share of images on which candidate and original predict the same class; 95% bootstrap "
+        "interval",
+        per_set=True,
+        default_set="heldout_retain",
+    ),
+    "loss_mia": MetricSpec(
+        "loss-MIA (seed paper, NeurIPS 2023 kit): held-out accuracy of a logistic regression on "
+        "per-sample cross-entropy (clipped to [-100, 100]) telling the forget set (members) from "
+        "held-out images of the forgotten group (non-members; all held-out images when there are "
+        "none), groups subsampled to equal size, StratifiedShuffleSplit(5, test_size=0.1); "
+        "0.5 = indistinguishable",
+        per_set=False,
+        baselines=BASELINES,
+        needs=("forget", "heldout_forget|heldout_retain"),
+    ),
+    "mia_efficacy": MetricSpec(
+        "MIA-Efficacy (SalUn): SVC(C=3, gamma='auto', rbf) on the true-class probability of the "
+        "first N_test retain images (members) vs the N_test held-out retained images "
+        "(non-members); share of the forget set predicted non-member",
+        per_set=False,
+        baselines=BASELINES,
+        needs=("forget", "retain", "heldout_retain"),
+    ),
+    "distance_to_reference": MetricSpec(
+        "seed paper's D = sqrt((RA - RA_ref)^2 + (FA - FA_ref)^2) against the retrained reference",
+        per_set=False,
+        requires="reference",
+        needs=("forget", "retain", "heldout_retain"),
+    ),
+    "avg_gap": MetricSpec(
+        "SalUn's Avg. Gap: mean |candidate - reference| over UA, RA, TA and MIA-Efficacy, percent",
+        per_set=False,
+        requires="reference",
+        needs=("forget", "retain", "heldout_retain"),
+    ),
+    "parity_max_abs_diff": MetricSpec(
+        "largest |logit difference| between the ONNX model in ONNX Runtime and the candidate in "
+        "PyTorch on held-out images",
+        per_set=False,
+        requires="onnx",
+    ),
+    "parity_label_agreement": MetricSpec(
+        "share of held-out images on which the ONNX model and the candidate predict the same class",
+        per_set=False,
+        requires="onnx",
+    ),
+}
+
+_GATE_KEYS = ("name", "metric", "set", "where", "per", "judge", *OPERATORS)
+_RELATIVE = re.compile(r"^\s*(original|reference)\s*(?:([+-])\s*([0-9.]+(?:e-?[0-9]+)?))?\s*$")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A number, or a baseline model's value of the same measurement plus an offset."""
+
+    offset: float
+    baseline: str | None = None
+
+    def __str__(self) -> str:
+        if self.baseline is None:
+            return f"{self.offset:g}"
+        if self.offset == 0:
+            return self.baseline
+        sign = "+" if self.offset > 0 else "-"
+        return f"{self.baseline} {sign} {abs(self.offset):g}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    metric: str
+    set: str | None
+    where: tuple[tuple[str, str], ...]  # (column, value) pairs every image must match
+    per: str | None  # a column: one verdict per group
+    operator: str  # at_most | at_least | between
+    thresholds: tuple[Threshold, ...]  # one, or two for between
+    judge: str  # estimate | interval
+
+    @property
+    def rule(self) -> str:
+        if self.operator == "between":
+            return f"between {self.thresholds[0]} and {self.thresholds[1]}"
+        return f"{self.operator} {self.thresholds[0]}"
+
+    def baselines(self) -> set[str]:
+        return {t.baseline for t in self.thresholds if t.baseline}
+
+
+@dataclass(frozen=True)
+class Criteria:
+    gates: tuple[Gate, ...]
+    source: str  # the file (or "<string>")
+    sha256: str  # of the file's bytes, recorded with the results
+
+    def requires(self) -> set[str]:
+        """Inputs some gate cannot do without: "reference", "onnx"."""
+        needs = {METRICS[g.metric].requires for g in self.gates} - {None}
+        return needs | {b for g in self.gates for b in g.baselines() if b == "reference"}
+
+
+def load_criteria(path: str | Path) -> Criteria:
+    """Parse and check a criteria file; every mistake is a UsageError naming the gate."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read criteria file {path}: {exc.strerror}") from exc
+    return parse_criteria(raw.decode("utf-8"), source=str(path))
+
+
+def parse_criteria(text: str, *, source: str = "<string>") -> Criteria:
+    import yaml
+
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{source} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("gates"), list) or not doc["gates"]:
+        raise UsageError(f"{source}: expected a mapping with a non-empty list `gates:`")
+    extra = set(doc) - {"gates", "version"}
+    if extra:
+        raise UsageError(f"{source}: unknown top-level key(s) {sorted(extra)}; only `gates:`")
+    gates = tuple(_parse_gate(item, i + 1, source) for i, item in enumerate(doc["gates"]))
+    return Criteria(gates, source, sha)
+
+
+def _parse_gate(item: Any, number: int, source: str) -> Gate:
+    where_text = f"{source}, gate {number}"
+
+    def fail(message: str, hint: str | None = None) -> UsageError:
+        return UsageError(f"{where_text}: {message}", hint=hint)
+
+    if not isinstance(item, Mapping):
+        raise fail("a gate is a mapping with `metric:` and one of at_most/at_least/between")
+    for key in item:
+        if key not in _GATE_KEYS:
+            raise fail(f"unknown key {key!r}", hint=did_you_mean(str(key), _GATE_KEYS))
+    metric = item.get("metric")
+    if metric not in METRICS:
+        raise fail(
+            f"unknown metric {metric!r}",
+            hint=did_you_mean(str(metric), METRICS) or f"metrics: {', '.join(METRICS)}",
+        )
+    spec = METRICS[metric]
+    set_name = item.get("set", spec.default_set)
+    if spec.per_set:
+        if set_name not in SETS:
+            raise fail(f"`set:` must be one of {', '.join(SETS)} (got {set_name!r})")
+    else:
+        if any(k in item for k in ("set", "where", "per")):
+            raise fail(f"{metric} is measured on the whole run: no set/where/per")
+        set_name = None
+    where = item.get("where") or {}
+    if not isinstance(where, Mapping):
+        raise fail("`where:` is a mapping column: value, e.g. {device: Acme DX-100}")
+    per = item.get("per")
+    operators = [op for op in OPERATORS if op in item]
+    if len(operators) != 1:
+        raise fail("give exactly one of at_most, at_least, between")
+    operator = operators[0]
+    raw = item[operator]
+    values = raw if operator == "between" else [raw]
+    if operator == "between" and (not isinstance(raw, list) or len(raw) != 2):
+        raise fail("`between:` takes two values [low, high]")
+    thresholds = tuple(_threshold(v, spec, metric, fail) for v in values)
+    judge = item.get("judge", "estimate")
+    if judge not in ("estimate", "interval"):
+        raise fail(f"`judge:` is estimate or interval (got {judge!r})")
+    if judge == "interval" and not spec.per_set:
+        raise fail(f"{metric} has no interval: use judge: estimate")
+    gate = Gate(
+        name=str(item.get("name") or ""),
+        metric=metric,
+        set=set_name,
+        where=tuple((_column(str(c), fail), str(v).strip()) for c, v in where.items()),
+        per=_column(str(per), fail) if per is not None else None,
+        operator=operator,
+        thresholds=thresholds,
+        judge=judge,
+    )
+    if not gate.name:
+        gate = _named(gate)
+    return gate
+
+
+def _named(gate: Gate) -> Gate:
+    scope = f" on {gate.set}" if gate.set else ""
+    scope += "".join(f", {c}={v}" for c, v in gate.where)
+    scope += f", per {gate.per}" if gate.per else ""
+    from dataclasses import replace
+
+    return replace(gate, name=f"{gate.metric}{scope} {gate.rule}")
+
+
+def _column(name: str, fail: Callable[..., UsageError]) -> str:
+    from revise.data._select_tree import resolve_column
+
+    column = resolve_column(name)
+    if column in FORBIDDEN_COLUMNS:
+        raise fail(f"column {name!r} cannot name a group: file paths may identify patients")
+    return column
+
+
+def _threshold(
+    value: Any, spec: MetricSpec, metric: str, fail: Callable[..., UsageError]
+) -> Threshold:
+    if isinstance(value, bool):
+        raise fail(f"threshold {value!r} is not a number")
+    if isinstance(value, int | float):
+        return Threshold(float(value))
+    text = str(value)
+    try:
+        return Threshold(float(text))
+    except ValueError:
+        pass
+    match = _RELATIVE.match(text)
+    if not match:
+        raise fail(
+            f"threshold {text!r} is neither a number nor 'original|reference [+-] number'",
+            hint="e.g. at_least: original - 0.02",
+        )
+    baseline, sign, amount = match.groups()
+    if baseline not in spec.baselines:
+        raise fail(f"{metric} cannot be compared with the {baseline} model")
+    offset = float(amount) if amount else 0.0
+    return Threshold(-offset if sign == "-" else offset, baseline)
+
+
+# -- checks against the run's inputs (before anything is decoded) -------------------------------
+
+
+def check_inputs(
+    criteria: Criteria,
+    sets: Mapping[str, pd.DataFrame],
+    *,
+    have: Sequence[str],
+    class_names: Sequence[str],
+) -> None:
+    """Reject gates the inputs cannot answer: a missing reference/ONNX model, an unknown column,
+    a group absent from its set, an empty set. ``sets`` are the manifest rows of each set."""
+    for number, gate in enumerate(criteria.gates, 1):
+        label = f"{criteria.source}, gate {number} ({gate.name})"
+        for need in ({METRICS[gate.metric].requires} | gate.baselines()) - {None, "original"}:
+            if need not in have:
+                flag = "--reference RETRAINED_MODEL" if need == "reference" else "--onnx FILE"
+                raise UsageError(f"{label} needs the {need} model", hint=f"pass {flag}")
+        for alternatives in METRICS[gate.metric].needs:
+            if not any(len(sets.get(s, ())) for s in alternatives.split("|")):
+                raise UsageError(
+                    f"{label}: {gate.metric} needs images in "
+                    f"{alternatives.replace('|', ' or ')}, which is empty for this data"
+                )
+        if gate.set is None:
+            continue
+        rows = sets.get(gate.set)
+        if rows is None or rows.empty:
+            raise UsageError(f"{label}: the set {gate.set} is empty for this data and selection")
+        for column in [c for c, _ in gate.where] + ([gate.per] if gate.per else []):
+            if column not in rows.columns:
+                raise UsageError(
+                    f"{label}: no manifest column {column!r}",
+                    hint=did_you_mean(column, list(rows.columns)),
+                )
+        selected = where_mask(gate, rows, class_names)
+        if not selected.any():
+            wanted = ", ".join(f"{c}={v}" for c, v in gate.where)
+            raise UsageError(f"{label}: no image of {gate.set} has {wanted}")
+
+
+def label_value(value: str, class_names: Sequence[str]) -> str:
+    """A label given by class name or index, as the index text the manifest holds."""
+    if value in class_names and not value.lstrip("-").isdigit():
+        return str(list(class_names).index(value))
+    return value
+
+
+def where_mask(gate: Gate, rows: pd.DataFrame, class_names: Sequence[str]) -> pd.Series:
+    """Rows of a set that match every ``where`` pair of the gate."""
+    keep = pd.Series(True, index=rows.index)
+    for column, value in gate.where:
+        wanted = label_value(value, class_names) if column == "label" else value
+        keep &= group_values(rows, column) == wanted
+    return keep
+
+
+# -- verdicts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gate: Gate
+    group: dict[str, str] | None  # the where pairs and, for per-gates, the group judged
+    estimate: Estimate
+    threshold: tuple[float, ...]
+    threshold_text: str  # e.g. "original 0.972 - 0.02"
+    judged_on: str
+    judged_value: float | tuple[float, float]
+    passed: bool
+    margin: float  # > 0: passed by this much; < 0: failed by this much
+    unit: str  # what n counts: images, members+non-members, ...
+
+    def message(self) -> str:
+        value = self.judged_value
+        shown = f"[{value[0]:.3f}, {value[1]:.3f}]" if isinstance(value, tuple) else f"{value:.4g}"
+        what = {
+            "estimate": self.gate.metric,
+            "lower_bound": "lower bound",
+            "upper_bound": "upper bound",
+            "interval": "interval",
+        }[self.judged_on]
+        if self.passed:
+            return f"{what} {shown} meets {self.threshold_text} on {self.estimate.n} {self.unit}"
+        return (
+            f"{what} {shown} misses {self.threshold_text} by {abs(self.margin):.4g} "
+            f"on {self.estimate.n} {self.unit}"
+        )
+
+    def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        threshold: Any = self.threshold[0] if len(self.threshold) == 1 else list(self.threshold)
+        judged = self.judged_value
+        return {
+            "name": self.gate.name,
+            "metric": self.gate.metric,
+            "set": self.gate.set,
+            "group": self.group,
+            "rule": self.gate.rule,
+            "threshold": _round(threshold),
+            "value": _round(self.estimate.value),
+            "interval": _round(list(self.estimate.ci95)) if self.estimate.ci95 else None,
+            "judged_on": self.judged_on,
+            "judged_value": _round(list(judged) if isinstance(judged, tuple) else judged),
+            "n": self.estimate.n,
+            "passed": self.passed,
+            "margin": _round(self.margin),
+            "message": self.message(),
+        }
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    return round(float(value), 6) if value is not None and math.isfinite(value) else value
+
+
+def judge(
+    gate: Gate,
+    estimate: Estimate,
+    baseline_values: Mapping[str, float],
+    *,
+    group: dict[str, str] | None = None,
+    unit: str = "images",
+) -> Verdict:
+    """The verdict of one gate on one measurement; ``baseline_values`` gives the original's /
+    reference's value of the same measurement for relative thresholds."""
+    resolved = [
+        t.offset + (baseline_values[t.baseline] if t.baseline else 0.0) for t in gate.thresholds
+    ]
+    texts = [f"{value:.4g}" for value in resolved]
+    relative = sorted({t.baseline for t in gate.thresholds if t.baseline})
+    note = (
+        f" [{' .. '.join(str(t) for t in gate.thresholds)}; "
+        + ", ".join(f"{b} = {baseline_values[b]:.4g}" for b in relative)
+        + "]"
+        if relative
+        else ""
+    )
+    interval = estimate.ci95 if gate.judge == "interval" and estimate.ci95 else None
+    value = estimate.value
+    if gate.operator == "at_most":
+        judged_on, judged = ("upper_bound", interval[1]) if interval else ("estimate", value)
+        margin = resolved[0] - judged
+        text = f"at most {texts[0]}{note}"
+    elif gate.operator == "at_least":
+        judged_on, judged = ("lower_bound", interval[0]) if interval else ("estimate", value)
+        margin = judged - resolved[0]
+        text = f"at least {texts[0]}{note}"
+    else:
+        low, high = resolved
+        judged_on = "interval" if interval else "estimate"
+        judged = (interval[0], interval[1]) if interval else value
+        lo, hi = (judged, judged) if not isinstance(judged, tuple) else judged
+        margin = min(lo - low, high - hi)
+        text = f"between {texts[0]} and {texts[1]}{note}"
+    passed = bool(math.isfinite(margin) and margin >= -1e-12)
+    return Verdict(
+        gate=gate,
+        group=group,
+        estimate=estimate,
+        threshold=tuple(resolved),
+        threshold_text=text,
+        judged_on=judged_on,
+        judged_value=judged,
+        passed=passed,
+        margin=float(margin),
+        unit=unit,
+    )
