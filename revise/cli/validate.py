@@ -105,11 +105,18 @@ def validate_cmd(
     from revise.models.io import load_model
     from revise.pipeline import decode_sets
     from revise.validate.api import validate, write_report
-    from revise.validate.criteria import FORBIDDEN_COLUMNS, check_inputs, load_criteria
+    from revise.validate.criteria import (
+        FORBIDDEN_COLUMNS,
+        check_inputs,
+        check_models,
+        load_criteria,
+    )
     from revise.validate.heldout import load_heldout, with_heldout
 
     say = echo(ctx)
     gates = load_criteria(criteria)  # a wrong criteria file stops here, before any work
+    have = ["original"] + (["reference"] if reference else []) + (["onnx"] if onnx_path else [])
+    check_models(gates, have)
     if out.exists() and not overwrite:
         raise UsageError(
             f"report folder {out} already exists", hint="choose another -o or --overwrite"
@@ -121,7 +128,6 @@ def validate_cmd(
         raise UsageError(
             f"--by {bad[0]}: file paths may identify patients; group by another column"
         )
-    have = ["original"] + (["reference"] if reference else []) + (["onnx"] if onnx_path else [])
     manifest = manifest_mod.load(manifest_path)
     inputs = {"data": {"path": str(manifest_path), "digest": manifest_mod.digest(manifest)}}
     if heldout:

@@ -300,6 +300,18 @@ def _threshold(
 # -- checks against the run's inputs (before anything is decoded) -------------------------------
 
 
+def check_models(criteria: Criteria, have: Sequence[str]) -> None:
+    """Reject gates that need a model not given (``have``: "original", "reference", "onnx")."""
+    for number, gate in enumerate(criteria.gates, 1):
+        for need in ({METRICS[gate.metric].requires} | gate.baselines()) - {None, "original"}:
+            if need not in have:
+                flag = "--reference RETRAINED_MODEL" if need == "reference" else "--onnx FILE"
+                raise UsageError(
+                    f"{criteria.source}, gate {number} ({gate.name}) needs the {need} model",
+                    hint=f"pass {flag}",
+                )
+
+
 def check_inputs(
     criteria: Criteria,
     sets: Mapping[str, pd.DataFrame],
@@ -309,12 +321,9 @@ def check_inputs(
 ) -> None:
     """Reject gates the inputs cannot answer: a missing reference/ONNX model, an unknown column,
     a group absent from its set, an empty set. ``sets`` are the manifest rows of each set."""
+    check_models(criteria, have)
     for number, gate in enumerate(criteria.gates, 1):
         label = f"{criteria.source}, gate {number} ({gate.name})"
-        for need in ({METRICS[gate.metric].requires} | gate.baselines()) - {None, "original"}:
-            if need not in have:
-                flag = "--reference RETRAINED_MODEL" if need == "reference" else "--onnx FILE"
-                raise UsageError(f"{label} needs the {need} model", hint=f"pass {flag}")
         for alternatives in METRICS[gate.metric].needs:
             if not any(len(sets.get(s, ())) for s in alternatives.split("|")):
                 raise UsageError(

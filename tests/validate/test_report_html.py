@@ -7,18 +7,15 @@ import copy
 import os
 import re
 import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
-import pytest
+from chromium import browse, chromium, figures_rendered
 
 from revise.validate.report_html import render_html, write_html
 
 CLASSES = [str(i) for i in range(10)]
 DEVICES = ("Acme DX-100", "Borealis CR-7")
 EVIL = '<script>alert("x")</script> & "CR-9"'  # a hostile group name from the manifest
-BROWSER_TIMEOUT_S = 40
 
 
 def _estimate(n: int, value: float) -> dict[str, Any]:
@@ -361,50 +358,16 @@ def test_write_html_atomic(tmp_path):
 # -- a real browser ----------------------------------------------------------------------------
 
 
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is required on CI for the report rendering test")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    return exe
-
-
-def _browse(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        exe,
-        "--headless",
-        "--disable-gpu",
-        "--no-sandbox",  # as root (containers) chromium refuses to start with its sandbox
-        "--no-first-run",
-        "--disable-extensions",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=3000",  # let the load handler run before the dump/screenshot
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S)
-
-
 def test_renders_in_headless_chromium(tmp_path):
     from PIL import Image
 
-    exe = _chromium()
+    exe = chromium()
     page = write_html(make_report(), tmp_path / "report.html")
     url = page.resolve().as_uri()
-
-    dom = _browse(exe, tmp_path / "profile-dom", "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    body = re.search(r"<body([^>]*)>", dom.stdout)
-    assert body, dom.stdout[:500]
-    rendered = re.search(r'data-figures-rendered="(\d+)"', body.group(1))
-    total = re.search(r'data-figures-total="(\d+)"', body.group(1))
-    assert rendered and total, f"the onload script did not run: {body.group(0)}"
-    assert int(total.group(1)) == EXPECTED_FIGURES
-    assert int(rendered.group(1)) == int(total.group(1))
+    assert figures_rendered(page, tmp_path / "profile-dom") == (EXPECTED_FIGURES, EXPECTED_FIGURES)
 
     shot = tmp_path / "report.png"
-    run = _browse(
+    run = browse(
         exe, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,10000", url
     )
     assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
