@@ -94,9 +94,9 @@ def run_demo(
     from revise.data.demo_site import build_demo_site
     from revise.data.index import index
     from revise.evaluate import evaluate
-    from revise.export.onnx import export_onnx
+    from revise.export.bundle import attach_validation, write_bundle
     from revise.models.architectures import build
-    from revise.models.io import save_model, weights_digest
+    from revise.models.io import load_model, save_model, weights_digest
     from revise.models.pixel import normalize
     from revise.pipeline import prepare, run_unlearning
     from revise.train import TrainConfig, train_classifier
@@ -161,27 +161,53 @@ def run_demo(
             "revised": result.record["metrics"],
             "retrained": evaluate(retrained, card, sets, device=device),
         }
-    with stage("export ONNX + parity"):
-        exported = export_onnx(
-            result.model,
-            card,
-            out / "revised" / "model.onnx",
+    with stage("export bundle (ONNX, Triton)"):
+        bundle = write_bundle(
+            load_model(out / "revised"),
+            out / "bundle",
             samples=normalize(sets["heldout_retain"].data.x[:256], card),
+            name="demo_digits",
+            overwrite=True,
         )
     with stage("validate + report"):
         validation = _validate(out, data, device)
+        attach_validation(bundle.path, out / "validation")
+    with stage("sign + verify bundle"):
+        signature = _sign(out, bundle.path)
+    table["signature"] = signature
     table["validation"] = {
         "verdict": validation.report["verdict"],
         "summary": validation.report["summary"],
         "failed": [v.gate.name for v in validation.failed()],
         "report": str(out / "validation" / "report.html"),
     }
-    table["parity"] = _as_dict(exported.parity)
+    table["parity"] = bundle.manifest["onnx"]["variants"]["model.onnx"]["parity"]
+    table["bundle"] = str(bundle.path)
     table["attack_success_ratio"] = result.record.get("attack_success_ratio")
     table["counts"] = data.counts()
     table["timings_s"] = timings
     write_json_atomic(out / "demo_report.json", table)
     return DemoResult(out=out, table=table, timings=timings)
+
+
+def _sign(out: Path, bundle: Path) -> dict[str, Any]:
+    """Sign the bundle with a demo key made on the spot (a site keeps its key elsewhere) and
+    verify it with the public key."""
+    from revise.export.signing import (
+        PRIVATE_KEY_NAME,
+        PUBLIC_KEY_NAME,
+        generate_keys,
+        sign_bundle,
+        verify_bundle,
+    )
+
+    keys = out / "keys"
+    private, public = keys / PRIVATE_KEY_NAME, keys / PUBLIC_KEY_NAME
+    if not private.exists():
+        generate_keys(private, public)
+    sign_bundle(bundle, private)
+    verified = verify_bundle(bundle, public)
+    return {"verified": verified.ok, "files": verified.files, "public_key": str(public)}
 
 
 def _validate(out: Path, data, device: str):
@@ -202,16 +228,10 @@ def _validate(out: Path, data, device: str):
         )
     }
     result = validate(
-        models, data, criteria, onnx_path=out / "revised" / "model.onnx", device=device
+        models, data, criteria, onnx_path=out / "bundle" / "model.onnx", device=device
     )
     write_report(result, out / "validation", overwrite=True)
     return result
-
-
-def _as_dict(obj: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
 def format_table(table: dict[str, Any]) -> str:

@@ -45,3 +45,7 @@ class PluginError(RevisionError):
 
 class UnknownNameError(UsageError):
     """A name looked up in a registry does not exist; the message lists close matches."""
+
+
+class SignatureError(RevisionError):
+    """A signing key or a signature is unusable (wrong password, unsupported key, bad file)."""

@@ -46,6 +46,12 @@ def demo(ctx: click.Context, out: Path, device: str, seed: int) -> None:
     )
     for name in validation["failed"]:
         click.echo(f"  failed: {name}")
+    signature = result.table["signature"]
+    status = "verified" if signature["verified"] else "NOT VERIFIED"
+    click.echo(
+        f"signed bundle {result.table['bundle']}: {status}, {signature['files']} files "
+        f"(revise verify {result.table['bundle']} --pub {signature['public_key']})"
+    )
     click.echo(f"total wall-clock {total:.1f} s; table: {out / 'demo_report.json'}")
 
 

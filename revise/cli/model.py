@@ -259,28 +259,61 @@ def evaluate_cmd(model_path, card, arch, manifest_path, forget, by, json_out, ca
 @card_option
 @arch_option
 @click.option(
-    "-o", "--out", required=True, type=click.Path(path_type=Path), help="model.onnx to write."
+    "-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle folder to create."
 )
 @click.option(
     "--data",
     "manifest_path",
     type=click.Path(exists=True, path_type=Path),
-    help="Manifest whose held-out rows feed the parity check.",
+    help="Manifest whose held-out rows feed the parity checks (else random pixel-range images).",
 )
+@click.option(
+    "--validation",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Report folder of `revise validate` on this model, to include in the bundle.",
+)
+@click.option(
+    "--name", default="revised_model", show_default=True, help="Model name (Triton repository)."
+)
+@click.option("--fp16", is_flag=True, help="Also ship model.fp16.onnx (own parity gate).")
 @click.option(
     "--parity-samples", default=256, show_default=True, help="Images for the parity check."
 )
 @click.option("--opset", default=18, show_default=True, help="ONNX opset.")
+@click.option(
+    "--recipe",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The recipe that produced the model, stored in the bundle (`revise run` passes it).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
 @cache_option
 @click.pass_context
-def export_cmd(ctx, model_path, card, arch, out, manifest_path, parity_samples, opset, cache):
-    """Export a model (e.g. a run folder) to ONNX and check parity in ONNX Runtime."""
+def export_cmd(
+    ctx,
+    model_path,
+    card,
+    arch,
+    out,
+    manifest_path,
+    validation,
+    name,
+    fp16,
+    parity_samples,
+    opset,
+    recipe,
+    overwrite,
+    cache,
+):
+    """Export a model (e.g. a run folder) as a bundle: ONNX with a parity check in ONNX Runtime,
+    weights, card, run record, validation report, Triton model repository."""
     import torch
 
-    from revise.export.onnx import export_onnx
+    from revise.export.bundle import write_bundle
     from revise.models.pixel import normalize
 
     say = echo(ctx)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists", hint="choose another -o or pass --overwrite")
     loaded = _load(model_path, card, arch)
     c = loaded.card
     source = "random pixel-range images"
@@ -293,24 +326,25 @@ def export_cmd(ctx, model_path, card, arch, out, manifest_path, parity_samples, 
         samples = low + (high - low) * torch.rand(
             parity_samples, c.in_channels, *c.input_size, generator=g
         )
-    meta = {"revise.source_sha256": c.source_sha256}
-    run_json = model_path / "run.json" if model_path.is_dir() else None
-    if run_json is not None and run_json.exists():
-        record = json.loads(run_json.read_text())
-        meta.update(
-            {
-                "revise.method": record.get("method", ""),
-                "revise.base_model_digest": record.get("base_model_digest", ""),
-            }
+    bundle = write_bundle(
+        loaded,
+        out,
+        samples=normalize(samples, c),
+        name=name,
+        opset=opset,
+        fp16=fp16,
+        validation=validation,
+        recipe=recipe.read_text() if recipe else None,
+        overwrite=overwrite,
+    )
+    for file, variant in bundle.manifest["onnx"]["variants"].items():
+        p = variant["parity"]
+        say(
+            f"{file}: parity on {p['n']} {source}: max |diff| {p['max_abs_diff']:.2e}, "
+            f"labels agree {p['label_agreement']:.3f}"
         )
-    result = export_onnx(
-        loaded.module, c, out, samples=normalize(samples, c), opset=opset, metadata=meta
-    )
-    p = result.parity
-    say(
-        f"wrote {out}; parity on {p.n} {source}: max |diff| {p.max_abs_diff:.2e}, "
-        f"labels agree {p.label_agreement:.3f}"
-    )
+    verdict = bundle.verdict or "not validated"
+    say(f"wrote bundle {out} ({len(bundle.manifest['files'])} files; validation: {verdict})")
 
 
 def _heldout_samples(manifest_path: Path, card, n: int, cache):

@@ -97,11 +97,14 @@ def validate_cmd(
 ):
     """Validate MODEL (the revised model) against --criteria; exit 0 only when every gate passes.
 
-    Writes OUT/revision_report.json and OUT/report.html. Exit codes: 0 every gate passed,
-    1 a gate failed (or the data could not be read), 2 the command or criteria are wrong.
+    Writes OUT/revision_report.json and OUT/report.html. When MODEL is a bundle (`revise
+    export`), its model.onnx is checked for parity and the report is added to the bundle.
+    Exit codes: 0 every gate passed, 1 a gate failed (or the data could not be read), 2 the
+    command or criteria are wrong.
     """
     from revise.data import manifest as manifest_mod
     from revise.data.split import partition
+    from revise.export.bundle import attach_validation, is_bundle
     from revise.models.io import load_model
     from revise.pipeline import decode_sets
     from revise.validate.api import validate, write_report
@@ -114,6 +117,9 @@ def validate_cmd(
     from revise.validate.heldout import load_heldout, with_heldout
 
     say = echo(ctx)
+    bundle = model_path if is_bundle(model_path) else None
+    if bundle is not None and onnx_path is None:
+        onnx_path = bundle / "model.onnx"  # a bundle is validated with the ONNX file it ships
     gates = load_criteria(criteria)  # a wrong criteria file stops here, before any work
     have = ["original"] + (["reference"] if reference else []) + (["onnx"] if onnx_path else [])
     check_models(gates, have)
@@ -157,6 +163,9 @@ def validate_cmd(
         models, data, gates, onnx_path=onnx_path, by=by, device=device, seed=seed, inputs=inputs
     )
     write_report(result, out, overwrite=overwrite)
+    if bundle is not None:
+        attach_validation(bundle, out)
+        say(f"report attached to the bundle {bundle} (sign it again if it was signed)")
     for verdict in result.verdicts:
         mark = "PASS" if verdict.passed else "FAIL"
         group = ", ".join(f"{k}={v}" for k, v in (verdict.group or {}).items())

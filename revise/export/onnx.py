@@ -357,6 +357,18 @@ def set_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> dict[str,
     return merged
 
 
+def graph_digest(path: str | os.PathLike) -> str:
+    """sha256 of an ONNX model without its metadata_props: stays the same when provenance or
+    a validation verdict is added, changes with any change to the graph or the weights."""
+    import hashlib
+
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata_props of an ONNX file."""
     import onnx

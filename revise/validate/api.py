@@ -428,8 +428,13 @@ def _onnx_input(onnx_path: str | Path | None) -> dict[str, str] | None:
     if onnx_path is None:
         return None
     from revise._io import sha256_file
+    from revise.export.onnx import graph_digest
 
-    return {"path": str(onnx_path), "sha256": sha256_file(onnx_path)}
+    return {
+        "path": str(onnx_path),
+        "sha256": sha256_file(onnx_path),
+        "graph_sha256": graph_digest(onnx_path),
+    }
 
 
 def _software() -> dict[str, str]:

@@ -136,7 +136,7 @@ def test_unlearn_with_a_bad_model_file(cli, demo_site, tmp_path, request, kind):
 def test_export_with_a_bad_model_file(cli, demo_site, tmp_path, request, kind):
     model = request.getfixturevalue(kind)
     bad_file = model / "model.safetensors" if model.is_dir() else model
-    out = tmp_path / "out" / "exported.onnx"
+    out = tmp_path / "out" / "bundle"
     result = cli("export", model, "-o", out, "--data", demo_site.manifest, code=1)
     assert str(bad_file) in cli.one_line_error(result)
     _assert_nothing_written(cli, tmp_path, out)
@@ -162,7 +162,7 @@ def corrupt_parquet(demo_site, tmp_path) -> Path:
 @pytest.mark.parametrize("kind", ["wrong_suffix", "corrupt_parquet"])
 def test_bad_manifest(cli, demo_site, tmp_path, request, kind, command):
     manifest = request.getfixturevalue(kind)
-    out = tmp_path / "out" / ("model.onnx" if command == "export" else "result.csv")
+    out = tmp_path / "out" / ("bundle" if command == "export" else "result.csv")
     unlearn = cli.unlearn_args(demo_site, out)
     unlearn[unlearn.index("--data") + 1] = manifest
     args = {

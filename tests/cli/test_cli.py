@@ -274,31 +274,74 @@ def _heldout_pixels(manifest: Path, card, n: int):
     return load_tensors(rows, card).x
 
 
-def test_export_onnx(cli, demo_site, run_folder, tmp_path):
+def test_export_writes_a_bundle_that_onnx_runtime_and_triton_load(
+    cli, demo_site, run_folder, tmp_path
+):
+    import hashlib
+
     import onnxruntime as ort
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
 
     from revise.evaluate import predict
     from revise.export.onnx import read_metadata
-    from revise.models.io import load_model
+    from revise.models.io import load_model, weights_digest
     from revise.models.pixel import normalize
 
-    out = tmp_path / "model.onnx"
-    result = cli("export", run_folder, "-o", out, "--data", demo_site.manifest, code=0)
-    parity = r"parity on \d+ held-out images: max \|diff\| \S+, labels agree 1\.000"
+    out = tmp_path / "bundle"
+    args = ("export", run_folder, "-o", out, "--data", demo_site.manifest, "--name", "digits")
+    result = cli(*args, "--fp16", code=0)
+    parity = r"model.onnx: parity on \d+ held-out images: max \|diff\| \S+, labels agree 1\.000"
     assert re.search(parity, result.stdout), cli.describe(result)
-    assert out.is_file() and cli.leftovers(tmp_path) == []
-    meta = read_metadata(out)
+    assert "model.fp16.onnx: parity on" in result.stdout
+    assert cli.leftovers(tmp_path) == []
+    manifest = json.loads((out / "bundle.json").read_text())
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert files == {"bundle.json", *manifest["files"]}
+    assert files >= {
+        "model.onnx", "model.fp16.onnx", "model.safetensors", "card.json", "run.json",
+        "triton/digits/config.pbtxt", "triton/digits/labels.txt", "triton/digits/1/model.onnx",
+    }  # fmt: skip
+    for rel, entry in manifest["files"].items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == entry["sha256"], rel
+    assert (out / "model.onnx").read_bytes() == (out / "triton/digits/1/model.onnx").read_bytes()
+    assert manifest["validation"] is None
+    fp16 = manifest["onnx"]["variants"]["model.fp16.onnx"]
+    assert fp16["parity"]["label_agreement"] >= 0.99 and fp16["parity"]["max_abs_diff"] <= 0.1
+
+    # provenance in the ONNX metadata, matching the run record
+    meta = read_metadata(out / "model.onnx")
     record = json.loads((run_folder / "run.json").read_text())
     assert meta["revise.method"] == "psg"
     assert meta["revise.base_model_digest"] == record["base_model_digest"]
+    assert meta["revise.forget_selection"] == record["forget_selection"]
+    assert meta["revise.validation_verdict"] == "not run"
+    assert "revise.card" in meta and json.loads(meta["revise.versions"])["onnxruntime"]
 
+    # the bundle is a model folder too, with the run's weights
     loaded = load_model(run_folder)
+    assert weights_digest(load_model(out).module) == weights_digest(loaded.module)
+    assert manifest["weights_sha256"] == weights_digest(loaded.module)
+
+    # Triton's own schema accepts the config, and it matches the ONNX graph
+    config = text_format.Parse(
+        (out / "triton/digits/config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (graph_in,), (graph_out,) = session.get_inputs(), session.get_outputs()
+    assert config.name == "digits" and config.platform == "onnxruntime_onnx"
+    assert config.HasField("dynamic_batching") and config.max_batch_size > 0
+    assert config.input[0].name == graph_in.name and config.output[0].name == graph_out.name
+    assert [-1, *config.input[0].dims] == [-1 if isinstance(d, str) else d for d in graph_in.shape]
+    assert list(config.output[0].dims) == [loaded.card.num_classes]
+    labels = (out / "triton/digits/labels.txt").read_text().splitlines()
+    assert labels == list(loaded.card.class_names)
+
+    # what ONNX Runtime computes is what the PyTorch model predicts, at any batch size
     x = _heldout_pixels(demo_site.manifest, loaded.card, 30)
     want = predict(loaded.module, loaded.card, x, device="cpu").argmax(1).numpy()
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
     inputs = normalize(x, loaded.card).numpy()
-    got = [session.run(None, {name: inputs[i : i + 3]})[0] for i in range(0, len(inputs), 3)]
+    got = [session.run(None, {graph_in.name: inputs[i : i + 3]})[0] for i in range(0, 30, 3)]
     assert all(g.shape == (3, loaded.card.num_classes) for g in got)
     np.testing.assert_array_equal(np.concatenate(got).argmax(1), want)
 
@@ -330,7 +373,8 @@ def test_demo_end_to_end(cli, tmp_path):
     drift = revised["heldout_retain"]["accuracy"] - original["heldout_retain"]["accuracy"]
     assert abs(drift) <= 0.08, report
     assert report["parity"]["label_agreement"] == 1.0
-    assert (out / "revised" / "model.onnx").is_file()
+    bundle = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert bundle["validation"]["verdict"] == "pass" and "model.onnx" in bundle["files"]
     # the revision passes the demo's acceptance criteria, and says so with a report
     assert report["validation"]["verdict"] == "pass", report["validation"]
     assert re.search(r"acceptance gates .*: PASS, (\d+) of \1 gates passed", result.stdout)
@@ -351,7 +395,7 @@ def test_demo_end_to_end(cli, tmp_path):
     for path in out.rglob("*.onnx"):
         texts[f"{path.relative_to(out)} metadata"] = json.dumps(read_metadata(path))
     expected = {"revised/run.json", "demo_report.json", "validation/revision_report.json"}
-    assert expected | {"revised/model.onnx metadata"} <= set(texts)
+    assert expected | {"bundle/model.onnx metadata"} <= set(texts)
     texts["validation/report.html"] = (out / "validation" / "report.html").read_text()
     for where, text in texts.items():
         assert not DEMO_PHI.search(text), f"{where}: {DEMO_PHI.search(text)[0]}"

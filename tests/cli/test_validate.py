@@ -52,10 +52,10 @@ def revised(psg_run) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_model(cli, revised, demo_site, tmp_path_factory, isolated_env) -> Path:
-    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    out = tmp_path_factory.mktemp("onnx") / "bundle"
     with isolated_env():
         cli("export", revised, "-o", out, "--data", demo_site.manifest, code=0)
-    return out
+    return out / "model.onnx"
 
 
 def args(site, run_folder, criteria: Path, out: Path, *extra) -> list:
@@ -255,3 +255,55 @@ def test_a_pacs_that_is_down_is_a_clear_error(cli, demo_site, revised, tmp_path)
     result = cli(*args(demo_site, revised, write(tmp_path, FAILING), out, *extra), code=1)
     line = cli.one_line_error(result)
     assert f"127.0.0.1:{port}" in line and not out.exists()
+
+
+# --- validation and the bundle -----------------------------------------------------------------
+
+
+def test_validating_a_bundle_puts_the_report_into_it(cli, demo_site, revised, tmp_path):
+    import hashlib
+
+    from revise.export.onnx import graph_digest, read_metadata
+
+    bundle = tmp_path / "bundle"
+    cli("export", revised, "-o", bundle, "--data", demo_site.manifest, code=0)
+    before = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "revise.sig").write_text("an old signature")  # no longer valid once attached
+    criteria = write(tmp_path, FAILING)
+    result = cli(*args(demo_site, bundle, criteria, tmp_path / "report"), code=1)
+    assert "report attached to the bundle" in result.stdout
+    after = json.loads((bundle / "bundle.json").read_text())
+    report = json.loads((bundle / "revision_report.json").read_text())
+    assert report["inputs"]["onnx"]["path"] == str(bundle / "model.onnx")  # parity of the bundle
+    assert after["validation"]["verdict"] == "fail" and after["validation"]["failed_gates"]
+    assert (
+        after["validation"]["criteria_sha256"] == hashlib.sha256(criteria.read_bytes()).hexdigest()
+    )
+    assert set(after["files"]) == set(before["files"]) | {"revision_report.json", "report.html"}
+    for rel, entry in after["files"].items():
+        assert hashlib.sha256((bundle / rel).read_bytes()).hexdigest() == entry["sha256"], rel
+    for onnx_file in ("model.onnx", "triton/revised_model/1/model.onnx"):
+        meta = read_metadata(bundle / onnx_file)
+        assert meta["revise.validation_verdict"] == "fail"
+        assert meta["revise.criteria_sha256"] == after["validation"]["criteria_sha256"]
+        assert (
+            graph_digest(bundle / onnx_file)
+            == before["onnx"]["variants"]["model.onnx"]["graph_sha256"]
+        )  # only metadata changed
+    assert not (bundle / "revise.sig").exists()
+    assert not cli.leftovers(tmp_path)
+
+
+def test_export_takes_the_validation_report_of_that_model_only(
+    cli, demo_site, revised, passing_report, tmp_path
+):
+    _, _, report = passing_report
+    bundle = tmp_path / "bundle"
+    cli("export", revised, "-o", bundle, "--validation", report, code=0)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["validation"]["verdict"] == "pass"
+    assert (bundle / "report.html").read_bytes() == (report / "report.html").read_bytes()
+    other = tmp_path / "other"
+    result = cli("export", demo_site.model, "-o", other, "--validation", report, code=1)
+    assert "validates other weights" in cli.one_line_error(result)
+    assert not other.exists()

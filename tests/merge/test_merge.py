@@ -254,10 +254,10 @@ def test_merge_cli_end_to_end(merge_site, tmp_path):
         metrics = json.loads(report.read_text())
         assert set(metrics) >= {"forget", "retain"}
         # a merged model exports like any run, parity checked on held-out images
-        onnx_path = tmp_path / f"{folder.name}.onnx"
-        result = invoke("export", folder, "-o", onnx_path, "--data", site.manifest)
+        bundle = tmp_path / f"{folder.name}-bundle"
+        result = invoke("export", folder, "-o", bundle, "--data", site.manifest)
         assert result.exit_code == 0, result.output
-        assert onnx_path.exists() and "labels agree 1.000" in result.output
+        assert (bundle / "model.onnx").is_file() and "labels agree 1.000" in result.output
 
     # given strengths: the merged weights are the arithmetic's, BatchNorm aside
     given = tmp_path / "given"

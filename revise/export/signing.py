@@ -1,0 +1,486 @@
+"""Sign a revision bundle and verify it, offline, with OpenSSF model-signing and an EC key.
+
+The signature (``revise.sig``, model-signing's Sigstore-bundle JSON) covers every file in the
+bundle folder, sub-folders included, except itself. model-signing has no room for custom
+fields, so what revise wants to assert (the validation verdict, whether signing was forced) goes
+into ``signing.json``, which is written *before* signing and so is covered too::
+
+    sign_bundle(bundle, "keys/revise-signing.key")      # refuses unvalidated or failed bundles
+    verify_bundle(bundle, "keys/revise-signing.pub")    # VerifyResult(ok, changed, added, removed)
+
+Anyone can check a bundle without revise: ``model_signing verify key BUNDLE --signature
+BUNDLE/revise.sig --public_key revise-signing.pub``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from revise._io import atomic_path, sha256_file
+from revise.errors import DataError, SignatureError, UsageError
+
+SIGNATURE_NAME = "revise.sig"
+SIGNING_RECORD = "signing.json"
+SCHEMA = "revise.signing/1"
+BUNDLE_FILE = "bundle.json"
+BUNDLE_SCHEMA = "revise.bundle/1"
+REPORT_FILE = "revision_report.json"
+PRIVATE_KEY_NAME = "revise-signing.key"
+PUBLIC_KEY_NAME = "revise-signing.pub"
+
+# What `revise keygen` makes. model-signing also verifies P-521 keys, so sign/verify accept them.
+CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
+_SUPPORTED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_CURVE_HASH = {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}  # as model-signing
+# model-signing's verifier always leaves these top-level names out of what it hashes, whatever
+# the signer chose: a bundle holding one could not be fully covered by its signature.
+_NEVER_COVERED = (".git", ".gitattributes", ".github", ".gitignore")
+_KEY_HINT = "create a key pair with `revise keygen -o KEYDIR`"
+
+
+@dataclass
+class VerifyResult:
+    """The outcome of `verify_bundle`; file names are relative to the bundle, '/'-separated."""
+
+    ok: bool
+    changed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    message: str = ""
+    files: int = 0  # files the signature covers
+    record: dict[str, Any] | None = None  # signing.json, only when ok (then it is authentic)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def generate_keys(
+    private_path: str | Path,
+    public_path: str | Path,
+    *,
+    curve: str = "P-256",
+    password: bytes | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write a new EC key pair as PEM: the private key (PKCS#8, encrypted when ``password`` is
+    given) with mode 0600, the public key (SubjectPublicKeyInfo) beside it."""
+    if curve not in CURVES:
+        raise UsageError(
+            f"curve {curve!r} is not supported for revise signing keys",
+            hint="use P-256 or P-384 (model-signing signs with NIST EC keys only)",
+        )
+    private_path, public_path = Path(private_path), Path(public_path)
+    if private_path.resolve() == public_path.resolve():
+        raise UsageError(f"the private and the public key would both be {private_path}")
+    existing = [str(p) for p in (private_path, public_path) if p.exists()]
+    if existing and not overwrite:
+        raise UsageError(
+            f"key file {' and '.join(existing)} already exists",
+            hint="pass --overwrite (overwrite=True) to replace the pair, or pick another folder",
+        )
+    password = _password_bytes(password)
+    if password is not None and not password:
+        raise UsageError("the key password is empty", hint="give a non-empty password or none")
+    key = ec.generate_private_key(CURVES[curve]())
+    encryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    with atomic_path(private_path) as tmp:
+        os.chmod(tmp, 0o600)  # before the key lands in it: never readable by others, not briefly
+        tmp.write_bytes(private_pem)
+    with atomic_path(public_path) as tmp:
+        tmp.write_bytes(_public_pem(key.public_key()))
+        os.chmod(tmp, 0o644)
+
+
+def public_key_sha256(public_key: ec.EllipticCurvePublicKey) -> str:
+    """sha256 of the PEM SubjectPublicKeyInfo: the key hint model-signing puts in a signature."""
+    return hashlib.sha256(_public_pem(public_key)).hexdigest()
+
+
+def _public_pem(public_key: ec.EllipticCurvePublicKey) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _password_bytes(password: bytes | str | None) -> bytes | None:
+    # model-signing's hint says str, but cryptography only takes bytes (a str crashes it).
+    return password.encode("utf-8") if isinstance(password, str) else password
+
+
+def _load_private_key(path: Path, password: bytes | None) -> ec.EllipticCurvePrivateKey:
+    if not path.is_file():
+        raise UsageError(f"signing key {path} does not exist", hint=_KEY_HINT)
+    data = path.read_bytes()
+    try:
+        key = serialization.load_pem_private_key(data, password)
+    except TypeError as exc:  # cryptography's way of saying "password missing / not expected"
+        if password is None:
+            raise SignatureError(
+                f"signing key {path} is encrypted and no password was given",
+                hint="name the environment variable holding it with --password-env VAR",
+            ) from exc
+        raise SignatureError(
+            f"signing key {path} is not encrypted but a password was given",
+            hint="drop --password-env",
+        ) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        if password is not None and b"ENCRYPTED" in data:
+            raise SignatureError(
+                f"wrong password for signing key {path}",
+                hint="check the environment variable named by --password-env",
+            ) from exc
+        raise SignatureError(
+            f"{path} is not a PEM private key ({exc})", hint=f"pass the .key file; {_KEY_HINT}"
+        ) from exc
+    _check_curve(key, path, "signing key")
+    return key  # type: ignore[return-value]
+
+
+def _load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    if not path.is_file():
+        raise UsageError(f"public key {path} does not exist", hint="pass the .pub file")
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        hint = "pass the .pub file, not the private key" if b"PRIVATE" in path.read_bytes() else ""
+        raise SignatureError(
+            f"{path} is not a PEM public key ({exc})", hint=hint or "pass the .pub file"
+        ) from exc
+    _check_curve(key, path, "public key")
+    return key  # type: ignore[return-value]
+
+
+def _check_curve(key: Any, path: Path, what: str) -> None:
+    curve = getattr(key, "curve", None)
+    if curve is None or curve.name not in _SUPPORTED_CURVES:
+        name = type(key).__name__
+        kind = curve.name if curve is not None else name.removesuffix("PrivateKey")
+        kind = kind.removesuffix("PublicKey")
+        raise SignatureError(
+            f"{what} {path} holds a key of type {kind}; model-signing signs with EC keys on P-256, "
+            "P-384 or P-521 only",
+            hint=_KEY_HINT,
+        )
+
+
+# -- signing ----------------------------------------------------------------------------------
+
+
+def sign_bundle(
+    bundle: str | Path,
+    private_key: str | Path,
+    *,
+    password: bytes | None = None,
+    allow_unvalidated: bool = False,
+) -> dict[str, Any]:
+    """Sign every file of ``bundle`` (but the signature) and return the signing record.
+
+    Refuses a bundle whose validation failed or never ran unless ``allow_unvalidated``; the
+    choice goes into signing.json, which the signature covers. Re-signing replaces both."""
+    bundle = _bundle_folder(bundle)
+    key_path = Path(private_key)
+    password = _password_bytes(password)
+    key = _load_private_key(key_path, password)
+    _check_signable(bundle)
+    verdict = _validation_verdict(bundle)
+    if verdict != "pass" and not allow_unvalidated:
+        why = (
+            "failed its acceptance gates (revision_report.json: verdict 'fail')"
+            if verdict == "fail"
+            else "was never validated (no revision_report.json)"
+        )
+        raise UsageError(
+            f"refusing to sign {bundle}: it {why}",
+            hint="pass --allow-unvalidated to sign anyway; signing.json records that choice",
+        )
+    ms = _model_signing()
+    record = {
+        "schema": SCHEMA,
+        "signed_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "validation_verdict": verdict,
+        "allow_unvalidated": bool(allow_unvalidated),
+        "public_key_sha256": public_key_sha256(key.public_key()),
+        "tool": f"revise {_revise_version()} / model-signing {ms.__version__}",
+    }
+    # Drop the old signature first: a failed re-sign leaves an unsigned bundle, not a stale one.
+    (bundle / SIGNATURE_NAME).unlink(missing_ok=True)
+    _write_public(
+        bundle / SIGNING_RECORD, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    )
+    # The ignored path must be relative to the bundle: model-signing silently drops an absolute
+    # one (or one relative to the working directory), and the signature would then cover an
+    # old revise.sig, or the verifier would see revise.sig as an extra file.
+    hashing_config = ms.hashing.Config().set_ignored_paths(paths=[SIGNATURE_NAME])
+    with tempfile.TemporaryDirectory(prefix="revise-sign-") as tmp:
+        # Signed into a folder outside the bundle: nothing new appears in it while it is hashed.
+        staged = Path(tmp) / SIGNATURE_NAME
+        try:
+            (
+                ms.signing.Config()
+                .set_hashing_config(hashing_config)
+                .use_elliptic_key_signer(private_key=key_path, password=password)
+                .sign(bundle, staged)
+            )
+        except (ValueError, TypeError, OSError) as exc:
+            raise SignatureError(f"model-signing could not sign {bundle}: {exc}") from exc
+        _write_public(bundle / SIGNATURE_NAME, staged.read_bytes())
+    return record
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    """Atomically, readable by the server that loads the bundle (atomic_path's files are 0600)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)
+
+
+def _bundle_folder(bundle: str | Path) -> Path:
+    bundle = Path(bundle)
+    if not bundle.exists():
+        raise UsageError(f"bundle {bundle} does not exist", hint="write one with `revise export`")
+    if not bundle.is_dir():
+        raise UsageError(
+            f"{bundle} is not a bundle folder",
+            hint="pass the folder `revise export` wrote, not a file in it",
+        )
+    return bundle
+
+
+def _walk(bundle: Path) -> tuple[list[str], list[str]]:
+    """Relative names of the regular files in ``bundle`` (but the signature), and of the
+    entries that are not regular files (symlinks, sockets...)."""
+    files, odd = [], []
+    for root, dirs, names in os.walk(bundle):  # does not follow symlinked folders
+        base = Path(root)
+        for name in [*dirs, *names]:
+            path = base / name
+            rel = path.relative_to(bundle).as_posix()
+            if rel == SIGNATURE_NAME or (name in dirs and not path.is_symlink()):
+                continue
+            (files if path.is_file() and not path.is_symlink() else odd).append(rel)
+    return sorted(files), sorted(odd)
+
+
+def _check_signable(bundle: Path) -> None:
+    if not (bundle / BUNDLE_FILE).is_file():
+        raise UsageError(
+            f"{bundle} is not a revise bundle (no {BUNDLE_FILE})",
+            hint="write the bundle with `revise export` and sign that folder",
+        )
+    files, odd = _walk(bundle)
+    if odd:
+        raise SignatureError(
+            f"{bundle} holds entries that are not regular files: {', '.join(odd[:5])}",
+            hint="replace symlinks by the files they point to (model-signing refuses them)",
+        )
+    uncovered = sorted(n for n in files if n.split("/")[0] in _NEVER_COVERED)
+    uncovered += sorted(n for n in _NEVER_COVERED if (bundle / n).is_dir())
+    if uncovered:
+        raise SignatureError(
+            f"{bundle} holds {', '.join(uncovered[:5])}, which model-signing never covers",
+            hint="remove it from the bundle",
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}", hint="re-export the bundle") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a JSON object", hint="re-export the bundle")
+    return data
+
+
+def _validation_verdict(bundle: Path) -> str | None:
+    """The verdict of revision_report.json ("pass"/"fail"; None: no validation ran), checked
+    against what bundle.json says about it."""
+    manifest = _read_json(bundle / BUNDLE_FILE)
+    if manifest.get("schema") != BUNDLE_SCHEMA:
+        raise DataError(
+            f"{bundle / BUNDLE_FILE} has schema {manifest.get('schema')!r}, not {BUNDLE_SCHEMA!r}",
+            hint="re-export the bundle with this version of revise",
+        )
+    report_path = bundle / REPORT_FILE
+    verdict: str | None = None
+    if report_path.is_file():
+        report = _read_json(report_path)
+        verdict = report.get("verdict")
+        if verdict not in ("pass", "fail"):
+            raise DataError(
+                f"{report_path} has verdict {verdict!r}, expected 'pass' or 'fail'",
+                hint="re-run `revise validate` and re-export the bundle",
+            )
+        validated = ((report.get("models") or {}).get("candidate") or {}).get("sha256")
+        weights = manifest.get("weights_sha256")
+        if validated and weights and validated != weights:
+            raise DataError(
+                f"{report_path} validates other weights ({validated[:12]}...) than the bundle's "
+                f"({weights[:12]}...)",
+                hint="validate the bundle's own model and re-export",
+            )
+    if "validation" in manifest:  # the exporter records the report it copied: they must agree
+        claimed = (manifest.get("validation") or {}).get("verdict")
+        if claimed != verdict:
+            found = f"says {verdict!r}" if report_path.is_file() else "is missing"
+            raise DataError(
+                f"{bundle / BUNDLE_FILE} records validation verdict {claimed!r} but "
+                f"{REPORT_FILE} {found}",
+                hint="the bundle was edited after export; re-export it",
+            )
+    return verdict
+
+
+# -- verifying --------------------------------------------------------------------------------
+
+
+def verify_bundle(bundle: str | Path, public_key: str | Path) -> VerifyResult:
+    """Check ``bundle`` against its signature with model-signing; on a mismatch, name the
+    files that changed, were added or were removed since signing."""
+    bundle = _bundle_folder(bundle)
+    key_path = Path(public_key)
+    key = _load_public_key(key_path)
+    signature = bundle / SIGNATURE_NAME
+    if not signature.is_file():
+        return VerifyResult(
+            False, message=f"{bundle} is not signed (no {SIGNATURE_NAME}); sign it with revise sign"
+        )
+    ms = _model_signing()
+    try:  # model-signing's own verdict is the authority: ok is never True without it
+        ms.verifying.Config().use_elliptic_key_verifier(public_key=key_path).verify(
+            bundle, signature
+        )
+        failure: Exception | None = None
+    except Exception as exc:  # ValueError, InvalidSignature, KeyError on a mangled file, ...
+        failure = exc
+    try:
+        statement = _signed_statement(signature, key, key_path)
+    except SignatureError as exc:
+        return VerifyResult(False, message=str(exc))
+    predicate = statement.get("predicate") or {}
+    resources = [r for r in predicate.get("resources", []) if isinstance(r, dict)]
+    signed = {str(r.get("name")): r.get("digest") for r in resources}
+    files, odd = _walk(bundle)
+    present = set(files) | set(odd)
+    # Added/removed need names only; digests are recomputed only when model-signing failed
+    # (when it passed it has checked them all). Comparing names also catches a file it never
+    # hashes (a top-level .gitignore ...) added after signing.
+    added = sorted(present - set(signed))
+    removed = sorted(set(signed) - present)
+    changed = sorted(set(odd) & set(signed))
+    if failure is not None and _is_sha256_by_file(predicate):
+        changed += [n for n in files if n in signed and sha256_file(bundle / n) != signed[n]]
+        changed.sort()
+    if failure is None and not (changed or added or removed):
+        record_path = bundle / SIGNING_RECORD
+        record = _read_json(record_path) if record_path.is_file() else None
+        return VerifyResult(
+            True, message=f"{len(signed)} files verified", files=len(signed), record=record
+        )
+    if changed or added or removed:
+        message = (
+            f"{bundle} does not match its signature: {len(changed)} changed, {len(added)} added, "
+            f"{len(removed)} removed since signing"
+        )
+    else:
+        message = f"model-signing rejects {bundle}: {failure}"
+    return VerifyResult(False, changed, added, removed, message, files=len(signed))
+
+
+def _is_sha256_by_file(predicate: dict[str, Any]) -> bool:
+    """Whether the signed digests are plain sha256 of whole files (what revise signs)."""
+    serialization_args = predicate.get("serialization") or {}
+    return serialization_args.get("method") == "files" and all(
+        r.get("algorithm") == "sha256" for r in predicate.get("resources", [])
+    )
+
+
+def _pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE pre-authentication encoding: what the envelope's signature signs."""
+    kind = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def _signed_statement(
+    signature: Path, key: ec.EllipticCurvePublicKey, key_path: Path
+) -> dict[str, Any]:
+    """The in-toto statement inside the signature's DSSE envelope, once the envelope is shown
+    to be signed by ``key`` (so the file list it names can be trusted for the diff)."""
+    try:
+        bundle_json = json.loads(signature.read_text(encoding="utf-8"))
+        envelope = bundle_json["dsseEnvelope"]
+        payload = base64.b64decode(envelope["payload"])
+        payload_type = envelope["payloadType"]
+        raw_signature = base64.b64decode(envelope["signatures"][0]["sig"])
+        hint = (bundle_json.get("verificationMaterial") or {}).get("publicKey", {}).get("hint")
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise SignatureError(
+            f"{signature} is not a model-signing signature ({type(exc).__name__}: {exc})",
+            hint="sign the bundle again with revise sign",
+        ) from exc
+    mine = public_key_sha256(key)
+    if hint and hint != mine:
+        raise SignatureError(
+            f"the signature does not match this key: it was made with key sha256 {hint[:16]}..., "
+            f"{key_path} is {mine[:16]}...",
+            hint="use the .pub file paired with the key that signed the bundle",
+        )
+    try:
+        key.verify(raw_signature, _pae(payload_type, payload), ec.ECDSA(_hash_for(key)()))
+    except InvalidSignature as exc:
+        raise SignatureError(
+            f"the signature does not match this key ({key_path}), or {signature} was altered"
+        ) from exc
+    try:
+        statement = json.loads(payload)
+    except ValueError as exc:  # signed but not JSON: not something model-signing writes
+        raise SignatureError(f"{signature} holds no in-toto statement ({exc})") from exc
+    return statement
+
+
+def _hash_for(key: ec.EllipticCurvePublicKey) -> type[hashes.HashAlgorithm]:
+    return _CURVE_HASH[key.curve.key_size]
+
+
+# -- the library ------------------------------------------------------------------------------
+
+
+def _model_signing() -> ModuleType:
+    """model_signing, imported on first use (it pulls in sigstore: slow)."""
+    try:
+        import model_signing
+        import model_signing.hashing
+        import model_signing.signing
+        import model_signing.verifying
+    except ImportError as exc:
+        raise SignatureError(
+            f"cannot import model-signing ({exc})",
+            hint="pip install 'model-signing>=1.1,<1.2' 'pyOpenSSL>=24' (sigstore needs pyOpenSSL)",
+        ) from exc
+    return model_signing
+
+
+def _revise_version() -> str:
+    from revise import __version__
+
+    return __version__

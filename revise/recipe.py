@@ -1,0 +1,669 @@
+"""`revise run recipe.yaml`: the whole revision - index, unlearn, merge, export, validate, sign -
+from one file, checked as a whole before anything runs, and resumable.
+
+```yaml
+workdir: work                    # every output; relative paths are relative to the recipe
+model: deployed/                 # the deployed model (card:, arch: for bare weights)
+data: {dicom: site/dicom, labels: site/labels.csv, site: north}   # or {manifest: m.parquet}
+forget: 'device == "Borealis CR-7"'
+unlearn:
+  - {method: psg, settings: {lr: 0.001, phi: 2}}
+  - {name: ft, method: finetune, settings: {epochs: 2}}
+merge: {search_strengths: true}  # any `revise merge` option; runs are named by `name`
+export: {name: digits, fp16: false}
+validate: {criteria: gates.yaml, reference: retrained/}            # any `revise validate` option
+sign: {key: keys/revise-signing.key, password_env: REVISE_KEY_PASSWORD}
+```
+
+Each stage is the CLI command of the same name run in-process, so a recipe does exactly what
+the commands do. A stage whose output exists and whose fingerprint (its arguments, the
+fingerprints of the stages it reads, the digests of its input files) is unchanged is skipped; an
+unlearning run interrupted mid-way continues from its checkpoint. The resolved recipe (absolute
+paths, every hyperparameter) is stored in the bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from revise._io import sha256_file, write_json_atomic, write_text_atomic
+from revise.errors import UsageError
+from revise.registry import did_you_mean
+
+TOP_LEVEL = (
+    "workdir",
+    "model",
+    "card",
+    "arch",
+    "data",
+    "forget",
+    "unlearn",
+    "merge",
+    "export",
+    "validate",
+    "sign",
+    "device",
+    "seed",
+    "cache",
+    "checkpoint_every",
+)
+DATA_KEYS = ("manifest", "dicom", "labels", "site", "loader")
+RUN_KEYS = ("name", "method", "settings", "seed")
+SIGN_KEYS = ("key", "password_env", "allow_unvalidated")
+# Options of the commands that the recipe sets itself (not allowed in their sections)
+RESERVED = {
+    "merge": {"runs", "out", "data", "forget", "overwrite", "as_json", "cache", "device", "seed"},
+    "export": {
+        "model_path",
+        "out",
+        "data",
+        "validation",
+        "recipe",
+        "overwrite",
+        "cache",
+        "card",
+        "arch",
+        "manifest_path",
+    },
+    "validate": {
+        "model_path",
+        "original",
+        "manifest_path",
+        "forget",
+        "out",
+        "overwrite",
+        "onnx_path",
+        "card",
+        "arch",
+        "cache",
+        "device",
+        "seed",
+    },
+}
+STATE_FILE = "state.json"
+RESOLVED = "recipe.resolved.yaml"
+
+
+@dataclass
+class Stage:
+    name: str
+    args: list[str]  # the revise command line, without "revise"
+    output: Path  # exists once the stage is complete
+    inputs: list[Path] = field(default_factory=list)  # files whose content the stage depends on
+    after: list[str] = field(default_factory=list)  # stages whose outputs it reads
+    partial: Path | None = None  # unlearning: the <run>.partial folder a checkpoint lives in
+    fingerprint: str = ""
+
+
+@dataclass
+class Plan:
+    recipe: Path
+    workdir: Path
+    resolved: dict[str, Any]
+    stages: list[Stage]
+
+    def state_path(self) -> Path:
+        return self.workdir / STATE_FILE
+
+
+class _Problems:
+    """Collects every mistake of a recipe so that all are reported at once."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            lines = "\n".join(f"  - {item}" for item in self.items)
+            raise UsageError(
+                f"{self.source} has {len(self.items)} problem(s); nothing was run:\n{lines}"
+            )
+
+
+def load_plan(recipe: str | Path) -> Plan:
+    """Parse and check the whole recipe; every problem found is reported in one UsageError."""
+    recipe = Path(recipe).resolve()
+    try:
+        doc = yaml.safe_load(recipe.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read recipe {recipe}: {exc}") from exc
+    problems = _Problems(recipe)
+    if not isinstance(doc, Mapping):
+        raise UsageError(f"{recipe}: a recipe is a YAML mapping (see `revise run --help`)")
+    base = recipe.parent
+    for key in doc:
+        if key not in TOP_LEVEL:
+            problems.add(str(key), f"unknown key{_hint(str(key), TOP_LEVEL)}")
+    for key in ("model", "data", "forget", "unlearn"):
+        if key not in doc:
+            problems.add(key, "missing (required)")
+
+    def path(where: str, value: Any, *, must_exist: bool = True) -> Path | None:
+        if value is None:
+            return None
+        p = (base / str(value)).resolve()
+        if must_exist and not p.exists():
+            problems.add(where, f"{p} does not exist")
+        return p
+
+    workdir = path("workdir", doc.get("workdir", "revise-run"), must_exist=False)
+    model = path("model", doc.get("model"))
+    card = path("card", doc.get("card"))
+    cache = path("cache", doc.get("cache"), must_exist=False) or workdir / "cache"
+    device = str(doc.get("device", "auto"))
+    seed = _int(problems, "seed", doc.get("seed", 0))
+    every = _int(problems, "checkpoint_every", doc.get("checkpoint_every", 50))
+    forget = doc.get("forget")
+    if forget is not None:
+        _check_selection(problems, str(forget))
+    common = [*(["--card", str(card)] if card else []), *_opt("--arch", doc.get("arch"))]
+    stages: list[Stage] = []
+    manifest = _data_stage(problems, doc.get("data"), path, workdir, stages)
+    runs = _unlearn_stages(
+        problems,
+        doc.get("unlearn"),
+        model,
+        manifest,
+        forget,
+        workdir,
+        common,
+        device,
+        seed,
+        every,
+        cache,
+        stages,
+    )
+    candidate = _merge_stage(
+        problems,
+        doc.get("merge"),
+        runs,
+        manifest,
+        forget,
+        workdir,
+        device,
+        seed,
+        cache,
+        path,
+        stages,
+    )
+    bundle = workdir / "bundle"
+    export = _section(problems, "export", doc.get("export"), _command("export"))
+    stages.append(
+        Stage(
+            "export",
+            [
+                "export",
+                str(candidate),
+                "-o",
+                str(bundle),
+                "--data",
+                str(manifest),
+                "--recipe",
+                str(workdir / RESOLVED),
+                "--cache",
+                str(cache),
+                *_flags(export),
+            ],
+            bundle,
+            after=[s.name for s in stages if s.output == candidate or s.name == "index"],
+        )
+    )
+    validate = _validate_stage(
+        problems,
+        doc.get("validate"),
+        model,
+        manifest,
+        forget,
+        workdir,
+        common,
+        device,
+        seed,
+        cache,
+        path,
+        stages,
+    )
+    _sign_stage(problems, doc.get("sign"), path, bundle, validate, stages)
+    problems.raise_if_any()
+    resolved = _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages)
+    for stage in stages:
+        stage.fingerprint = _fingerprint(stage, {s.name: s.fingerprint for s in stages})
+    return Plan(recipe, workdir, resolved, stages)
+
+
+def run_plan(
+    plan: Plan,
+    *,
+    say: Callable[[str], None],
+    restart: bool = False,
+    global_args: list[str] | None = None,
+) -> int:
+    """Run the stages not already done; 0 when the bundle is complete (validated and, if asked,
+    signed), 1 when validation failed (the bundle is left unsigned)."""
+    from revise.cli import cli
+
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    state = {} if restart else _read_state(plan.state_path())
+    done, started = state.setdefault("done", {}), state.setdefault("started", {})
+    write_text_atomic(plan.workdir / RESOLVED, yaml.safe_dump(plan.resolved, sort_keys=False))
+    verdict = 0
+    ran: set[str] = set()
+    for stage in plan.stages:
+        fresh = not ran.intersection(stage.after)  # nothing it reads was rebuilt just now
+        if fresh and done.get(stage.name) == stage.fingerprint and stage.output.exists():
+            say(f"[{stage.name}] up to date, skipped")
+            if stage.name == "validate":
+                verdict = _verdict(stage.output)
+            continue
+        args = list(stage.args)
+        if stage.output.exists():
+            args.append("--overwrite")  # out of date: the recipe or an input changed
+        if stage.partial is not None and stage.partial.exists():
+            if started.get(stage.name) == stage.fingerprint:
+                args.append("--resume")  # the same run was interrupted: continue it
+            else:
+                shutil.rmtree(stage.partial)
+        if stage.name == "sign" and verdict != 0 and "--allow-unvalidated" not in args:
+            say("[sign] skipped: the validation gates failed; the bundle is left unsigned")
+            continue
+        started[stage.name] = stage.fingerprint
+        _write_state(plan.state_path(), state)
+        say(f"[{stage.name}] revise {' '.join(_quote(a) for a in args)}")
+        code = _invoke(cli, [*(global_args or []), *args])
+        if stage.name == "validate" and code in (0, 1) and stage.output.exists():
+            verdict = _verdict(stage.output)  # failed gates are a result, not a crash
+        elif code != 0:
+            raise click.exceptions.Exit(code)
+        done[stage.name] = stage.fingerprint
+        ran.add(stage.name)
+        _write_state(plan.state_path(), state)
+    return verdict
+
+
+# -- stages -----------------------------------------------------------------------------------
+
+
+def _data_stage(problems, data, path, workdir: Path, stages: list[Stage]) -> Path:
+    if not isinstance(data, Mapping):
+        if data is not None:
+            problems.add("data", "a mapping: {manifest: FILE} or {dicom: FOLDER, labels: CSV}")
+        return workdir / "manifest.parquet"
+    for key in data:
+        if key not in DATA_KEYS:
+            problems.add(f"data.{key}", f"unknown key{_hint(str(key), DATA_KEYS)}")
+    if ("manifest" in data) == ("dicom" in data):
+        problems.add("data", "give exactly one of manifest: or dicom:")
+        return workdir / "manifest.parquet"
+    if "manifest" in data:
+        return path("data.manifest", data["manifest"]) or workdir / "manifest.parquet"
+    root = path("data.dicom", data["dicom"])
+    labels = path("data.labels", data.get("labels"))
+    out = workdir / "manifest.parquet"
+    args = ["index", str(root), "-o", str(out)]
+    args += _opt("--labels", labels) + _opt("--site", data.get("site"))
+    args += _opt("--loader", data.get("loader"))
+    stages.append(Stage("index", args, out, inputs=[p for p in (labels,) if p]))
+    return out
+
+
+def _unlearn_stages(
+    problems, runs, model, manifest, forget, workdir, common, device, seed, every, cache, stages
+) -> dict[str, Path]:
+    from revise.unlearn.api import make_config
+    from revise.unlearn.base import METHODS
+
+    if runs is None:
+        return {}
+    if not isinstance(runs, list) or not runs:
+        problems.add("unlearn", "a list of runs, e.g. [{method: psg, settings: {lr: 0.001}}]")
+        return {}
+    out: dict[str, Path] = {}
+    for i, run in enumerate(runs, 1):
+        where = f"unlearn[{i}]"
+        if not isinstance(run, Mapping) or "method" not in run:
+            problems.add(where, "a mapping with method: (and settings:, name:, seed:)")
+            continue
+        for key in run:
+            if key not in RUN_KEYS:
+                problems.add(f"{where}.{key}", f"unknown key{_hint(str(key), RUN_KEYS)}")
+        method = str(run["method"])
+        name = str(run.get("name") or method)
+        if not name.replace("_", "").replace("-", "").isalnum():
+            problems.add(f"{where}.name", f"{name!r}: letters, digits, '-' and '_' only")
+        if name in out:
+            problems.add(f"{where}.name", f"{name!r} is used twice; give each run a name:")
+        settings = run.get("settings") or {}
+        if method not in METHODS:
+            problems.add(f"{where}.method", f"unknown method {method!r}{_hint(method, METHODS)}")
+        elif not isinstance(settings, Mapping):
+            problems.add(f"{where}.settings", "a mapping name: value")
+        else:
+            try:
+                make_config(method, settings)
+            except UsageError as exc:
+                problems.add(f"{where}.settings", str(exc))
+        folder = workdir / "runs" / name
+        out[name] = folder
+        pairs = [a for k, v in (settings or {}).items() for a in ("--set", f"{k}={_text(v)}")]
+        args = [
+            "unlearn",
+            "--model",
+            str(model),
+            "--data",
+            str(manifest),
+            "--forget",
+            str(forget),
+            "--method",
+            method,
+            *pairs,
+            "-o",
+            str(folder),
+            "--device",
+            device,
+            "--seed",
+            str(run.get("seed", seed)),
+            "--cache",
+            str(cache),
+            "--checkpoint-every",
+            str(every),
+            *common,
+        ]
+        stages.append(
+            Stage(
+                f"unlearn:{name}",
+                args,
+                folder,
+                inputs=[model] if model and model.is_file() else [],
+                after=[s.name for s in stages if s.name == "index"],
+                partial=folder.with_name(folder.name + ".partial"),
+            )
+        )
+    return out
+
+
+def _merge_stage(
+    problems, merge, runs, manifest, forget, workdir, device, seed, cache, path, stages
+) -> Path:
+    if merge is None:
+        if len(runs) > 1:
+            problems.add("merge", f"{len(runs)} unlearning runs need a merge: section")
+        return next(iter(runs.values()), workdir / "runs" / "missing")
+    if len(runs) < 2:
+        problems.add("merge", "merging needs at least two unlearning runs")
+    options = _section(problems, "merge", merge, _command("merge"))
+    names = list(runs)
+    for key in ("backbone", "head"):  # runs are named in the recipe, folders in the command
+        if key in options and str(options[key]) in runs:
+            options[key] = str(names.index(str(options[key])))
+    if "reference" in options:
+        options["reference"] = path("merge.reference", options["reference"])
+    out = workdir / "merged"
+    args = [
+        "merge",
+        *map(str, runs.values()),
+        "-o",
+        str(out),
+        "--data",
+        str(manifest),
+        "--forget",
+        str(forget),
+        "--device",
+        device,
+        "--seed",
+        str(seed),
+        "--cache",
+        str(cache),
+        *_flags(options),
+    ]
+    after = [s.name for s in stages if s.name.startswith("unlearn:") or s.name == "index"]
+    stages.append(Stage("merge", args, out, after=after))
+    return out
+
+
+def _validate_stage(
+    problems, validate, model, manifest, forget, workdir, common, device, seed, cache, path, stages
+) -> Stage | None:
+    if validate is None:
+        return None
+    options = _section(problems, "validate", validate, _command("validate"))
+    criteria = path("validate.criteria", options.pop("criteria", None))
+    if criteria is None:
+        problems.add("validate.criteria", "missing: the acceptance criteria file")
+    reference = path("validate.reference", options.get("reference"))
+    if reference is not None:
+        options["reference"] = reference
+    heldout = options.get("heldout")
+    if heldout is not None and not str(heldout).startswith(("http://", "https://")):
+        options["heldout"] = path("validate.heldout", heldout)
+    if criteria is not None and criteria.exists():
+        from revise.validate.criteria import check_models, load_criteria
+
+        try:
+            check_models(
+                load_criteria(criteria), ["original", "onnx", *(["reference"] if reference else [])]
+            )
+        except UsageError as exc:
+            problems.add("validate.criteria", str(exc))
+    out = workdir / "validation"
+    bundle = workdir / "bundle"
+    args = [
+        "validate",
+        str(bundle),
+        "--original",
+        str(model),
+        "--data",
+        str(manifest),
+        "--forget",
+        str(forget),
+        "--criteria",
+        str(criteria),
+        "-o",
+        str(out),
+        "--device",
+        device,
+        "--seed",
+        str(seed),
+        "--cache",
+        str(cache),
+        *common,
+        *_flags(options),
+    ]
+    stage = Stage("validate", args, out, inputs=[p for p in (criteria,) if p], after=["export"])
+    stages.append(stage)
+    return stage
+
+
+def _sign_stage(problems, sign, path, bundle: Path, validate, stages: list[Stage]) -> None:
+    if sign is None:
+        return
+    if not isinstance(sign, Mapping):
+        problems.add("sign", "a mapping: {key: FILE, password_env: VAR, allow_unvalidated: bool}")
+        return
+    for key in sign:
+        if key not in SIGN_KEYS:
+            problems.add(f"sign.{key}", f"unknown key{_hint(str(key), SIGN_KEYS)}")
+    key = path("sign.key", sign.get("key"))
+    if key is None:
+        problems.add("sign.key", "missing: the private key (make one with `revise keygen`)")
+    env = sign.get("password_env")
+    if env is not None and env not in os.environ:
+        problems.add("sign.password_env", f"the environment variable {env} is not set")
+    allow = bool(sign.get("allow_unvalidated", False))
+    if validate is None and not allow:
+        problems.add("sign", "signing needs a validate: section (or allow_unvalidated: true)")
+    args = ["sign", str(bundle), "--key", str(key), *_opt("--password-env", env)]
+    args += ["--allow-unvalidated"] if allow else []
+    after = ["export"] + (["validate"] if validate else [])
+    stages.append(
+        Stage("sign", args, bundle / "revise.sig", inputs=[key] if key else [], after=after)
+    )
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _command(name: str) -> click.Command:
+    from revise.cli import cli
+
+    return cli.commands[name]
+
+
+def _section(problems, where: str, value: Any, command: click.Command) -> dict[str, Any]:
+    """A recipe section holding options of ``command``: names checked against the command's own
+    options (one source of truth), values converted by click's types."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.add(where, f"a mapping of `revise {command.name}` options")
+        return {}
+    params = {p.name: p for p in command.params if isinstance(p, click.Option)}
+    allowed = sorted(set(params) - RESERVED.get(where, set()))
+    options: dict[str, Any] = {}
+    for key, raw in value.items():
+        name = str(key).replace("-", "_")
+        if name not in allowed:
+            problems.add(f"{where}.{key}", f"not an option of this stage{_hint(name, allowed)}")
+            continue
+        param = params[name]
+        try:
+            options[name] = _convert(param, raw)
+        except click.BadParameter as exc:
+            problems.add(f"{where}.{key}", exc.format_message())
+    return options
+
+
+def _convert(param: click.Option, raw: Any) -> Any:
+    """A recipe value as the command would take it (paths are resolved by the caller)."""
+    if isinstance(param.type, click.Path):
+        return raw
+    if param.is_flag:
+        if not isinstance(raw, bool):
+            raise click.BadParameter(f"{raw!r} is not true or false")
+        return raw
+    if param.multiple:
+        items = raw if isinstance(raw, list) else [raw]
+        return [param.type.convert(item, param, None) for item in items]
+    return param.type.convert(raw, param, None)
+
+
+def _flags(options: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out += [flag] if value else []
+        elif isinstance(value, list | tuple):
+            for item in value:
+                out += [flag, _text(item)]
+        elif value is not None:
+            out += [flag, _text(value)]
+    return out
+
+
+def _opt(flag: str, value: Any) -> list[str]:
+    return [] if value is None else [flag, str(value)]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _int(problems, where: str, value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        problems.add(where, f"{value!r} is not an integer")
+        return 0
+
+
+def _hint(name: str, known) -> str:
+    hint = did_you_mean(name, known)
+    return f" ({hint})" if hint else f" (known: {', '.join(sorted(known))})"
+
+
+def _check_selection(problems, text: str) -> None:
+    from revise.data.select import parse
+
+    try:
+        parse(text)
+    except UsageError as exc:
+        problems.add("forget", str(exc))
+
+
+def _quote(arg: str) -> str:
+    return arg if arg and all(c.isalnum() or c in "/._-=:,+@" for c in arg) else repr(arg)
+
+
+def _fingerprint(stage: Stage, upstream: Mapping[str, str]) -> str:
+    h = hashlib.sha256(json.dumps(stage.args).encode())
+    for name in stage.after:
+        h.update(f"\0{name}={upstream.get(name, '')}".encode())
+    for path in stage.inputs:
+        h.update(f"\0{path}={sha256_file(path) if path.is_file() else ''}".encode())
+    return h.hexdigest()
+
+
+def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) -> dict[str, Any]:
+    """The recipe as run: absolute paths, every hyperparameter of every method, the commands."""
+    from revise.unlearn.api import make_config
+
+    runs = []
+    for run in doc.get("unlearn") or []:
+        config = make_config(str(run["method"]), run.get("settings") or {})
+        runs.append({**dict(run), "settings": dataclasses.asdict(config)})
+    return {
+        "recipe": {k: v for k, v in doc.items() if k != "unlearn"} | {"unlearn": runs},
+        "resolved": {
+            "workdir": str(workdir),
+            "model": str(model),
+            "card": str(card) if card else None,
+            "manifest": str(manifest),
+            "cache": str(cache),
+            "device": device,
+            "seed": seed,
+        },
+        "commands": {stage.name: ["revise", *stage.args] for stage in stages},
+    }
+
+
+def _invoke(cli: click.Group, args: list[str]) -> int:
+    """Run ``revise ARGS`` in this process; its exit code (click returns it from main when not
+    in standalone mode, and raises Exit from nested contexts)."""
+    try:
+        code = cli.main(args=args, prog_name="revise", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    return code if isinstance(code, int) else 0
+
+
+def _verdict(report_folder: Path) -> int:
+    """0 when the validation report says every gate passed, else 1."""
+    report = json.loads((report_folder / "revision_report.json").read_text())
+    return 0 if report.get("verdict") == "pass" else 1
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    write_json_atomic(path, state)

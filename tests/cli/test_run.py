@@ -1,0 +1,195 @@
+"""`revise run recipe.yaml` on the demo site: every mistake reported at once before anything
+runs, the whole path to a signed bundle, skipping what is done, failing gates leaving the bundle
+unsigned, and a killed run that resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+LENIENT = """
+gates:
+  - {name: retired device not better, metric: accuracy, set: heldout_forget, at_most: original}
+  - {metric: accuracy, set: heldout_retain, per: device, at_least: original - 0.2}
+  - {metric: parity_label_agreement, at_least: 1.0}
+"""
+IMPOSSIBLE = "gates:\n  - {name: impossible, metric: accuracy, set: heldout_forget, at_most: 0.0}\n"
+
+
+def recipe(tmp_path: Path, site, *, criteria: str = LENIENT, **overrides) -> Path:
+    (tmp_path / "gates.yaml").write_text(criteria)
+    doc = {
+        "workdir": "work",
+        "model": str(site.model),
+        "data": {"dicom": str(site.dicom), "labels": str(site.labels), "site": "demo"},
+        "forget": 'device == "Borealis CR-7"',
+        "device": "cpu",
+        "unlearn": [{"method": "psg", "settings": {"epochs": 1, "lr": 0.001, "phi": 2}}],
+        "export": {"name": "digits"},
+        "validate": {"criteria": "gates.yaml"},
+        **overrides,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def stage_lines(result) -> dict[str, str]:
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    return {line[1 : line.index("]")]: line for line in lines}
+
+
+def test_every_mistake_is_reported_at_once_and_nothing_runs(cli, demo_site, tmp_path):
+    path = recipe(
+        tmp_path,
+        demo_site,
+        forget='device === "Borealis CR-7"',
+        unlearn=[
+            {"method": "psgg"},
+            {"method": "psg", "settings": {"epoch": 1}},
+            {"method": "finetune", "colour": "red"},
+        ],
+        merge={"strenghts": "0.5,0.5,0.5"},
+        export={"name": "digits", "opset": "many"},
+        sign={"key": "missing.key", "password_env": "REVISE_TEST_NO_SUCH_VARIABLE"},
+        validate={"criteria": "gates.yaml", "reference": "nowhere/"},
+    )
+    result = cli("run", path, code=2)
+    message = result.stderr
+    assert "has 9 problem(s); nothing was run" in message, message
+    for expected in (
+        "forget: selection",
+        "unlearn[1].method: unknown method 'psgg' (did you mean psg?)",
+        "unlearn[2].settings: psg has no hyperparameter(s) epoch",
+        "unlearn[3].colour: unknown key",
+        "merge.strenghts: not an option of this stage (did you mean strengths",
+        "export.opset: Invalid value",
+        "sign.key:",
+        "sign.password_env: the environment variable REVISE_TEST_NO_SUCH_VARIABLE is not set",
+        "validate.reference:",
+    ):
+        assert expected in message, expected
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory, isolated_env) -> Path:
+    from revise.export.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keys(folder / PRIVATE_KEY_NAME, folder / PUBLIC_KEY_NAME)
+    return folder
+
+
+def test_the_whole_revision_to_a_signed_bundle_and_back_again(
+    cli, demo_site, retrained_model, keys, tmp_path
+):
+    path = recipe(
+        tmp_path,
+        demo_site,
+        unlearn=[
+            {"method": "psg", "settings": {"epochs": 1, "lr": 0.001, "phi": 2}},
+            {"name": "ft", "method": "finetune", "settings": {"epochs": 1}},
+        ],
+        merge={"search_strengths": True, "grid": "0,0.5,1", "reference": str(retrained_model)},
+        sign={"key": str(keys / "revise-signing.key")},
+    )
+    result = cli("run", path, code=0)
+    assert list(stage_lines(result)) == [
+        "index", "unlearn:psg", "unlearn:ft", "merge", "export", "validate", "sign",
+    ]  # fmt: skip
+    bundle = tmp_path / "work" / "bundle"
+    assert f"bundle ready: {bundle}" in result.stdout
+    verified = cli("verify", bundle, "--pub", keys / "revise-signing.pub", code=0)
+    assert "OK:" in verified.stdout
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["validation"]["verdict"] == "pass"
+    resolved = yaml.safe_load((bundle / "recipe.yaml").read_text())
+    psg = resolved["recipe"]["unlearn"][0]["settings"]
+    assert psg["epochs"] == 1 and {"gamma", "lam", "eps", "freeze_bn"} <= set(psg)
+    assert resolved["commands"]["merge"][:2] == ["revise", "merge"]
+    run = json.loads((bundle / "run.json").read_text())
+    assert run["merge"]["mode"] == "strengths"
+
+    again = cli("run", path, code=0)  # nothing changed: nothing runs
+    assert all("up to date, skipped" in line for line in stage_lines(again).values())
+
+    (tmp_path / "gates.yaml").write_text(LENIENT + "  - {metric: loss_mia, between: [0, 1]}\n")
+    edited = cli("run", path, code=0)  # new criteria: validate and sign again, nothing else
+    ran = [name for name, line in stage_lines(edited).items() if "skipped" not in line]
+    assert ran == ["validate", "sign"]
+    cli("verify", bundle, "--pub", keys / "revise-signing.pub", code=0)
+
+
+def test_failed_gates_leave_the_bundle_unsigned(cli, demo_site, keys, tmp_path):
+    path = recipe(
+        tmp_path, demo_site, criteria=IMPOSSIBLE, sign={"key": str(keys / "revise-signing.key")}
+    )
+    result = cli("run", path, code=1)
+    assert "[sign] skipped: the validation gates failed" in result.stdout
+    assert "validation gates failed" in result.stdout
+    assert not (tmp_path / "work" / "bundle" / "revise.sig").exists()
+    assert (
+        json.loads((tmp_path / "work" / "bundle" / "bundle.json").read_text())["validation"][
+            "verdict"
+        ]
+        == "fail"
+    )
+    cli("run", path, code=1)  # and stays so on a rerun
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(cli, demo_site, tmp_path):
+    result = cli("run", recipe(tmp_path, demo_site), "--dry-run", code=0)
+    assert list(stage_lines(result)) == ["index", "unlearn:psg", "export", "validate"]
+    assert "revise unlearn --model" in result.stdout
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(cli, demo_site, tmp_path):
+    """SIGKILL during unlearning (after its first checkpoint); the rerun continues the run from
+    the checkpoint and ends with the weights of an uninterrupted run."""
+    from revise.models.io import load_model, weights_digest
+
+    settings = {"epochs": 30, "lr": 0.001, "phi": 2}
+    runs = {}
+    for name in ("killed", "whole"):
+        folder = tmp_path / name
+        folder.mkdir()
+        runs[name] = recipe(
+            folder, demo_site, unlearn=[{"method": "psg", "settings": settings}],
+            checkpoint_every=2, validate=None,
+        )  # fmt: skip
+    checkpoint = tmp_path / "killed" / "work" / "runs" / "psg.partial" / "checkpoint"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    command = [sys.executable, "-m", "revise.cli", "run", str(runs["killed"])]
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 180
+            while not checkpoint.exists() and proc.poll() is None:
+                assert time.monotonic() < deadline, "no checkpoint appeared in time"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(timeout=60)
+    log = (tmp_path / "killed.log").read_text(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{log}"
+    resumed = cli("run", runs["killed"], code=0)
+    lines = stage_lines(resumed)
+    assert "skipped" in lines["index"] and "--resume" in lines["unlearn:psg"]
+    cli("run", runs["whole"], code=0)
+    digests = [
+        weights_digest(load_model(tmp_path / name / "work" / "runs" / "psg").module)
+        for name in ("killed", "whole")
+    ]
+    assert digests[0] == digests[1]
