@@ -67,10 +67,12 @@ class _Plugins:
             return self.manager
         pm = pluggy.PluginManager(GROUP)
         pm.add_hookspecs(HookSpecs)
-        from revise.data import dicom_loader
+        from revise.data import dicom_loader, idx_loader
 
-        pm.register(dicom_loader, name="dicom")
-        infos = [PluginInfo("dicom", "builtin", True, True)]
+        infos: list[PluginInfo] = []
+        for builtin in (dicom_loader, idx_loader):
+            pm.register(builtin, name=builtin.NAME)
+            infos.append(PluginInfo(builtin.NAME, "builtin", True, True))
         allowed = allow_list()
         for ep in metadata.entry_points(group=GROUP):
             dist = getattr(ep, "dist", None)

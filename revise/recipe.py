@@ -4,7 +4,7 @@ from one file, checked as a whole before anything runs, and resumable.
 ```yaml
 workdir: work                    # every output; relative paths are relative to the recipe
 model: deployed/                 # the deployed model (card:, arch: for bare weights)
-data: {dicom: site/dicom, labels: site/labels.csv, site: north}   # or {manifest: m.parquet}
+data: {images: site/dicom, labels: site/labels.csv, site: north}  # or {manifest: m.parquet}
 forget: 'device == "Borealis CR-7"'
 unlearn:
   - {method: psg, settings: {lr: 0.001, phi: 2}}
@@ -57,8 +57,9 @@ TOP_LEVEL = (
     "seed",
     "cache",
     "checkpoint_every",
+    "nproc_per_node",
 )
-DATA_KEYS = ("manifest", "dicom", "labels", "site", "loader")
+DATA_KEYS = ("manifest", "images", "labels", "site", "loader")  # images: what `revise index` reads
 RUN_KEYS = ("name", "method", "settings", "seed")
 SIGN_KEYS = ("key", "password_env", "allow_unvalidated")
 # Options of the commands that the recipe sets itself (not allowed in their sections)
@@ -168,6 +169,10 @@ def load_plan(recipe: str | Path) -> Plan:
     device = str(doc.get("device", "auto"))
     seed = _int(problems, "seed", doc.get("seed", 0))
     every = _int(problems, "checkpoint_every", doc.get("checkpoint_every", 50))
+    workers = _int(problems, "nproc_per_node", doc.get("nproc_per_node", 1))
+    # torchrun workers for each unlearning run (one per GPU), as `revise unlearn` launches them
+    every_args = ["--checkpoint-every", str(every)]
+    every_args += ["--nproc-per-node", str(workers)] if workers > 1 else []
     forget = doc.get("forget")
     if forget is not None:
         _check_selection(problems, str(forget))
@@ -184,7 +189,7 @@ def load_plan(recipe: str | Path) -> Plan:
         common,
         device,
         seed,
-        every,
+        every_args,
         cache,
         stages,
     )
@@ -202,7 +207,7 @@ def load_plan(recipe: str | Path) -> Plan:
         stages,
     )
     bundle = workdir / "bundle"
-    export = _section(problems, "export", doc.get("export"), _command("export"))
+    export = _section(problems, "export", doc.get("export"), _command("export"), path)
     stages.append(
         Stage(
             "export",
@@ -300,17 +305,17 @@ def run_plan(
 def _data_stage(problems, data, path, workdir: Path, stages: list[Stage]) -> Path:
     if not isinstance(data, Mapping):
         if data is not None:
-            problems.add("data", "a mapping: {manifest: FILE} or {dicom: FOLDER, labels: CSV}")
+            problems.add("data", "a mapping: {manifest: FILE} or {images: FOLDER, labels: CSV}")
         return workdir / "manifest.parquet"
     for key in data:
         if key not in DATA_KEYS:
             problems.add(f"data.{key}", f"unknown key{_hint(str(key), DATA_KEYS)}")
-    if ("manifest" in data) == ("dicom" in data):
-        problems.add("data", "give exactly one of manifest: or dicom:")
+    if ("manifest" in data) == ("images" in data):
+        problems.add("data", "give exactly one of manifest: or images:")
         return workdir / "manifest.parquet"
     if "manifest" in data:
         return path("data.manifest", data["manifest"]) or workdir / "manifest.parquet"
-    root = path("data.dicom", data["dicom"])
+    root = path("data.images", data["images"])
     labels = path("data.labels", data.get("labels"))
     out = workdir / "manifest.parquet"
     args = ["index", str(root), "-o", str(out)]
@@ -378,8 +383,7 @@ def _unlearn_stages(
             str(run.get("seed", seed)),
             "--cache",
             str(cache),
-            "--checkpoint-every",
-            str(every),
+            *every,
             *common,
         ]
         stages.append(
@@ -404,13 +408,11 @@ def _merge_stage(
         return next(iter(runs.values()), workdir / "runs" / "missing")
     if len(runs) < 2:
         problems.add("merge", "merging needs at least two unlearning runs")
-    options = _section(problems, "merge", merge, _command("merge"))
+    options = _section(problems, "merge", merge, _command("merge"), path)
     names = list(runs)
     for key in ("backbone", "head"):  # runs are named in the recipe, folders in the command
         if key in options and str(options[key]) in runs:
             options[key] = str(names.index(str(options[key])))
-    if "reference" in options:
-        options["reference"] = path("merge.reference", options["reference"])
     out = workdir / "merged"
     args = [
         "merge",
@@ -439,13 +441,13 @@ def _validate_stage(
 ) -> Stage | None:
     if validate is None:
         return None
-    options = _section(problems, "validate", validate, _command("validate"))
-    criteria = path("validate.criteria", options.pop("criteria", None))
-    if criteria is None:
+    options = _section(problems, "validate", validate, _command("validate"), path)
+    criteria = options.pop("criteria", None)
+    if criteria is None and "criteria" in validate:
+        criteria = Path("<missing>")  # reported by _section
+    elif criteria is None:
         problems.add("validate.criteria", "missing: the acceptance criteria file")
-    reference = path("validate.reference", options.get("reference"))
-    if reference is not None:
-        options["reference"] = reference
+    reference = options.get("reference")
     heldout = options.get("heldout")
     if heldout is not None and not str(heldout).startswith(("http://", "https://")):
         options["heldout"] = path("validate.heldout", heldout)
@@ -522,9 +524,12 @@ def _command(name: str) -> click.Command:
     return cli.commands[name]
 
 
-def _section(problems, where: str, value: Any, command: click.Command) -> dict[str, Any]:
+def _section(
+    problems, where: str, value: Any, command: click.Command, path: Callable[..., Path | None]
+) -> dict[str, Any]:
     """A recipe section holding options of ``command``: names checked against the command's own
-    options (one source of truth), values converted by click's types."""
+    options (one source of truth), values converted by click's types, file options resolved
+    against the recipe's folder."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -539,6 +544,9 @@ def _section(problems, where: str, value: Any, command: click.Command) -> dict[s
             problems.add(f"{where}.{key}", f"not an option of this stage{_hint(name, allowed)}")
             continue
         param = params[name]
+        if isinstance(param.type, click.Path):
+            options[name] = path(f"{where}.{key}", raw, must_exist=bool(param.type.exists))
+            continue
         try:
             options[name] = _convert(param, raw)
         except click.BadParameter as exc:
@@ -548,8 +556,6 @@ def _section(problems, where: str, value: Any, command: click.Command) -> dict[s
 
 def _convert(param: click.Option, raw: Any) -> Any:
     """A recipe value as the command would take it (paths are resolved by the caller)."""
-    if isinstance(param.type, click.Path):
-        return raw
     if param.is_flag:
         if not isinstance(raw, bool):
             raise click.BadParameter(f"{raw!r} is not true or false")

@@ -127,3 +127,87 @@ def test_model_list_and_the_imagenet_resnets(bench):
     assert sum(p.numel() for p in bench.resnet18().parameters()) == 11_689_512
     with pytest.raises(SystemExit):
         bench.parse_models("resnet1000")
+
+
+# --- benchmarks/fashion_mnist.py ----------------------------------------------------------------
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def fashion_tiny(tmp_path_factory):
+    """The benchmark at its tiny scale (the CI smoke run), with its models saved."""
+    import os
+
+    if not FASHION_MNIST.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI installs dataset-fashion-mnist (apt-get); it is missing")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    name = "_revise_benchmark_fashion_mnist"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name("fashion_mnist.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        root = tmp_path_factory.mktemp("fashion")
+        argv = [
+            "--scale",
+            "tiny",
+            "--device",
+            "cpu",
+            "--out",
+            str(root / "r.json"),
+            "--markdown",
+            str(root / "r.md"),
+            "--save-models",
+            str(root / "fmnist-models"),
+        ]
+        with torch.random.fork_rng(devices=[]):
+            report = module.main(argv)
+        yield root, report, module
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_fashion_mnist_tiny_run_writes_every_number(fashion_tiny):
+    root, report, fashion_module = fashion_tiny
+    saved = json.loads((root / "r.json").read_text())
+    assert saved["summary"] == report["summary"] and set(saved["scenarios"]) == {
+        "class0",
+        "random10",
+    }
+    configs = fashion_module.method_configs(fashion_module.SCALES["tiny"])
+    labels = {"original", "retrain"} | {label for _, label, _ in configs}
+    labels |= {label for label, _, _ in fashion_module.MERGES}
+    assert {"boundary_shrink", "psg gamma=0.0001 lam=0", "finetune"} < labels
+    for scenario, rows in saved["summary"].items():
+        assert set(rows) == labels, scenario
+        for label, row in rows.items():
+            for column in ("fa", "ra", "ta", "loss_mia", "mia_efficacy", "distance", "avg_gap"):
+                assert math.isfinite(row[column]), (scenario, label, column)
+        assert rows["retrain"]["distance"] == 0.0 and rows["retrain"]["avg_gap"] == 0.0
+    assert "test_forget" in saved["summary"]["class0"]["retrain"]
+    text = (root / "r.md").read_text()
+    assert "| boundary_shrink |" in text and "Published (the paper" in text
+
+
+def test_the_fashion_mnist_recipe_checks_out_against_the_saved_models(fashion_tiny, tmp_path):
+    """examples/fashion_mnist_recipe.yaml is a valid recipe once the benchmark saved its models
+    (checked as a whole, commands printed; the full run is a GPU job)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from revise.cli import cli
+
+    root, _, _ = fashion_tiny
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    (tmp_path / "examples").mkdir()
+    for name in ("fashion_mnist_recipe.yaml", "fashion_mnist_gates.yaml"):
+        shutil.copy(examples / name, tmp_path / "examples" / name)
+    shutil.copytree(root / "fmnist-models", tmp_path / "fmnist-models")
+    recipe = tmp_path / "examples" / "fashion_mnist_recipe.yaml"
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "[index] revise index /usr/share/datasets/fashion-mnist" in result.output
+    assert "[validate] revise validate" in result.output and "--reference" in result.output

@@ -1,8 +1,8 @@
 """Site loaders: how a site's files become manifest rows and pixel arrays.
 
-DICOM is the built-in loader; plugins add others (see :mod:`revise.plugins`). Every row of a
-manifest names its loader in the ``loader`` column, and decoding dispatches on it, so one
-manifest may mix sources.
+DICOM and IDX (MNIST-format files) are built in; plugins add others (see :mod:`revise.plugins`).
+Every row of a manifest names its loader in the ``loader`` column, and decoding dispatches on it,
+so one manifest may mix sources.
 """
 
 from __future__ import annotations

@@ -346,7 +346,8 @@ def _write_triton(folder: Path, name: str, card: ModelCard) -> dict[str, Any]:
 
 
 def _finish(folder: Path, manifest: dict[str, Any]) -> None:
-    """Record every file's sha256 and size in bundle.json (itself excluded), then write it."""
+    """Record every file's sha256 and size in bundle.json (itself excluded), then write it;
+    make the folder readable by the server that will load it (atomic writes create 0600)."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
@@ -354,6 +355,9 @@ def _finish(folder: Path, manifest: dict[str, Any]) -> None:
             continue
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     write_json_atomic(folder / BUNDLE_FILE, {**manifest, "files": files})
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _now() -> str:

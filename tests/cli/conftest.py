@@ -10,52 +10,17 @@ imported): ``cli(*args, code=0)`` runs ``revise`` in-process and checks the exit
 
 from __future__ import annotations
 
-import logging
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clirunner import describe, invoke
 
 FORGET = 'device == "Borealis CR-7"'
 # Every CLI unlearning run uses these: one pass keeps a run at a second or two on a CPU.
 RUN_SETTINGS = {"epochs": 1, "lr": 0.001, "phi": 2}
-
-
-def describe(result: Result) -> str:
-    """Everything a failed assertion on a CLI result should show."""
-    text = f"exit {result.exit_code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        text += "\n--- exception\n" + "".join(traceback.format_exception(result.exception))
-    return text
-
-
-def invoke(*args: object, code: int | None = None) -> Result:
-    """Run ``revise ARGS`` in-process (stdout and stderr kept apart, click >= 8.2); with
-    ``code``, assert the exit code.
-
-    The CLI points the root logger at the runner's stderr, which is closed afterwards; the
-    root logger's handlers and level are put back so later records go where pytest wants them.
-    """
-    from revise.cli import cli
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="revise")
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-        for handler in handlers:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(level)
-    if code is not None:
-        assert result.exit_code == code, describe(result)
-    return result
 
 
 @dataclass(frozen=True)

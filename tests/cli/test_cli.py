@@ -305,6 +305,8 @@ def test_export_writes_a_bundle_that_onnx_runtime_and_triton_load(
     for rel, entry in manifest["files"].items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == entry["sha256"], rel
     assert (out / "model.onnx").read_bytes() == (out / "triton/digits/1/model.onnx").read_bytes()
+    modes = {(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    assert modes == {0o644}  # readable by the server that loads it
     assert manifest["validation"] is None
     fp16 = manifest["onnx"]["variants"]["model.fp16.onnx"]
     assert fp16["parity"]["label_agreement"] >= 0.99 and fp16["parity"]["max_abs_diff"] <= 0.1

@@ -30,7 +30,7 @@ def recipe(tmp_path: Path, site, *, criteria: str = LENIENT, **overrides) -> Pat
     doc = {
         "workdir": "work",
         "model": str(site.model),
-        "data": {"dicom": str(site.dicom), "labels": str(site.labels), "site": "demo"},
+        "data": {"images": str(site.dicom), "labels": str(site.labels), "site": "demo"},
         "forget": 'device == "Borealis CR-7"',
         "device": "cpu",
         "unlearn": [{"method": "psg", "settings": {"epochs": 1, "lr": 0.001, "phi": 2}}],
@@ -148,9 +148,11 @@ def test_failed_gates_leave_the_bundle_unsigned(cli, demo_site, keys, tmp_path):
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(cli, demo_site, tmp_path):
-    result = cli("run", recipe(tmp_path, demo_site), "--dry-run", code=0)
-    assert list(stage_lines(result)) == ["index", "unlearn:psg", "export", "validate"]
-    assert "revise unlearn --model" in result.stdout
+    result = cli("run", recipe(tmp_path, demo_site, nproc_per_node=2), "--dry-run", code=0)
+    lines = stage_lines(result)
+    assert list(lines) == ["index", "unlearn:psg", "export", "validate"]
+    assert "revise unlearn --model" in lines["unlearn:psg"]
+    assert "--nproc-per-node 2" in lines["unlearn:psg"]  # torchrun workers, one per GPU
     assert not (tmp_path / "work").exists()
 
 

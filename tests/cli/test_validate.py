@@ -307,3 +307,19 @@ def test_export_takes_the_validation_report_of_that_model_only(
     result = cli("export", demo_site.model, "-o", other, "--validation", report, code=1)
     assert "validates other weights" in cli.one_line_error(result)
     assert not other.exists()
+
+
+def test_heldout_from_a_manifest(cli, demo_site, revised, passing_report, tmp_path):
+    from revise.data import manifest as manifest_mod
+
+    df = manifest_mod.load(demo_site.manifest)
+    held = tmp_path / "heldout.parquet"
+    manifest_mod.save(df[df["split"] == "heldout"].sample(200, random_state=0), held)
+    out = tmp_path / "report"
+    result = cli(
+        *args(demo_site, revised, write(tmp_path, FAILING), out, "--heldout", held), code=1
+    )
+    assert "held-out: 200 images from manifest" in result.stdout
+    report = json.loads((out / "revision_report.json").read_text())
+    assert report["inputs"]["heldout"]["kind"] == "manifest"
+    assert report["sets"]["heldout_forget"]["n"] + report["sets"]["heldout_retain"]["n"] == 200

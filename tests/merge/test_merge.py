@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 
 import pytest
 import torch
+from clirunner import invoke
 from torch import nn
 
 from revise.errors import ModelError, UsageError
@@ -24,23 +24,6 @@ from revise.merge import (
 from revise.models.architectures import build
 from revise.models.card import ModelCard
 from revise.unlearn.base import LabelledTensors
-
-
-def invoke(*args: object):
-    from click.testing import CliRunner
-
-    from revise.cli import cli
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args], prog_name="revise")
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
-
 
 CARD = ModelCard("small_cnn", 10, 1, (8, 8), mean=(0.3,), std=(0.4,))
 
