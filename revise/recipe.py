@@ -136,6 +136,30 @@ class _Problems:
             )
 
 
+@dataclass
+class _Build:
+    """What every stage builder reads and appends to while a recipe is planned."""
+
+    problems: _Problems
+    path: Callable[..., Path | None]  # a recipe path, resolved (and checked) against its folder
+    workdir: Path
+    model: Path | None
+    manifest: Path
+    forget: Any
+    common: list[str]  # --card / --arch for the commands that load the deployed model
+    device: str
+    seed: int
+    cache: Path
+    stages: list[Stage] = field(default_factory=list)
+
+    def runtime(self) -> list[str]:
+        """--device, --seed, --cache: what every computing stage takes from the recipe."""
+        return ["--device", self.device, "--seed", str(self.seed), "--cache", str(self.cache)]
+
+    def selection(self) -> list[str]:
+        return ["--data", str(self.manifest), "--forget", str(self.forget)]
+
+
 def load_plan(recipe: str | Path) -> Plan:
     """Parse and check the whole recipe; every problem found is reported in one UsageError."""
     recipe = Path(recipe).resolve()
@@ -179,69 +203,29 @@ def load_plan(recipe: str | Path) -> Plan:
     common = [*(["--card", str(card)] if card else []), *_opt("--arch", doc.get("arch"))]
     stages: list[Stage] = []
     manifest = _data_stage(problems, doc.get("data"), path, workdir, stages)
-    runs = _unlearn_stages(
-        problems,
-        doc.get("unlearn"),
-        model,
-        manifest,
-        forget,
-        workdir,
-        common,
-        device,
-        seed,
-        every_args,
-        cache,
-        stages,
+    b = _Build(
+        problems, path, workdir, model, manifest, forget, common, device, seed, cache, stages
     )
-    candidate = _merge_stage(
-        problems,
-        doc.get("merge"),
-        runs,
-        manifest,
-        forget,
-        workdir,
-        device,
-        seed,
-        cache,
-        path,
-        stages,
-    )
+    runs = _unlearn_stages(b, doc.get("unlearn"), every_args)
+    candidate = _merge_stage(b, doc.get("merge"), runs)
     bundle = workdir / "bundle"
     export = _section(problems, "export", doc.get("export"), _command("export"), path)
-    stages.append(
-        Stage(
-            "export",
-            [
-                "export",
-                str(candidate),
-                "-o",
-                str(bundle),
-                "--data",
-                str(manifest),
-                "--recipe",
-                str(workdir / RESOLVED),
-                "--cache",
-                str(cache),
-                *_flags(export),
-            ],
-            bundle,
-            after=[s.name for s in stages if s.output == candidate or s.name == "index"],
-        )
-    )
-    validate = _validate_stage(
-        problems,
-        doc.get("validate"),
-        model,
-        manifest,
-        forget,
-        workdir,
-        common,
-        device,
-        seed,
-        cache,
-        path,
-        stages,
-    )
+    args = [
+        "export",
+        str(candidate),
+        "-o",
+        str(bundle),
+        "--data",
+        str(manifest),
+        "--recipe",
+        str(workdir / RESOLVED),
+        "--cache",
+        str(cache),
+        *_flags(export),
+    ]
+    after = [s.name for s in stages if s.output == candidate or s.name == "index"]
+    stages.append(Stage("export", args, bundle, after=after))
+    validate = _validate_stage(b, doc.get("validate"))
     _sign_stage(problems, doc.get("sign"), path, bundle, validate, stages)
     problems.raise_if_any()
     resolved = _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages)
@@ -325,12 +309,11 @@ def _data_stage(problems, data, path, workdir: Path, stages: list[Stage]) -> Pat
     return out
 
 
-def _unlearn_stages(
-    problems, runs, model, manifest, forget, workdir, common, device, seed, every, cache, stages
-) -> dict[str, Path]:
+def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
     from revise.unlearn.api import make_config
     from revise.unlearn.base import METHODS
 
+    problems, model = b.problems, b.model
     if runs is None:
         return {}
     if not isinstance(runs, list) or not runs:
@@ -361,86 +344,70 @@ def _unlearn_stages(
                 make_config(method, settings)
             except UsageError as exc:
                 problems.add(f"{where}.settings", str(exc))
-        folder = workdir / "runs" / name
+        folder = b.workdir / "runs" / name
         out[name] = folder
-        pairs = [a for k, v in (settings or {}).items() for a in ("--set", f"{k}={_text(v)}")]
+        given = settings.items() if isinstance(settings, Mapping) else []
+        pairs = [a for k, v in given for a in ("--set", f"{k}={_text(v)}")]
         args = [
             "unlearn",
             "--model",
             str(model),
-            "--data",
-            str(manifest),
-            "--forget",
-            str(forget),
+            *b.selection(),
             "--method",
             method,
             *pairs,
             "-o",
             str(folder),
-            "--device",
-            device,
-            "--seed",
-            str(run.get("seed", seed)),
-            "--cache",
-            str(cache),
+            *b.runtime(),
             *every,
-            *common,
+            *b.common,
         ]
-        stages.append(
+        if "seed" in run:
+            args[args.index("--seed") + 1] = str(run["seed"])
+        b.stages.append(
             Stage(
                 f"unlearn:{name}",
                 args,
                 folder,
                 inputs=[model] if model and model.is_file() else [],
-                after=[s.name for s in stages if s.name == "index"],
+                after=[s.name for s in b.stages if s.name == "index"],
                 partial=folder.with_name(folder.name + ".partial"),
             )
         )
     return out
 
 
-def _merge_stage(
-    problems, merge, runs, manifest, forget, workdir, device, seed, cache, path, stages
-) -> Path:
+def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
     if merge is None:
         if len(runs) > 1:
-            problems.add("merge", f"{len(runs)} unlearning runs need a merge: section")
-        return next(iter(runs.values()), workdir / "runs" / "missing")
+            b.problems.add("merge", f"{len(runs)} unlearning runs need a merge: section")
+        return next(iter(runs.values()), b.workdir / "runs" / "missing")
     if len(runs) < 2:
-        problems.add("merge", "merging needs at least two unlearning runs")
-    options = _section(problems, "merge", merge, _command("merge"), path)
+        b.problems.add("merge", "merging needs at least two unlearning runs")
+    options = _section(b.problems, "merge", merge, _command("merge"), b.path)
     names = list(runs)
     for key in ("backbone", "head"):  # runs are named in the recipe, folders in the command
         if key in options and str(options[key]) in runs:
             options[key] = str(names.index(str(options[key])))
-    out = workdir / "merged"
+    out = b.workdir / "merged"
     args = [
         "merge",
         *map(str, runs.values()),
         "-o",
         str(out),
-        "--data",
-        str(manifest),
-        "--forget",
-        str(forget),
-        "--device",
-        device,
-        "--seed",
-        str(seed),
-        "--cache",
-        str(cache),
+        *b.selection(),
+        *b.runtime(),
         *_flags(options),
     ]
-    after = [s.name for s in stages if s.name.startswith("unlearn:") or s.name == "index"]
-    stages.append(Stage("merge", args, out, after=after))
+    after = [s.name for s in b.stages if s.name.startswith("unlearn:") or s.name == "index"]
+    b.stages.append(Stage("merge", args, out, after=after))
     return out
 
 
-def _validate_stage(
-    problems, validate, model, manifest, forget, workdir, common, device, seed, cache, path, stages
-) -> Stage | None:
+def _validate_stage(b: _Build, validate: Any) -> Stage | None:
     if validate is None:
         return None
+    problems, path = b.problems, b.path
     options = _section(problems, "validate", validate, _command("validate"), path)
     criteria = options.pop("criteria", None)
     if criteria is None and "criteria" in validate:
@@ -460,32 +427,24 @@ def _validate_stage(
             )
         except UsageError as exc:
             problems.add("validate.criteria", str(exc))
-    out = workdir / "validation"
-    bundle = workdir / "bundle"
+    out = b.workdir / "validation"
+    bundle = b.workdir / "bundle"
     args = [
         "validate",
         str(bundle),
         "--original",
-        str(model),
-        "--data",
-        str(manifest),
-        "--forget",
-        str(forget),
+        str(b.model),
+        *b.selection(),
         "--criteria",
         str(criteria),
         "-o",
         str(out),
-        "--device",
-        device,
-        "--seed",
-        str(seed),
-        "--cache",
-        str(cache),
-        *common,
+        *b.runtime(),
+        *b.common,
         *_flags(options),
     ]
     stage = Stage("validate", args, out, inputs=[p for p in (criteria,) if p], after=["export"])
-    stages.append(stage)
+    b.stages.append(stage)
     return stage
 
 
