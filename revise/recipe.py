@@ -416,7 +416,9 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
         problems.add("validate.criteria", "missing: the acceptance criteria file")
     reference = options.get("reference")
     heldout = options.get("heldout")
-    if heldout is not None and not str(heldout).startswith(("http://", "https://")):
+    from revise.validate.heldout import is_dicomweb
+
+    if heldout is not None and not is_dicomweb(str(heldout)):
         options["heldout"] = path("validate.heldout", heldout)
     if criteria is not None and criteria.exists():
         from revise.validate.criteria import check_models, load_criteria

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clirunner import invoke
 
 from revise import plugins
 
@@ -27,20 +27,6 @@ def _test_plugins_module():
         spec.loader.exec_module(module)
         sys.modules[name] = module
     return sys.modules[name]
-
-
-def _revise(*args: object) -> Result:
-    """`revise ARGS` in-process; the root logger is restored afterwards (the CLI reconfigures
-    it onto the runner's stderr, which is closed when the call returns)."""
-    from revise.cli import cli
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args], prog_name="revise")
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def _ok(result: Result) -> Result:
@@ -87,7 +73,7 @@ def test_revision_through_the_pngfolder_plugin(tmp_path, monkeypatch):
     site = tp.make_png_site(tmp_path / "site", n=400)
 
     manifest = tmp_path / "m.parquet"
-    _ok(_revise("index", site, "-o", manifest))
+    _ok(invoke("index", site, "-o", manifest))
     df = manifest_mod.load(manifest)
     assert len(df) == 400 and set(df["loader"]) == {tp.PLUGIN}
     assert df["label"].notna().all()
@@ -97,13 +83,13 @@ def test_revision_through_the_pngfolder_plugin(tmp_path, monkeypatch):
     model = _train(manifest, tmp_path / "model")
     common = ["--model", model, "--data", manifest, "--forget", FORGET]
     before = tmp_path / "before.json"
-    _ok(_revise("evaluate", *common, "--json", before, "--device", "cpu"))
+    _ok(invoke("evaluate", *common, "--json", before, "--device", "cpu"))
     original = json.loads(before.read_text())
 
     run = tmp_path / "run"
     settings = {"epochs": 10, "lr": 0.005, "phi": 2}
     pairs = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
-    result = _ok(_revise("unlearn", *common, *pairs, "-o", run, "--device", "cpu"))
+    result = _ok(invoke("unlearn", *common, *pairs, "-o", run, "--device", "cpu"))
     assert "run written to" in result.stdout
     record = json.loads((run / "run.json").read_text())
     revised = record["metrics"]

@@ -65,16 +65,23 @@ class ValidationResult:
 
 @dataclass
 class _Outputs:
-    """One model's predictions on every set: logits, predicted class, correctness."""
+    """One model's predictions on every set: logits, and (computed once) predicted class and
+    correctness, which every table and gate reads."""
 
     logits: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
+    _predicted: dict[str, np.ndarray] = field(init=False, repr=False)
+    _correct: dict[str, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._predicted = {s: v.argmax(1).numpy() for s, v in self.logits.items()}
+        self._correct = {s: self._predicted[s] == self.labels[s].numpy() for s in self.logits}
 
     def predicted(self, name: str) -> np.ndarray:
-        return self.logits[name].argmax(1).numpy()
+        return self._predicted[name]
 
     def correct(self, name: str) -> np.ndarray:
-        return self.predicted(name) == self.labels[name].numpy()
+        return self._correct[name]
 
 
 def validate(
@@ -387,10 +394,12 @@ class _GateContext:
     def _whole_run(self, gate: Gate) -> tuple[m.Estimate, dict[str, float], str]:
         metric = gate.metric
         if metric in ("loss_mia", "mia_efficacy"):
-            values = {}
-            for name, entry in self.mia.items():
-                if "value" in entry.get(metric, {}) or "mean" in entry.get(metric, {}):
-                    values[name] = entry[metric].get("mean", entry[metric].get("value"))
+            key = "mean" if metric == "loss_mia" else "value"  # loss-MIA: mean over splits
+            values = {
+                name: entry[metric][key]
+                for name, entry in self.mia.items()
+                if key in entry.get(metric, {})
+            }
             if "candidate" not in values:
                 why = self.mia.get("candidate", {}).get(metric, {}).get("error", "no forget set")
                 raise DataError(f"gate {gate.name!r}: {metric} cannot be measured: {why}")

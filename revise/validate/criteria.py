@@ -162,11 +162,6 @@ class Criteria:
     source: str  # the file (or "<string>")
     sha256: str  # of the file's bytes, recorded with the results
 
-    def requires(self) -> set[str]:
-        """Inputs some gate cannot do without: "reference", "onnx"."""
-        needs = {METRICS[g.metric].requires for g in self.gates} - {None}
-        return needs | {b for g in self.gates for b in g.baselines() if b == "reference"}
-
 
 def load_criteria(path: str | Path) -> Criteria:
     """Parse and check a criteria file; every mistake is a UsageError naming the gate."""

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from revise.data import manifest as manifest_mod
-from revise.errors import DataError
+from revise.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,10 @@ def load_heldout(
         if path.is_file() and path.suffix in (".parquet", ".csv"):
             rows, kind = manifest_mod.load(path), "manifest"
             if labels is not None:
-                raise DataError(f"{source} is a manifest: its labels are already joined")
+                raise UsageError(
+                    f"{source} is a manifest: its labels are already joined",
+                    hint="leave out --heldout-labels",
+                )
         else:
             from revise.data.index import index
 

@@ -4,14 +4,9 @@ and `--resume` finishes it with the model the uninterrupted run writes, byte for
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
-import torch
+from clirunner import kill_when
 
 from revise.unlearn.api import checkpoint_dir_for, partial_dir
 from revise.unlearn.checkpoint import FILE, peek
@@ -20,16 +15,6 @@ from revise.unlearn.checkpoint import FILE, peek
 # on a CPU: long after the first checkpoint (step 2), whose appearance triggers the kill.
 SETTINGS = {"epochs": 30, "lr": 0.001, "phi": 2}
 EVERY = 2
-START_TIMEOUT_S = 180  # imports and decoding on a loaded machine
-
-
-def _start(args: list[object], log) -> subprocess.Popen:
-    """``revise ARGS`` in a new process with this one's CPU thread count: float sums, hence the
-    last bits of the weights, depend on it (and an earlier in-process torchrun launch may have
-    left OMP_NUM_THREADS=1 in the environment)."""
-    command = [sys.executable, "-m", "revise.cli", *(str(a) for a in args)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(cli, demo_site, tmp_path):
@@ -37,20 +22,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(cli, demo_site, tmp_pa
     extra = ("--checkpoint-every", EVERY)
     args = cli.unlearn_args(demo_site, out, *extra, settings=SETTINGS)
     first_checkpoint = checkpoint_dir_for(out) / FILE
-    log_path = tmp_path / "killed.log"
-    with open(log_path, "wb") as log:
-        proc = _start(args, log)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not first_checkpoint.exists() and proc.poll() is None:
-                assert time.monotonic() < deadline, "no checkpoint appeared in time"
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait(timeout=60)
-    output = log_path.read_text(errors="replace")
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{output}"
+    kill_when(args, first_checkpoint, tmp_path / "killed.log")
     assert not out.exists()  # nothing that looks like a finished run
     saved = peek(checkpoint_dir_for(out))
     assert saved is not None and saved["global_step"] >= EVERY

@@ -5,16 +5,11 @@ unsigned, and a killed run that resumes to the uninterrupted result."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from clirunner import kill_when
 
 LENIENT = """
 gates:
@@ -171,21 +166,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(cli, demo_site, tmp_pa
             checkpoint_every=2, validate=None,
         )  # fmt: skip
     checkpoint = tmp_path / "killed" / "work" / "runs" / "psg.partial" / "checkpoint"
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    command = [sys.executable, "-m", "revise.cli", "run", str(runs["killed"])]
-    with open(tmp_path / "killed.log", "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.monotonic() + 180
-            while not checkpoint.exists() and proc.poll() is None:
-                assert time.monotonic() < deadline, "no checkpoint appeared in time"
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait(timeout=60)
-    log = (tmp_path / "killed.log").read_text(errors="replace")
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{log}"
+    kill_when(["run", runs["killed"]], checkpoint, tmp_path / "killed.log")
     resumed = cli("run", runs["killed"], code=0)
     lines = stage_lines(resumed)
     assert "skipped" in lines["index"] and "--resume" in lines["unlearn:psg"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
 import stat
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import model_signing
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from clirunner import invoke
 from cryptography.exceptions import InvalidSignature
 from onnx import TensorProto, helper
 
@@ -76,20 +75,6 @@ def bundle(tmp_path) -> Path:
 def signed(bundle, keys) -> Path:
     sign_bundle(bundle, keys[0])
     return bundle
-
-
-def invoke(*args: object) -> Result:
-    """``revise ARGS`` in-process; the root logger's handlers are put back afterwards (the CLI
-    points them at the runner's stderr, closed once it returns)."""
-    from revise.cli import cli
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args], prog_name="revise")
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def library_verifies(bundle: Path, public: Path) -> bool:
