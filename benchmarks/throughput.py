@@ -687,12 +687,20 @@ MARKDOWN_HEADER = (
 )
 
 
-def merge_markdown(existing: str | None, section: str, kind: str) -> str:
-    """``existing`` with this device kind's section replaced (or appended)."""
+def merge_markdown(
+    existing: str | None,
+    section: str,
+    kind: str,
+    *,
+    tag: str = "throughput",
+    header: str = MARKDOWN_HEADER,
+) -> str:
+    """``existing`` with this device kind's section (between ``<!-- tag:kind -->`` markers)
+    replaced, or appended; a new file starts with ``header``."""
     if not existing:
-        return MARKDOWN_HEADER + "\n" + section + "\n"
+        return header + "\n" + section + "\n"
     pattern = re.compile(
-        rf"<!-- throughput:{re.escape(kind)} -->.*?<!-- /throughput:{re.escape(kind)} -->",
+        rf"<!-- {tag}:{re.escape(kind)} -->.*?<!-- /{tag}:{re.escape(kind)} -->",
         re.DOTALL,
     )
     if pattern.search(existing):

@@ -49,3 +49,7 @@ class UnknownNameError(UsageError):
 
 class SignatureError(RevisionError):
     """A signing key or a signature is unusable (wrong password, unsupported key, bad file)."""
+
+
+class DivergedError(RevisionError):
+    """An unlearning run left non-finite weights (its learning rate was too high for it)."""

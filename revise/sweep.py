@@ -12,21 +12,27 @@ Ranking, from the seed paper and metrics.md:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from revise.errors import UsageError
+from revise.errors import DivergedError, UsageError
 from revise.evaluate import evaluate
 from revise.models.card import ModelCard
+from revise.models.pixel import resolve_device
 from revise.pipeline import PreparedData, run_unlearning
 from revise.unlearn.api import make_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +49,7 @@ class SweepResult:
     rows: list[SweepRow]
     wall_clock_s: float
     reference: dict[str, float] = field(default_factory=dict)
+    concurrent: int = 1  # runs that went at once
 
     def best(self) -> SweepRow:
         return self.rows[0]
@@ -55,7 +62,9 @@ class SweepResult:
             flat = {"rank": rank, **row.settings}
             flat.update({f"acc_{name}": stats["accuracy"] for name, stats in metrics.items()})
             flat[self.criterion] = round(row.score, 4)
-            flat["unlearn_s"] = row.record["wall_clock_s"]["unlearn"]
+            flat["unlearn_s"] = row.record["wall_clock_s"].get("unlearn")
+            if "error" in row.record:
+                flat["error"] = row.record["error"]
             out.append(flat)
         return out
 
@@ -93,9 +102,15 @@ def sweep(
     reference: nn.Module | None = None,
     device: str = "auto",
     seed: int = 0,
+    concurrent: int = 1,
     on_run: Callable[[int, int, SweepRow], None] | None = None,
 ) -> SweepResult:
-    """Run ``method`` for every grid point (plus ``fixed`` settings) and rank the runs."""
+    """Run ``method`` for every grid point (plus ``fixed`` settings) and rank the runs.
+
+    ``concurrent`` runs go at once, each in its own thread (and CUDA stream): a small model
+    leaves most of a large GPU idle between kernel launches, and other runs fill the gaps. Every
+    run is the one a sequential sweep makes (same seed, same batches).
+    """
     points = expand_grid(grid)
     overlap = set(grid) & set(fixed or {})
     if overlap:
@@ -106,19 +121,67 @@ def sweep(
         ref_metrics = evaluate(reference, card, data.sets, by=(), device=device)
         ref_acc = {name: stats["accuracy"] for name, stats in ref_metrics.items()}
     t0 = time.perf_counter()
-    rows = []
-    for i, (point, config) in enumerate(zip(points, configs, strict=True)):
-        result = run_unlearning(
-            net, card, data, method=method, config=config, device=device, seed=seed
-        )
+    workers = effective_concurrency(concurrent, net)
+
+    def run(point_config: tuple[dict[str, Any], Any]) -> SweepRow:
+        point, config = point_config
+        try:
+            with own_stream(device):
+                result = run_unlearning(
+                    net, card, data, method=method, config=config, device=device, seed=seed
+                )
+        except DivergedError as exc:  # the sweep goes on; the run ranks last
+            log.warning("%s: %s", point, exc)
+            record = {"method": method, "error": str(exc), "metrics": {}, "wall_clock_s": {}}
+            return SweepRow(point, record, math.inf if ref_acc else -math.inf)
         metrics = result.record["metrics"]
         score = distance(metrics, ref_acc) if ref_acc else objective(metrics)
-        rows.append(SweepRow(point, result.record, score))
-        if on_run is not None:
-            on_run(i + 1, len(points), rows[-1])
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+        return SweepRow(point, result.record, score)
+
+    rows: list[SweepRow] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep") as pool:
+        # map keeps the grid's order; runs finish (and are reported) in that order too
+        for row in pool.map(run, zip(points, configs, strict=True)):
+            rows.append(row)
+            if on_run is not None:
+                on_run(len(rows), len(points), row)
     total = time.perf_counter() - t0
+    if all("error" in row.record for row in rows):
+        raise DivergedError(
+            f"every run of the sweep diverged; the first: {rows[0].record['error']}",
+            hint="lower the learning rate (--set lr=... or a smaller --grid lr=...)",
+        )
     rows.sort(key=lambda r: r.score, reverse=not ref_acc)
     criterion = "distance_to_reference" if ref_acc else "objective"
-    return SweepResult(method, criterion, rows, round(total, 3), ref_acc)
+    return SweepResult(method, criterion, rows, round(total, 3), ref_acc, workers)
+
+
+def effective_concurrency(concurrent: int, net: nn.Module) -> int:
+    """How many runs may go at once: 1 when a layer draws from torch's global generator while
+    training (dropout), since threads would interleave its draws and break reproducibility."""
+    if concurrent < 1:
+        raise UsageError(f"concurrent must be >= 1, not {concurrent}")
+    random_layers = [
+        name
+        for name, m in net.named_modules()
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+    ]
+    if concurrent > 1 and random_layers:
+        log.warning(
+            "running the sweep one run at a time: %s draws random numbers during training "
+            "(dropout), which concurrent runs would make irreproducible",
+            random_layers[0],
+        )
+        return 1
+    return concurrent
+
+
+@contextlib.contextmanager
+def own_stream(device: str) -> Iterator[None]:
+    """A CUDA stream of its own for this thread's run (nothing to do elsewhere)."""
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        yield
+        return
+    with torch.cuda.stream(torch.cuda.Stream(dev)):
+        yield

@@ -3,6 +3,7 @@ and the efficiency arithmetic and section merging do what the README says."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -134,21 +135,34 @@ def test_model_list_and_the_imagenet_resnets(bench):
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.fixture(scope="module")
-def fashion_tiny(tmp_path_factory):
-    """The benchmark at its tiny scale (the CI smoke run), with its models saved."""
+def require_fashion_mnist() -> None:
     import os
 
     if not FASHION_MNIST.is_dir():
         if os.environ.get("CI") == "true":
             pytest.fail("CI installs dataset-fashion-mnist (apt-get); it is missing")
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    name = "_revise_benchmark_fashion_mnist"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name("fashion_mnist.py"))
+
+
+@contextlib.contextmanager
+def benchmark_module(script: str):
+    """benchmarks/<script> loaded as a module (and unloaded after)."""
+    name = f"_revise_benchmark_{Path(script).stem}"
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(script))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def fashion_tiny(tmp_path_factory):
+    """The benchmark at its tiny scale (the CI smoke run), with its models saved."""
+    require_fashion_mnist()
+    with benchmark_module("fashion_mnist.py") as module:
         root = tmp_path_factory.mktemp("fashion")
         argv = [
             "--scale",
@@ -165,8 +179,6 @@ def fashion_tiny(tmp_path_factory):
         with torch.random.fork_rng(devices=[]):
             report = module.main(argv)
         yield root, report, module
-    finally:
-        sys.modules.pop(name, None)
 
 
 def test_fashion_mnist_tiny_run_writes_every_number(fashion_tiny):
@@ -211,3 +223,31 @@ def test_the_fashion_mnist_recipe_checks_out_against_the_saved_models(fashion_ti
     assert result.exit_code == 0, result.output
     assert "[index] revise index /usr/share/datasets/fashion-mnist" in result.output
     assert "[validate] revise validate" in result.output and "--reference" in result.output
+
+
+# --- benchmarks/sweep_concurrency.py -----------------------------------------------------------
+
+
+def test_sweep_concurrency_tiny_run_matches_the_sequential_sweep(tmp_path):
+    require_fashion_mnist()
+    out, md = tmp_path / "s.json", tmp_path / "sweep.md"
+    argv = ["--device", "cpu", "--per-class", "20", "--grid", "2x2", "--levels", "1,2"]
+    with benchmark_module("sweep_concurrency.py") as module, torch.random.fork_rng(devices=[]):
+        results = module.main([*argv, "--out", str(out), "--markdown", str(md)])
+    levels = json.loads(out.read_text())["levels"]
+    assert [level["concurrent"] for level in levels] == [1, 2]
+    assert len(levels[0]["outcome"]) == 4  # 2 gammas x 2 lambdas
+    assert all(level["same_runs_as_sequential"] for level in levels)
+    assert levels[0]["speedup_vs_sequential"] == 1.0
+    assert positive(levels[1]["sum_of_single_runs_s"]) and positive(levels[1]["grid_wall_clock_s"])
+    assert results["settings"]["forget_images"] == 20
+    text = md.read_text()
+    assert text.startswith("# Sweeps") and "<!-- sweep:cpu -->" in text
+    assert "| 2 |" in text and "| yes |" in text
+
+
+def test_the_gpu_session_script_parses():
+    import subprocess
+
+    script = SCRIPT.with_name("gpu_session.sh")
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0

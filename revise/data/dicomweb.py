@@ -11,8 +11,11 @@ that every DICOMweb server supports and that match a superset of what the local 
 ``study_uid`` / ``series_uid`` / ``sop_instance_uid`` and ``modality`` with ``==`` or ``in``
 (one query per value; servers may match text case-insensitively, which only widens the search)
 and ``study_date`` compared with a date (a DICOM date range). Nothing else, and never
-``patient`` (the manifest holds a keyed hash, the server the clear ID); equipment attributes such
-as ``device`` are optional matching keys that some servers reject, so they are filtered locally.
+``patient`` (the manifest holds a keyed hash, the server the clear ID). Equipment attributes such
+as ``device`` are optional matching keys that servers may reject or match differently: Orthanc
+answers ``ManufacturerModelName=Borealis CR-7`` with no series although two hold exactly that
+value (its wildcard matches find them), so pushing ``device`` down would drop data silently. It
+is filtered locally.
 
 Instances are cached under ``<cache>/dicomweb/<hash of the server URL>/<SOPInstanceUID>.dcm``,
 written atomically; a second call with the same query retrieves nothing. A server that cannot

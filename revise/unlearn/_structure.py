@@ -33,6 +33,7 @@ from torch import nn
 
 from revise.errors import ModelError, UsageError
 from revise.models.architectures import head_module_name
+from revise.unlearn.base import seeded_global_rng
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _CONTAINER_NAMES = ("Sequential", "ModuleList", "ModuleDict")  # TorchScript keeps original_name
@@ -160,10 +161,7 @@ def reinitialise(net: nn.Module, names: Sequence[str], seed: int, device: torch.
             f"cannot re-initialise {', '.join(missing[:3])}: no reset_parameters() in its module",
             hint="use cf_k (fine-tune without re-initialising) for this architecture",
         )
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            for module in targets:
-                module.reset_parameters()
+    with seeded_global_rng(seed, device), torch.no_grad():
+        for module in targets:
+            module.reset_parameters()
     return sum(p.numel() for name in names for p in net.get_submodule(name).parameters())

@@ -21,11 +21,19 @@ from torch import nn
 import revise
 from revise._io import write_json_atomic
 from revise.distributed import init_from_env, rank_and_world
-from revise.errors import UsageError
+from revise.errors import DivergedError, UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
 from revise.unlearn import checkpoint, load_builtin_methods
-from revise.unlearn.base import METHODS, LabelledTensors, PhaseTimer, UnlearnContext, freeze
+from revise.unlearn.base import (
+    GLOBAL_RNG_LOCK,
+    METHODS,
+    LabelledTensors,
+    PhaseTimer,
+    UnlearnContext,
+    freeze,
+    synchronize,
+)
 
 log = logging.getLogger(__name__)
 load_builtin_methods()
@@ -114,7 +122,8 @@ def unlearn(
                 )
         elif resume:
             log.info("no checkpoint in %s: starting from step 0", checkpoint_dir)
-    torch.manual_seed(seed)
+    with GLOBAL_RNG_LOCK:
+        torch.manual_seed(seed)  # for layers that draw from it (dropout)
     t0 = time.perf_counter()
     net = copy.deepcopy(model).float().to(dev).requires_grad_(True)
     original = freeze(PixelSpaceModel(copy.deepcopy(model).float(), card).to(dev))
@@ -138,16 +147,15 @@ def unlearn(
         identity=identity,
         resume_from=resume_from,
     )
-    if dev.type == "cuda":
-        torch.cuda.synchronize()  # copies to the device belong to setup, not to unlearning
+    synchronize(dev)  # copies to the device belong to setup, not to unlearning
     setup = time.perf_counter() - t0
     ctx.timer.start_clock()
     facts = spec.run(ctx, config)
     if ctx.resume_from is not None:
         raise RuntimeError(f"{method} never reached the loop of checkpoint {resume_from.path}")
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(dev)
     total = ctx.timer.elapsed()
+    check_finite(net, method, config)
     net = net.cpu().eval()
     record = {
         "method": method,
@@ -167,6 +175,24 @@ def unlearn(
         **facts,
     }
     return UnlearnResult(model=net, card=card, record=record)
+
+
+def check_finite(net: nn.Module, method: str, config: Any) -> None:
+    """Refuse a run that diverged rather than hand on a model of NaNs (one host sync, after
+    the loop)."""
+    weights = {n: t for n, t in net.state_dict().items() if t.is_floating_point()}
+    if not weights:
+        return
+    finite = torch.stack([torch.isfinite(t).all() for t in weights.values()]).tolist()
+    bad = [name for name, ok in zip(weights, finite, strict=True) if not ok]
+    if not bad:
+        return
+    lr = getattr(config, "lr", None)
+    raise DivergedError(
+        f"{method} diverged: {len(bad)} of {len(weights)} weight tensors are NaN or infinite "
+        f"after unlearning (first: {bad[0]})",
+        hint=f"lower the learning rate (lr={lr:g})" if lr is not None else "lower the step size",
+    )
 
 
 def run_identity(

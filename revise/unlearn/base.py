@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,31 @@ from revise.models.pixel import PixelSpaceModel
 from revise.registry import Registry
 from revise.unlearn import checkpoint
 from revise.unlearn.checkpoint import Checkpoint
+
+# torch's global generator is shared by all threads: the few places that seed and draw from it
+# (re-initialising layers, the run's global seed) hold this lock, so that runs of a concurrent
+# sweep stay deterministic.
+GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's global generator seeded with ``seed`` inside, restored after; one thread at a
+    time. On CPU only the CPU generator is touched."""
+    cuda = device.type == "cuda"
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            torch.manual_seed(seed)
+        else:
+            torch.random.default_generator.manual_seed(seed)
+        yield
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for this thread's work on ``device`` (its current CUDA stream), not for other
+    threads' streams: concurrent sweep runs each wait only for themselves."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 @dataclass
@@ -80,6 +106,7 @@ class PhaseTimer:
     run carries the totals of the checkpoint it resumes from (``restore``)."""
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.cuda = device.type == "cuda"
         self._cpu: dict[str, float] = {}
         self._events: dict[str, list[tuple[Any, Any]]] = {}
@@ -103,7 +130,7 @@ class PhaseTimer:
         """Seconds per phase so far (synchronises with the GPU on CUDA)."""
         out = dict(self._cpu)
         if self._events:
-            torch.cuda.synchronize()
+            synchronize(self.device)
             for name, pairs in self._events.items():
                 out[name] = out.get(name, 0.0) + sum(s.elapsed_time(e) for s, e in pairs) / 1e3
         return out

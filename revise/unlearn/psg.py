@@ -54,6 +54,11 @@ class PSGConfig:
     retain_loss: str = "ce"  # "ce" on retain labels, or "distill" to the original's outputs
     target: str = "hard"  # forget target: hard nearest label, soft probabilities, or top-k soft
     topk: int = 3  # classes kept for target="topk"
+    # Take the nearest *other* class as the target even where the search did not cross the
+    # boundary; otherwise (the authors' rule) such an image is trained on its own label, which
+    # holds class forgetting back. Off by default: for scattered samples the own label can be
+    # the right answer (a retrained model still gets most of them right).
+    exclude_label: bool = False
     # Keep BatchNorm statistics fixed during the update. The authors leave them in train mode
     # (the default here); when the forget set is a whole device, forget-only batches drag the
     # statistics toward it and retention collapses (demo: retain 0.66 vs 0.96 frozen).
@@ -139,8 +144,10 @@ def boundary_search(
     return x_t.detach()
 
 
-def forget_targets(logits_adv: torch.Tensor, config: PSGConfig) -> torch.Tensor:
+def forget_targets(logits_adv: torch.Tensor, y: torch.Tensor, config: PSGConfig) -> torch.Tensor:
     """Hard labels (N,) or soft probability targets (N, K) from the original's logits at x~."""
+    if config.exclude_label:
+        logits_adv = logits_adv.scatter(1, y.view(-1, 1), float("-inf"))
     if config.target == "hard":
         return logits_adv.argmax(1)
     if config.target == "topk":
@@ -166,7 +173,7 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
             logits_adv = labeler(x_adv)
         ctx.tally("flipped", (logits_adv.argmax(1) != y).sum())  # stays on the device
         ctx.tally("seen", len(y))
-        return x, forget_targets(logits_adv, config)
+        return x, forget_targets(logits_adv, y, config)
 
     def loss_fn(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, target = batch

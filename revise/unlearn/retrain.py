@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from revise.errors import UsageError
-from revise.unlearn.base import UnlearnContext, register
+from revise.unlearn.base import UnlearnContext, register, seeded_global_rng
 from revise.unlearn.finetune import check_sgd_config, finetune_on_retain, require_retain
 
 
@@ -64,8 +64,7 @@ def reinitialise(model: nn.Module, seed: int) -> int:
         )
     fresh = copy.deepcopy(model).cpu()
     modules = _resettable(fresh)
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
+    with seeded_global_rng(seed, torch.device("cpu")):
         for module in modules:
             module.reset_parameters()
     model.load_state_dict(fresh.state_dict())

@@ -233,6 +233,30 @@ def test_unlearn_boundary_shrink(cli, demo_site, tmp_path):
     assert cli.leftovers(tmp_path) == []
 
 
+def test_sweep_concurrent_runs_rank_a_grid_into_csv_and_json(
+    cli, demo_site, retrained_model, tmp_path
+):
+    args = ["sweep", "--model", demo_site.model, "--data", demo_site.manifest]
+    args += ["--forget", f'device == "{FORGET_DEVICE}"', "--reference", retrained_model]
+    args += ["--grid", "gamma=0,0.1", "--grid", "phi=0,1", "--set", "epochs=1"]
+    out = tmp_path / "sweep"
+    result = cli(*args, "--concurrent", "2", "-o", out, code=0)
+    assert "(2 at once)" in result.stdout, cli.describe(result)
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["rank"]) == [1, 2, 3, 4]
+    assert table["distance_to_reference"].is_monotonic_increasing
+    assert set(zip(table["gamma"], table["phi"], strict=True)) == {
+        (0, 0),
+        (0, 1),
+        (0.1, 0),
+        (0.1, 1),
+    }
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["concurrent"] == 2 and len(saved["runs"]) == 4
+    bad = cli(*args, "--concurrent", "0", "-o", tmp_path / "none", code=2)
+    assert "--concurrent" in bad.stderr and "x>=1" in bad.stderr
+
+
 # --- evaluate and export -----------------------------------------------------------------------
 
 

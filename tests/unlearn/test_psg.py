@@ -164,13 +164,20 @@ def test_noise_distributions_have_their_known_moments(kind, check):
 
 def test_forget_targets():
     logits = torch.tensor([[3.0, 1.0, 2.0, -1.0], [0.0, 5.0, 1.0, 4.0]])
-    assert forget_targets(logits, PSGConfig(target="hard")).tolist() == [0, 1]
-    soft = forget_targets(logits, PSGConfig(target="soft"))
+    y = torch.tensor([0, 3])  # the first search failed (still class 0), the second crossed
+    assert forget_targets(logits, y, PSGConfig(target="hard")).tolist() == [0, 1]
+    soft = forget_targets(logits, y, PSGConfig(target="soft"))
     assert torch.allclose(soft, logits.softmax(1))
-    top2 = forget_targets(logits, PSGConfig(target="topk", topk=2))
+    top2 = forget_targets(logits, y, PSGConfig(target="topk", topk=2))
     assert (top2 > 0).sum(1).tolist() == [2, 2]
     assert torch.allclose(top2.sum(1), torch.ones(2))
     assert top2[0, 3] == 0 and top2[1, 0] == 0
+    # exclude_label: the nearest other class, whether or not the search crossed the boundary
+    other = PSGConfig(target="hard", exclude_label=True)
+    assert forget_targets(logits, y, other).tolist() == [2, 1]
+    soft_other = forget_targets(logits, y, PSGConfig(target="soft", exclude_label=True))
+    assert soft_other[0, 0] == 0 and soft_other[1, 3] == 0
+    assert torch.allclose(soft_other[0, 1:], logits[0, 1:].softmax(0))
 
 
 def test_make_config_checks_names_and_types():

@@ -29,3 +29,13 @@ def test_method_is_finite_does_not_raise_forget_accuracy_and_is_deterministic(di
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert _forget_accuracy(runs[0].model, digits) <= _forget_accuracy(net, digits) + 1e-6
     assert runs[0].record["method"] == name and runs[0].record["steps"] >= 1
+
+
+@pytest.mark.parametrize("name", ["psg", "finetune", "neggrad_plus"])
+def test_a_run_that_diverges_is_refused_not_handed_on(digits, name):
+    from revise.errors import DivergedError
+
+    args = (digits["net"], digits["card"], digits["forget"], digits["retain"])
+    with pytest.raises(DivergedError, match=r"diverged: \d+ of \d+ weight tensors") as caught:
+        unlearn(*args, method=name, config={"epochs": 1, "lr": 1e12}, device="cpu")
+    assert "lower the learning rate (lr=1e+12)" in str(caught.value)

@@ -11,7 +11,7 @@ from revise.cli.sweep import parse_grid
 from revise.errors import UsageError
 from revise.evaluate import EvalSet
 from revise.pipeline import PreparedData
-from revise.sweep import distance, expand_grid, objective, sweep
+from revise.sweep import distance, effective_concurrency, expand_grid, objective, sweep
 
 
 def test_expand_grid_is_the_full_product_in_a_stable_order():
@@ -89,3 +89,66 @@ def test_sweep_rejects_a_setting_given_twice(digits):
             fixed={"lr": 1e-2},
             device="cpu",
         )
+
+
+def _outcomes(rows):
+    return [(row.settings, row.record["metrics"], row.score) for row in rows]
+
+
+def test_concurrent_sweep_makes_the_same_runs_as_a_sequential_one(digits):
+    """Runs in threads must not share random streams, batches or the global generator: eu_k
+    re-initialises layers from torch's global generator, psg draws noise from its own."""
+    data = _prepared(digits)
+    common = dict(fixed={"epochs": 2}, reference=digits["net"], device="cpu")
+    results = {}
+    for concurrent in (1, 3):
+        results[concurrent] = {
+            method: sweep(
+                digits["net"],
+                digits["card"],
+                data,
+                method=method,
+                grid=grid,
+                concurrent=concurrent,
+                **common,
+            )
+            for method, grid in (
+                ("psg", {"gamma": [0.0, 0.1, 1.0]}),
+                ("eu_k", {"k": [0, 1, 2]}),
+            )
+        }
+    for method in ("psg", "eu_k"):
+        sequential, concurrent = results[1][method], results[3][method]
+        assert sequential.concurrent == 1 and concurrent.concurrent == 3
+        assert _outcomes(concurrent.rows) == _outcomes(sequential.rows)
+    # the grid points really differ, so equal rows are not equal by accident
+    assert len({row.score for row in results[1]["eu_k"].rows}) == 3
+
+
+def test_sweep_with_dropout_runs_one_at_a_time(digits, caplog):
+    import copy
+
+    from torch import nn
+
+    net = copy.deepcopy(digits["net"])
+    net.extra = nn.Dropout(0.2)  # draws from the global generator in training mode
+    assert effective_concurrency(4, net) == 1
+    assert "dropout" in caplog.text
+    assert effective_concurrency(4, digits["net"]) == 4
+    with pytest.raises(UsageError, match=">= 1"):
+        effective_concurrency(0, digits["net"])
+
+
+def test_a_diverged_run_ranks_last_and_the_sweep_goes_on(digits):
+    from revise.errors import DivergedError
+
+    data = _prepared(digits)
+    common = dict(method="psg", fixed={"epochs": 1}, reference=digits["net"], device="cpu")
+    result = sweep(digits["net"], digits["card"], data, grid={"lr": [1e12, 1e-4]}, **common)
+    assert [row.settings["lr"] for row in result.rows] == [1e-4, 1e12]
+    worst = result.rows[-1]
+    assert worst.score == math.inf and "diverged" in worst.record["error"]
+    table = result.table()
+    assert "lower the learning rate" in table[1]["error"] and "error" not in table[0]
+    with pytest.raises(DivergedError, match="every run of the sweep diverged"):
+        sweep(digits["net"], digits["card"], data, grid={"lr": [1e12]}, **common)
