@@ -421,7 +421,10 @@ def run_scenario(
     say: Callable[[str], None],
     original: torch.nn.Module,
     original_s: float,
+    on_run: Callable[[list[Run]], None] = lambda runs: None,
 ) -> list[Run]:
+    """Every run of one scenario and seed; ``on_run(runs so far)`` after each (complete rows:
+    the comparisons with Retrain are made as each run ends)."""
     from revise.train import train_classifier
     from revise.unlearn.api import unlearn
     from revise.unlearn.base import LabelledTensors
@@ -448,6 +451,16 @@ def run_scenario(
         ),
     ]
     say(f"  [{sc.name} seed {seed}] original {runs[0].metrics}  retrain {runs[1].metrics}")
+    for run in runs:
+        compare(run, runs[1], retrain_s)
+    on_run(runs)
+
+    def done(run: Run) -> None:
+        compare(run, runs[1], retrain_s)
+        runs.append(run)
+        say(f"  [{sc.name} seed {seed}] {run.label:<28} {run.seconds:7.2f} s  {run.metrics}")
+        on_run(runs)
+
     models: dict[str, torch.nn.Module] = {}
     for method, label, overrides in method_configs(scale):
         result = unlearn(
@@ -462,9 +475,8 @@ def run_scenario(
             measure(result.model, data, sc, device),
             result.record["hyperparameters"],
         )
-        runs.append(run)
         models[label] = result.model
-        say(f"  [{sc.name} seed {seed}] {label:<28} {seconds:7.2f} s  {run.metrics}")
+        done(run)
     for label, inputs, options in MERGES:
         if not all(name in models for name in inputs):
             continue
@@ -480,21 +492,22 @@ def run_scenario(
             measure(merged, data, sc, device),
             {"inputs": list(inputs), **{k: v for k, v in options.items() if k != "reference"}},
         )
-        runs.append(run)
-        say(f"  [{sc.name} seed {seed}] {label:<28} {seconds:7.2f} s  {run.metrics}")
-    reference = runs[1].metrics
-    for run in runs:
-        m = run.metrics
-        m["distance"] = round(math.hypot(m["ra"] - reference["ra"], m["fa"] - reference["fa"]), 4)
-        gap = [
-            abs((1 - m["fa"]) - (1 - reference["fa"])),
-            abs(m["ra"] - reference["ra"]),
-            abs(m["ta"] - reference["ta"]),
-            abs(m["mia_efficacy"] - reference["mia_efficacy"]),
-        ]
-        m["avg_gap"] = round(100 * statistics.fmean(gap), 2)
-        m["time_vs_retrain"] = round(run.seconds / retrain_s, 4)
+        done(run)
     return runs
+
+
+def compare(run: Run, retrain: Run, retrain_s: float) -> None:
+    """Add the distance, Avg. Gap and time relative to Retrain to ``run.metrics``."""
+    m, reference = run.metrics, retrain.metrics
+    m["distance"] = round(math.hypot(m["ra"] - reference["ra"], m["fa"] - reference["fa"]), 4)
+    gap = [
+        abs((1 - m["fa"]) - (1 - reference["fa"])),
+        abs(m["ra"] - reference["ra"]),
+        abs(m["ta"] - reference["ta"]),
+        abs(m["mia_efficacy"] - reference["mia_efficacy"]),
+    ]
+    m["avg_gap"] = round(100 * statistics.fmean(gap), 2)
+    m["time_vs_retrain"] = round(run.seconds / retrain_s, 4)
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -727,10 +740,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if sc.name not in scale.scenarios:
                 continue
             names[sc.name] = sc.description
-            for run in run_scenario(data, sc, scale, seed, device, print, original, original_s):
-                runs.append({"scenario": sc.name, **dataclasses.asdict(run)})
-            # written after every scenario: a run cut short (a GPU lease) keeps what it measured
-            write_json_atomic(out, current_report())
+            before = len(runs)
+
+            def save(scenario_runs: list[Run], sc: Scenario = sc, before: int = before) -> None:
+                # written after every run: a benchmark cut short (a GPU lease) keeps its numbers
+                runs[before:] = [
+                    {"scenario": sc.name, **dataclasses.asdict(run)} for run in scenario_runs
+                ]
+                write_json_atomic(out, current_report())
+
+            run_scenario(data, sc, scale, seed, device, print, original, original_s, save)
     final = current_report()
     write_json_atomic(out, final)
     write_text_atomic(md, markdown(final))

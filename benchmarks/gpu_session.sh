@@ -24,9 +24,12 @@ if [[ "${1:-}" == "--collect" ]]; then
     from=${2:?usage: gpu_session.sh --collect FOLDER}
     repo=$(cd "$(dirname "$0")/.." && pwd)
     for f in "$from"/*.json; do cp -v "$f" "$repo/benchmarks/results/"; done
-    for f in throughput.md sweep.md fashion_mnist-gpu.md; do
+    for f in throughput.md sweep.md; do
         [[ -f "$from/$f" ]] && cp -v "$from/$f" "$repo/docs/benchmarks/$f"
     done
+    # drawn here from the JSON, which is written after every run (complete even if cut short)
+    fashion=$repo/benchmarks/results/fashion_mnist-gpu.json
+    [[ -f "$fashion" ]] && ${PYTHON:-python3} "$repo/benchmarks/fashion_mnist.py" --render "$fashion"
     exit 0
 fi
 
