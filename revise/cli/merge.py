@@ -59,6 +59,12 @@ from revise.errors import UsageError
     help="Retrained reference model: the search minimises the distance to it.",
 )
 @click.option(
+    "--criteria",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Acceptance gates (revise validate's YAML): the search prefers strengths whose merged "
+    "model passes them, then the best score.",
+)
+@click.option(
     "--finetune-epochs",
     default=0,
     show_default=True,
@@ -93,6 +99,7 @@ def merge_cmd(
     manifest_path,
     forget,
     reference,
+    criteria,
     finetune_epochs,
     finetune_lr,
     reestimate_bn,
@@ -143,6 +150,11 @@ def merge_cmd(
         data = prepare(manifest_mod.load(manifest_path), loaded[0].card, forget, cache_dir=cache)
         say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
     ref_model = load_model(reference).module if reference is not None else None
+    gates = None
+    if criteria is not None:
+        from revise.validate.criteria import load_criteria
+
+        gates = load_criteria(criteria)
     result = merge_runs(
         loaded,
         base=base,
@@ -155,6 +167,7 @@ def merge_cmd(
         grid=values,
         data=data,
         reference=ref_model,
+        criteria=gates,
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
         reestimate_bn=reestimate_bn,
@@ -182,6 +195,13 @@ def merge_cmd(
         chosen = ", ".join(f"{r}={s:g}" for r, s in recipe["strengths"].items())
         searched = recipe.get("search")
         say(f"strengths {chosen}" + (f" (searched, {searched['criterion']})" if searched else ""))
+        judged = (searched or {}).get("criteria")
+        if judged:
+            failed = judged["gates_failed_by_best"]
+            say(
+                f"acceptance gates ({judged['path']}): "
+                + ("every gate passes" if not failed else f"{failed} gate(s) fail even at best")
+            )
     for name, stats in metrics.items():
         say(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
     say(f"run written to {out}")

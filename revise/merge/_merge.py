@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -19,10 +20,16 @@ from revise.merge.arithmetic import Override, task_arithmetic
 from revise.merge.batchnorm import _BN, reestimate_batchnorm
 from revise.merge.compose import compose, split_rules
 from revise.merge.search import DEFAULT_GRID, search_strengths
+from revise.models.card import ModelCard
 from revise.pipeline import PreparedData
 from revise.train import TrainConfig, train_classifier
 from revise.unlearn.api import UnlearnResult, software_versions
 from revise.unlearn.base import steps_per_pass
+
+if TYPE_CHECKING:
+    from revise.validate.criteria import Criteria
+
+log = logging.getLogger(__name__)
 
 
 def _normalise_overrides(overrides: Sequence[Any], n_runs: int) -> list[Override]:
@@ -34,6 +41,31 @@ def _normalise_overrides(overrides: Sequence[Any], n_runs: int) -> list[Override
             raise UsageError(f"strength override {pattern!r}: {len(values)} values, {n_runs} runs")
         out.append((str(pattern), values))
     return out
+
+
+def gate_judge(
+    criteria: Criteria,
+    data: PreparedData,
+    original: nn.Module,
+    reference: nn.Module | None,
+    card: ModelCard,
+    device: str,
+) -> Callable[[nn.Module], int]:
+    """``failed(candidate)``: how many gates of ``criteria`` the candidate fails, judged as
+    ``revise validate`` judges them (against the original and, if given, the reference)."""
+    from revise.validate.api import validate
+    from revise.validate.criteria import check_models
+
+    baselines = {"original": original}
+    if reference is not None:
+        baselines["reference"] = reference
+    check_models(criteria, list(baselines))  # before any candidate: a gate we cannot judge
+
+    def failed(candidate: nn.Module) -> int:
+        models = {"candidate": candidate, **baselines}
+        return len(validate(models, data, criteria, card=card, device=device).failed())
+
+    return failed
 
 
 def merge_runs(
@@ -53,6 +85,7 @@ def merge_runs(
     finetune_lr: float = 1e-4,
     reestimate_bn: bool | None = None,
     bn_batch_size: int = 1024,
+    criteria: Criteria | None = None,
     device: str = "auto",
     seed: int = 0,
 ) -> UnlearnResult:
@@ -63,8 +96,9 @@ def merge_runs(
     ``search`` over ``grid`` per run; ``overrides`` per key pattern) needs the ``base`` model
     the runs revise. BatchNorm statistics are re-estimated on ``data``'s retain set after a
     strength merge (``reestimate_bn`` None: automatic), then the model is optionally fine-tuned
-    on it. With ``data`` the result carries metrics on its four sets. Save it with
-    :func:`revise.unlearn.api.save_run`.
+    on it. With acceptance ``criteria`` (revise validate's gates), the search prefers the
+    strengths whose merged model fails the fewest gates, then the best score. With ``data``
+    the result carries metrics on its four sets. Save it with :func:`revise.unlearn.api.save_run`.
     """
     t0 = time.perf_counter()
     runs = [r if isinstance(r, RunInput) else load_run(r) for r in runs]
@@ -81,6 +115,8 @@ def merge_runs(
         raise UsageError("give --strengths or --search-strengths, not both")
     if search and data is None:
         raise UsageError("searching strengths needs data", hint="give --data and --forget")
+    if criteria is not None and not search:
+        raise UsageError("acceptance criteria steer the strength search: add --search-strengths")
     sets = data.sets if data is not None else {}
     card = runs[0].card
     names = [run.name for run in runs]
@@ -126,6 +162,9 @@ def merge_runs(
             if reference is not None:
                 ref_metrics = evaluate(reference, card, sets, by=(), device=device)
                 ref_acc = {name: stats["accuracy"] for name, stats in ref_metrics.items()}
+            judge = None
+            if criteria is not None:
+                judge = gate_judge(criteria, data, base, reference, card, device)
             t1 = time.perf_counter()
             found = search_strengths(
                 runs[0].model,
@@ -138,6 +177,7 @@ def merge_runs(
                 reference=ref_acc,
                 bn_batch_size=bn_batch_size,
                 device=device,
+                judge=judge,
             )
             timings["search"] = round(time.perf_counter() - t1, 4)
             strengths = found.strengths
@@ -148,6 +188,18 @@ def merge_runs(
                 "reference_accuracy": ref_acc,
                 "candidates": found.table,
             }
+            if criteria is not None:
+                recipe["search"]["criteria"] = {
+                    "path": criteria.source,
+                    "sha256": criteria.sha256,
+                    "gates_failed_by_best": found.gates_failed,
+                }
+                if found.gates_failed:
+                    log.warning(
+                        "no strengths pass every gate of %s: the best candidate fails %d",
+                        criteria.source,
+                        found.gates_failed,
+                    )
         strengths = tuple(float(s) for s in strengths)
         recipe["strengths"] = dict(zip(names, strengths, strict=True))
         merged = task_arithmetic(base_state, states, strengths, fixed)

@@ -3,14 +3,16 @@
 The criterion is the sweep's (:mod:`revise.sweep`): with a retrained reference, the distance
 of (forget, retain) accuracy to the reference's (lower is better); without one, the deployment
 objective on the held-out sets (higher is better). Every candidate has its BatchNorm statistics
-re-estimated on the retain set before it is scored.
+re-estimated on the retain set before it is scored. With acceptance gates (``judge``), the
+candidates that fail fewer gates rank first, and the score orders those that fail as few: the
+closest merge to Retrain is worth nothing if a gate then refuses it.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,7 @@ class StrengthSearch:
     criterion: str  # "distance_to_reference" (lower is better) or "objective" (higher)
     grid: tuple[float, ...]
     table: list[dict[str, Any]] = field(default_factory=list)  # every candidate, best first
+    gates_failed: int | None = None  # by the best candidate, when gates were judged
 
 
 def search_strengths(
@@ -49,12 +52,14 @@ def search_strengths(
     reference: Mapping[str, float] | None = None,
     bn_batch_size: int = 1024,
     device: str = "auto",
+    judge: Callable[[nn.Module], int] | None = None,
 ) -> StrengthSearch:
     """Try every combination of ``grid`` values (one per run) and keep the best.
 
     ``template`` is any network of the architecture (it is copied, not changed); ``sets``
     needs "retain" (BatchNorm re-estimation) and "forget" plus, for the objective, the held-out
-    sets; ``reference`` holds the retrained model's accuracy per set.
+    sets; ``reference`` holds the retrained model's accuracy per set. ``judge(candidate)``, if
+    given, counts the acceptance gates the candidate fails; fewer failures rank first.
     """
     grid = tuple(float(v) for v in grid)
     if not grid:
@@ -69,21 +74,28 @@ def search_strengths(
         )
     net = copy.deepcopy(template).cpu()
     retain = sets["retain"].data
-    rows: list[tuple[float, tuple[float, ...], dict[str, float]]] = []
+    rows: list[tuple[int, float, tuple[float, ...], dict[str, float]]] = []
     for candidate in itertools.product(grid, repeat=len(states)):
         net.load_state_dict(task_arithmetic(base, states, candidate, overrides))
         reestimate_batchnorm(net, card, retain, batch_size=bn_batch_size, device=device)
         metrics = evaluate(net, card, sets, by=(), device=device)
         score = distance(metrics, reference) if reference else objective(metrics)
         acc = {name: stats["accuracy"] for name, stats in metrics.items()}
-        rows.append((score, candidate, acc))
-    # best first; ties go to the smaller total strength (the more conservative edit), then order
+        failed = judge(net) if judge is not None else 0
+        rows.append((failed, score, candidate, acc))
+    # best first: fewest failed gates, then the score; ties go to the smaller total strength
+    # (the more conservative edit), then order
     lower = bool(reference)
-    rows.sort(key=lambda r: ((r[0] if lower else -r[0]), sum(r[1])))
+    rows.sort(key=lambda r: (r[0], (r[1] if lower else -r[1]), sum(r[2])))
     criterion = "distance_to_reference" if reference else "objective"
     table = [
-        {"strengths": list(c), criterion: round(s, 4), **{f"acc_{k}": v for k, v in a.items()}}
-        for s, c, a in rows
+        {
+            "strengths": list(c),
+            criterion: round(s, 4),
+            **({"gates_failed": f} if judge is not None else {}),
+            **{f"acc_{k}": v for k, v in a.items()},
+        }
+        for f, s, c, a in rows
     ]
     best = rows[0]
-    return StrengthSearch(best[1], best[0], criterion, grid, table)
+    return StrengthSearch(best[2], best[1], criterion, grid, table, best[0] if judge else None)

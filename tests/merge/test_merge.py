@@ -277,3 +277,57 @@ def test_merge_cli_errors(merge_site, tmp_path):
     assert "run other revises another base model" in result.stderr
     assert not (tmp_path / "m").exists()
     copy.deepcopy(record)  # the shared run folders were only read
+
+
+def test_a_gate_aware_search_prefers_strengths_that_pass_the_gates(merge_site, tmp_path):
+    """With the base model itself as the reference, distance alone picks strengths 0 (no edit,
+    nothing forgotten); a gate demanding some forgetting must move the choice to a merge that
+    forgets."""
+    site = merge_site
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(
+        "gates:\n"
+        "  - name: the digit 0 is forgotten\n"
+        "    metric: accuracy\n"
+        "    set: forget\n"
+        "    at_most: original - 0.01\n"
+    )
+    args = ["merge", site.forgetting, site.retention, "--search-strengths", "--grid", "0,1"]
+    args += ["--data", site.manifest, "--forget", site.forget, "--device", "cpu"]
+    args += ["--reference", site.base]
+    chosen = {}
+    for name, extra in (("plain", []), ("gated", ["--criteria", gates])):
+        result = invoke(*args, *extra, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        chosen[name] = json.loads((tmp_path / name / "run.json").read_text())
+    plain, gated = (chosen[k]["merge"] for k in ("plain", "gated"))
+    assert list(plain["strengths"].values()) == [0.0, 0.0]  # the reference itself
+    assert list(gated["strengths"].values()) != [0.0, 0.0]
+    assert gated["search"]["criteria"]["gates_failed_by_best"] == 0
+    assert gated["search"]["candidates"][0]["gates_failed"] == 0
+    assert any(c["gates_failed"] == 1 for c in gated["search"]["candidates"])
+    forget = chosen["gated"]["metrics"]["forget"]["accuracy"]
+    assert forget <= chosen["plain"]["metrics"]["forget"]["accuracy"] - 0.01
+    assert (
+        "every gate passes" in invoke(*args, "--criteria", gates, "-o", tmp_path / "again").output
+    )
+
+
+def test_criteria_need_a_search_and_the_models_their_gates_name(merge_site, tmp_path):
+    site = merge_site
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(
+        "gates:\n  - metric: loss_mia\n    between: [reference - 0.05, reference + 0.05]\n"
+    )
+    common = ["--data", site.manifest, "--forget", site.forget, "--device", "cpu"]
+    no_search = invoke(
+        "merge", site.forgetting, site.retention, "--strengths", "1,1", "--criteria", gates,
+        "-o", tmp_path / "a", *common,
+    )  # fmt: skip
+    assert no_search.exit_code == 2 and "add --search-strengths" in no_search.output
+    no_reference = invoke(
+        "merge", site.forgetting, site.retention, "--search-strengths", "--criteria", gates,
+        "-o", tmp_path / "b", *common,
+    )  # fmt: skip
+    assert no_reference.exit_code == 2 and "needs the reference model" in no_reference.output
+    assert not (tmp_path / "b").exists()
