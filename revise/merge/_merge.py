@@ -52,10 +52,24 @@ def gate_judge(
     device: str,
 ) -> Callable[[nn.Module], int]:
     """``failed(candidate)``: how many gates of ``criteria`` the candidate fails, judged as
-    ``revise validate`` judges them (against the original and, if given, the reference)."""
+    ``revise validate`` judges them (against the original and, if given, the reference).
+    Gates on the exported ONNX model are left to validation: no candidate is exported."""
     from revise.validate.api import validate
-    from revise.validate.criteria import check_models
+    from revise.validate.criteria import METRICS, check_models
 
+    on_weights = tuple(g for g in criteria.gates if METRICS[g.metric].requires != "onnx")
+    if len(on_weights) < len(criteria.gates):
+        log.info(
+            "%d gate(s) of %s judge the ONNX export: left to validation",
+            len(criteria.gates) - len(on_weights),
+            criteria.source,
+        )
+    if not on_weights:
+        raise UsageError(
+            f"{criteria.source}: every gate judges the ONNX export, none the merged weights",
+            hint="give criteria with accuracy, MIA or distance gates",
+        )
+    criteria = dataclasses.replace(criteria, gates=on_weights)
     baselines = {"original": original}
     if reference is not None:
         baselines["reference"] = reference

@@ -291,6 +291,9 @@ def test_a_gate_aware_search_prefers_strengths_that_pass_the_gates(merge_site, t
         "    metric: accuracy\n"
         "    set: forget\n"
         "    at_most: original - 0.01\n"
+        "  - name: judged on the exported bundle, not in the search\n"
+        "    metric: parity_label_agreement\n"
+        "    at_least: 1.0\n"
     )
     args = ["merge", site.forgetting, site.retention, "--search-strengths", "--grid", "0,1"]
     args += ["--data", site.manifest, "--forget", site.forget, "--device", "cpu"]
@@ -330,4 +333,10 @@ def test_criteria_need_a_search_and_the_models_their_gates_name(merge_site, tmp_
         "-o", tmp_path / "b", *common,
     )  # fmt: skip
     assert no_reference.exit_code == 2 and "needs the reference model" in no_reference.output
+    gates.write_text("gates:\n  - metric: parity_label_agreement\n    at_least: 1.0\n")
+    only_onnx = invoke(
+        "merge", site.forgetting, site.retention, "--search-strengths", "--criteria", gates,
+        "-o", tmp_path / "c", *common,
+    )  # fmt: skip
+    assert only_onnx.exit_code == 2 and "none the merged weights" in only_onnx.output
     assert not (tmp_path / "b").exists()
