@@ -105,10 +105,11 @@ def run_unlearning(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    compile: bool = False,
 ) -> UnlearnResult:
     """Unlearn, then evaluate the revised model on all four sets and complete the run record.
 
-    ``checkpoint_dir``, ``checkpoint_every`` and ``resume`` are :func:`unlearn`'s."""
+    ``checkpoint_dir``, ``checkpoint_every``, ``resume`` and ``compile`` are :func:`unlearn`'s."""
     result = unlearn(
         net,
         card,
@@ -122,6 +123,7 @@ def run_unlearning(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        compile=compile,
     )
     result.record["wall_clock_s"]["data"] = data.seconds
     if not is_main_process():  # rank 0 evaluates and writes; the others are done

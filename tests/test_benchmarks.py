@@ -84,6 +84,21 @@ def test_a_tiny_cpu_run_writes_sane_json_and_markdown(bench, tmp_path, keep_thre
     assert "| small_cnn | 3x32x32 | 8 |" in text
 
 
+def test_compile_adds_psg_with_compiled_networks(bench, tmp_path, keep_threads):
+    out = tmp_path / "throughput.json"
+    argv = ["--models", "small_cnn", "--batch", "8", "--steps", "2", "--warmup", "1"]
+    argv += ["--threads", "1", "--device", "cpu", "--compile", "--no-markdown"]
+    bench.main([*argv, "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["settings"]["psg_compiled"] is True
+    model = data["models"]["small_cnn"]
+    assert positive(model["train_compiled_img_s"]) and "psg_compiled_error" not in model
+    row = model["psg"]["phi0 compiled"]
+    assert row["compiled"] is True and row["steps"] == 2
+    assert 0 < row["efficiency_vs_compiled_train"] < 5
+    assert model["psg"]["phi0"]["compiled"] is False
+
+
 def test_efficiency_is_the_measured_passes_over_the_actual_time(bench):
     comp = {
         "labeler_forward": 1.0,

@@ -94,6 +94,12 @@ def _load(model_path: Path, card: Path | None, arch: str | None):
     is_flag=True,
     help="Continue an interrupted run from the checkpoint in <out>.partial/ (same result).",
 )
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the networks (pays on a GPU for long runs; the first steps compile).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (only).")
 @click.option(
     "--nproc-per-node",
@@ -119,6 +125,7 @@ def unlearn_cmd(
     overwrite,
     checkpoint_every,
     resume,
+    compile_,
     as_json,
     nproc_per_node,
     cache,
@@ -175,6 +182,7 @@ def unlearn_cmd(
                 checkpoint_dir=checkpoint_dir_for(out),
                 checkpoint_every=checkpoint_every,
                 resume=resume,
+                compile=compile_,
             )
     except BaseException:
         if _first_worker():

@@ -224,10 +224,10 @@ def test_unlearn_refuses_existing_run_folder(cli, demo_site, run_folder):
 def test_unlearn_boundary_shrink(cli, demo_site, tmp_path):
     out = tmp_path / "bs"
     args = cli.unlearn_args(demo_site, out, "--method", "boundary_shrink", settings={"epochs": 1})
-    result = cli(*args, code=0)
+    result = cli(*args, "--compile", code=0)  # eager elsewhere: here through torch.compile
     assert re.search(r"^sets: forget \d+, retain \d+", result.stdout, re.M), cli.describe(result)
     record = json.loads((out / "run.json").read_text())
-    assert record["method"] == "boundary_shrink"
+    assert record["method"] == "boundary_shrink" and record["compiled"] is True
     assert record["hyperparameters"]["epochs"] == 1
     assert set(record["metrics"]) == SETS
     assert cli.leftovers(tmp_path) == []
