@@ -10,6 +10,7 @@ unlearn:
   - {method: psg, settings: {lr: 0.001, phi: 2}}
   - {name: ft, method: finetune, settings: {epochs: 2}}
 merge: {search_strengths: true}  # any `revise merge` option; runs are named by `name`
+compile: false                   # torch.compile the unlearning runs (revise unlearn --compile)
 export: {name: digits, fp16: false}
 validate: {criteria: gates.yaml, reference: retrained/}            # any `revise validate` option
 sign: {key: keys/revise-signing.key, password_env: REVISE_KEY_PASSWORD}
@@ -58,6 +59,7 @@ TOP_LEVEL = (
     "cache",
     "checkpoint_every",
     "nproc_per_node",
+    "compile",
 )
 DATA_KEYS = ("manifest", "images", "labels", "site", "loader")  # images: what `revise index` reads
 RUN_KEYS = ("name", "method", "settings", "seed")
@@ -197,6 +199,10 @@ def load_plan(recipe: str | Path) -> Plan:
     # torchrun workers for each unlearning run (one per GPU), as `revise unlearn` launches them
     every_args = ["--checkpoint-every", str(every)]
     every_args += ["--nproc-per-node", str(workers)] if workers > 1 else []
+    compiled = doc.get("compile", False)
+    if not isinstance(compiled, bool):
+        problems.add("compile", f"{compiled!r} is not true or false")
+    every_args += ["--compile"] if compiled is True else []
     forget = doc.get("forget")
     if forget is not None:
         _check_selection(problems, str(forget))

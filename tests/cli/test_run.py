@@ -57,10 +57,11 @@ def test_every_mistake_is_reported_at_once_and_nothing_runs(cli, demo_site, tmp_
         export={"name": "digits", "opset": "many"},
         sign={"key": "missing.key", "password_env": "REVISE_TEST_NO_SUCH_VARIABLE"},
         validate={"criteria": "gates.yaml", "reference": "nowhere/"},
+        compile="yes",
     )
     result = cli("run", path, code=2)
     message = result.stderr
-    assert "has 9 problem(s); nothing was run" in message, message
+    assert "has 10 problem(s); nothing was run" in message, message
     for expected in (
         "forget: selection",
         "unlearn[1].method: unknown method 'psgg' (did you mean psg?)",
@@ -71,6 +72,7 @@ def test_every_mistake_is_reported_at_once_and_nothing_runs(cli, demo_site, tmp_
         "sign.key:",
         "sign.password_env: the environment variable REVISE_TEST_NO_SUCH_VARIABLE is not set",
         "validate.reference:",
+        "compile: 'yes' is not true or false",
     ):
         assert expected in message, expected
     assert not (tmp_path / "work").exists()
@@ -143,11 +145,13 @@ def test_failed_gates_leave_the_bundle_unsigned(cli, demo_site, keys, tmp_path):
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(cli, demo_site, tmp_path):
-    result = cli("run", recipe(tmp_path, demo_site, nproc_per_node=2), "--dry-run", code=0)
+    path = recipe(tmp_path, demo_site, nproc_per_node=2, compile=True)
+    result = cli("run", path, "--dry-run", code=0)
     lines = stage_lines(result)
     assert list(lines) == ["index", "unlearn:psg", "export", "validate"]
     assert "revise unlearn --model" in lines["unlearn:psg"]
     assert "--nproc-per-node 2" in lines["unlearn:psg"]  # torchrun workers, one per GPU
+    assert "--compile" in lines["unlearn:psg"]
     assert not (tmp_path / "work").exists()
 
 
