@@ -12,7 +12,13 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
+
+from revise.errors import RevisionError
+
+# Shorter keys make the pseudonyms guessable (an empty key file made them unkeyed hashes).
+MIN_KEY_BYTES = 16
 
 
 def _key_file() -> Path:
@@ -26,11 +32,55 @@ def site_key() -> bytes:
         return env.encode("utf-8")
     path = _key_file()
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        _create_key_file(path)
+    return _read_key_file(path)
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new random key beside ``path`` and hard-link it into place.
+
+    The link appears complete or not at all (a crash leaves no empty key), and it never
+    replaces a key that another process (e.g. another torchrun worker) made first: then that
+    key is the site's key and ours is dropped.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise _key_error(path, f"cannot be created: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:  # mkstemp made it 0600: private to the user
             f.write(secrets.token_bytes(32))
-    return path.read_bytes()
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won the race: read its key
+        except OSError as exc:
+            raise _key_error(path, f"cannot be created: {exc.strerror or exc}") from exc
+    finally:
+        os.unlink(tmp)
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise _key_error(path, f"is not readable: {exc.strerror or exc}") from exc
+    if len(key) < MIN_KEY_BYTES:
+        raise _key_error(
+            path, f"holds {len(key)} bytes, fewer than the {MIN_KEY_BYTES} a key needs"
+        )
+    return key
+
+
+def _key_error(path: Path, problem: str) -> RevisionError:
+    return RevisionError(
+        f"PHI key file {path} {problem}",
+        hint="restore the site's key file from its backup, or set REVISE_PHI_KEY; removing the "
+        "file makes a new key, and manifests indexed under the old one must then be re-indexed",
+    )
 
 
 def key_fingerprint(key: bytes | None = None) -> str:

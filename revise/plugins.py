@@ -41,6 +41,9 @@ class PluginInfo:
     error: str = ""
 
 
+_CONFIG_SHAPE = "e.g. `plugins: [pngfolder]`, or `plugins:` then one `- name` line per plugin"
+
+
 def allow_list() -> set[str] | None:
     """Names allowed to load; ``None`` means every discovered plugin (``*``)."""
     env = os.environ.get("REVISE_PLUGINS")
@@ -48,13 +51,54 @@ def allow_list() -> set[str] | None:
         names = {n.strip() for n in env.split(",") if n.strip()}
     else:
         config = Path(os.environ.get("REVISE_CONFIG", Path.home() / ".revise" / "config.yaml"))
-        names = set()
-        if config.exists():
-            import yaml
-
-            data = yaml.safe_load(config.read_text()) or {}
-            names = set(data.get("plugins") or [])
+        names = _config_allow_list(config) if config.exists() else set()
     return None if "*" in names else names
+
+
+def _config_allow_list(config: Path) -> set[str]:
+    """The ``plugins`` list of the config file; anything but a list of names is an error (a
+    bare string would otherwise allow each of its letters)."""
+    data = _read_config(config)
+    if data is None:
+        return set()
+    if not isinstance(data, dict):
+        raise PluginError(
+            f"plugin config {config} is a {_yaml_kind(data)}, not a mapping with a 'plugins' list",
+            hint=_CONFIG_SHAPE,
+        )
+    names = data.get("plugins")
+    if names is None:
+        return set()
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise PluginError(
+            f"plugin config {config}: 'plugins' is a {_yaml_kind(names)}, not a list of names",
+            hint=_CONFIG_SHAPE,
+        )
+    return {n.strip() for n in names}
+
+
+def _read_config(config: Path) -> object:
+    import yaml
+
+    try:
+        return yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PluginError(f"plugin config {config} is unreadable: {exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise PluginError(
+            f"plugin config {config}{where} is not valid YAML: {problem}", hint=_CONFIG_SHAPE
+        ) from exc
+
+
+def _yaml_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "list" if all(isinstance(v, str) for v in value) else "list with non-name entries"
+    return {str: "string", dict: "mapping", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
 
 
 class _Plugins:

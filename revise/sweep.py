@@ -84,7 +84,9 @@ def distance(metrics: Mapping[str, Any], reference: Mapping[str, float]) -> floa
 
 
 def objective(metrics: Mapping[str, Any]) -> float:
-    retention = metrics.get("heldout_retain", metrics["retain"])["accuracy"]
+    # no retain images at all (psg allows it): only forgetting can be ranked
+    kept = next((metrics[s] for s in ("heldout_retain", "retain") if s in metrics), None)
+    retention = kept["accuracy"] if kept else 0.0
     forget = metrics["forget"]["accuracy"]
     if "heldout_forget" in metrics:
         return retention - abs(forget - metrics["heldout_forget"]["accuracy"])
@@ -161,11 +163,7 @@ def effective_concurrency(concurrent: int, net: nn.Module) -> int:
     training (dropout), since threads would interleave its draws and break reproducibility."""
     if concurrent < 1:
         raise UsageError(f"concurrent must be >= 1, not {concurrent}")
-    random_layers = [
-        name
-        for name, m in net.named_modules()
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
-    ]
+    random_layers = [name for name, m in net.named_modules() if _draws_while_training(m)]
     if concurrent > 1 and random_layers:
         log.warning(
             "running the sweep one run at a time: %s draws random numbers during training "
@@ -174,6 +172,18 @@ def effective_concurrency(concurrent: int, net: nn.Module) -> int:
         )
         return 1
     return concurrent
+
+
+def _draws_while_training(m: nn.Module) -> bool:
+    """Dropout and its relatives (timm's DropPath, torchvision's StochasticDepth, DropBlock) by
+    their drop probability; a functional dropout call inside forward() cannot be seen here."""
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return m.p > 0
+    name = type(m).__name__.lower()
+    if "drop" not in name and "stochasticdepth" not in name:
+        return False
+    rate = next((getattr(m, a) for a in ("p", "drop_prob", "drop_rate") if hasattr(m, a)), 1.0)
+    return isinstance(rate, (int, float)) and rate > 0
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from PIL import Image
 from revise import plugins
 from revise.data import manifest as manifest_mod
 from revise.data.loaders import SiteLoader
-from revise.errors import DataError, UnknownNameError
+from revise.errors import DataError, PluginError, UnknownNameError
 from revise.phi import pseudonym, site_key
 
 DIST = "revise-pngfolder"
@@ -146,6 +146,37 @@ def test_allowed_by_config_file(installed, tmp_path, monkeypatch):
     info = _info(PLUGIN)
     assert info.allowed and info.loaded
     assert plugins.get_loader(PLUGIN).name == PLUGIN
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (f"plugins: {PLUGIN}\n", "'plugins' is a string, not a list of names"),
+        (f"- {PLUGIN}\n", "is a list, not a mapping with a 'plugins' list"),
+        (f"plugins: [{PLUGIN}\n", "line 2 column 1 is not valid YAML"),
+        ("plugins: [1, 2]\n", "'plugins' is a list with non-name entries"),
+    ],
+)
+def test_malformed_config_file_is_a_plugin_error(tmp_path, monkeypatch, text, problem):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    monkeypatch.setenv("REVISE_CONFIG", str(config))
+    plugins.reset()
+    with pytest.raises(PluginError) as err:
+        plugins.allow_list()
+    message = str(err.value)
+    assert f"plugin config {config}" in message and problem in message
+    assert "plugins: [pngfolder]" in message  # the expected shape
+    with pytest.raises(PluginError):
+        plugins.plugin_infos()  # never a silent allow-list of letters, nor a crash
+
+
+def test_empty_config_file_allows_nothing(tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    for text in ("", "plugins:\n", "other: 1\n", f"plugins:\n  - {PLUGIN}\n"):
+        config.write_text(text)
+        monkeypatch.setenv("REVISE_CONFIG", str(config))
+        assert plugins.allow_list() == ({PLUGIN} if PLUGIN in text else set())
 
 
 # --- indexing ----------------------------------------------------------------------------------

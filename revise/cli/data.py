@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from revise.cli._common import echo
 from revise.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from revise.data.loaders import IndexFailure, IndexResult
 
 
 @click.command("index")
@@ -39,9 +43,6 @@ from revise.errors import DataError, UsageError
 @click.pass_context
 def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failures_out) -> None:
     """Index images under ROOT (headers only) into a manifest; unreadable files are reported."""
-    import pandas as pd
-
-    from revise._io import atomic_path
     from revise.data import manifest as manifest_mod
     from revise.data.index import apply_label_rule, index
 
@@ -49,6 +50,8 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
     if out.suffix not in (".parquet", ".csv"):
         raise UsageError(f"-o {out}: a manifest is .parquet or .csv")
     result = index(root, loader=loader, site=site, labels=labels)
+    if failures_out:  # written first: it is what explains a run where every file failed
+        _write_failures(failures_out, result.failures)
     df = result.manifest
     if label_tag:
         mapping = {}
@@ -59,9 +62,7 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
             mapping[value] = int(cls)
         df = apply_label_rule(df, label_tag, mapping)
     if df.empty:
-        raise DataError(
-            f"no image could be indexed under {root} ({len(result.failures)} unreadable files)"
-        )
+        raise _nothing_indexed(root, result, failures_out)
     manifest_mod.save(df, out)
     files = df["path"].nunique()
     labelled = int(df["label"].notna().sum())
@@ -77,9 +78,40 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
             click.echo(f"  {failure.path}: {failure.reason}", err=True)
         if len(result.failures) > 20:
             click.echo(f"  ... and {len(result.failures) - 20} more", err=True)
-        if failures_out:
-            with atomic_path(failures_out) as tmp:
-                pd.DataFrame([vars(f) for f in result.failures]).to_csv(tmp, index=False)
+
+
+SHOWN_FAILURES = 3
+
+
+def _write_failures(path: Path, failures: list[IndexFailure]) -> None:
+    """The --failures CSV (path, reason), rewritten every run: header only when none failed."""
+    import pandas as pd
+
+    from revise._io import atomic_path
+
+    table = pd.DataFrame([vars(f) for f in failures], columns=["path", "reason"])
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def _nothing_indexed(root: Path, result: IndexResult, failures_out: Path | None) -> DataError:
+    """The error for a run without a single image, naming the first few failures and why."""
+    failures = result.failures
+    detail = f"{len(failures)} unreadable files"
+    if failures:
+        shown = "; ".join(f"{f.path}: {f.reason}" for f in failures[:SHOWN_FAILURES])
+        more = (
+            f"; and {len(failures) - SHOWN_FAILURES} more" if len(failures) > SHOWN_FAILURES else ""
+        )
+        detail += f": {shown}{more}"
+    elif result.skipped:
+        detail += f", {len(result.skipped)} files without images"
+    where = (
+        f"every file and reason is in {failures_out}"
+        if failures_out
+        else "pass --failures F.csv to list every file and reason"
+    )
+    return DataError(f"no image could be indexed under {root} ({detail})", hint=where)
 
 
 @click.command("select")
@@ -92,11 +124,12 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
 def select_cmd(ctx, manifest, expression, out) -> None:
     """Show what EXPRESSION selects in MANIFEST, e.g. 'device == "Cirrus 800 FA"'."""
     from revise.data import manifest as manifest_mod
-    from revise.data.select import select
+    from revise.data.select import describe, select
 
     df = manifest_mod.load(manifest)
     chosen = select(df, expression)
-    click.echo(f"{len(chosen)} of {len(df)} rows match {expression}")
+    # describe() hides values given for patient: a clear patient ID never reaches the console.
+    click.echo(f"{len(chosen)} of {len(df)} rows match {describe(expression)}")
     for column in ("device", "label", "split"):
         counts = chosen[column].astype("string").fillna("<empty>").value_counts().to_dict()
         click.echo(f"  by {column}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))

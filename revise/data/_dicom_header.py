@@ -94,12 +94,13 @@ def _read_header(path: Path) -> tuple[Any, tuple[int, int, int] | None]:
                 raw.seek(0)
                 head = raw.read(512)
                 text = _looks_like_text(head)
-                if path.name.startswith(".") and path.suffix.lower() not in DICOM_SUFFIXES:
+                suffix = _suffix(path)
+                if path.name.startswith(".") and suffix not in DICOM_SUFFIXES:
                     raise _Skip("not a DICOM file (hidden file)") from None
-                if path.suffix.lower() in DICOM_SUFFIXES or (not path.suffix and not text):
+                if suffix in DICOM_SUFFIXES or (not suffix and not text):
                     kind = "a text file" if text else "no 'DICM' prefix / file meta header"
                     raise _Fail(f"not a DICOM file ({kind})") from None
-                raise _Skip(f"not a DICOM file ({path.suffix or 'text'})") from None
+                raise _Skip(f"not a DICOM file ({suffix or 'text'})") from None
             if tracker.truncated:
                 raise _Fail("truncated header (the file ends inside a data element)")
             if _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
@@ -111,6 +112,12 @@ def _read_header(path: Path) -> tuple[Any, tuple[int, int, int] | None]:
         raise _Fail(f"unreadable file: {exc.strerror or exc}") from None
     except Exception as exc:  # pydicom raises struct.error, ValueError... on a broken header
         raise _Fail(f"unreadable DICOM header ({_one_line(exc)})") from None
+
+
+def _suffix(path: Path) -> str:
+    """The lower-case suffix, "" for a numeric one: files named by UID (1.2.840...868) have none."""
+    suffix = path.suffix.lower()
+    return "" if suffix[1:].isdigit() else suffix
 
 
 def _read_deflated(path: Path) -> tuple[Any, tuple[int, int, int] | None]:

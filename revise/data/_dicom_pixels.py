@@ -11,7 +11,6 @@ import numpy as np
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
-    apply_voi,
     as_pixel_options,
     convert_color_space,
     get_decoder,
@@ -142,6 +141,53 @@ def _apply_window(values: np.ndarray, center: float, width: float, function: str
     return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
 
 
+def _apply_voi_lut(values: np.ndarray, ds: Any, item: Any) -> np.ndarray:
+    """A VOI LUT (PS3.3 C.11.2.1.1) mapped to [0, 1].
+
+    Done here rather than with pydicom's ``apply_voi``, which indexes with the entry type: an
+    8-bit LUT then wraps input values above 255 round to the start of the table.
+    """
+    entries, first, depth = _lut_descriptor(ds, item)
+    lut = _lut_entries(ds, item, entries, depth)
+    # Inputs below the first mapped value take the first entry, above the last the last one.
+    index = np.floor(np.nan_to_num(values, nan=float(first))) - first
+    index = np.clip(index, 0, entries - 1).astype(np.int64)
+    return np.clip(lut[index] / float(2**depth - 1), 0.0, 1.0)
+
+
+def _lut_descriptor(ds: Any, item: Any) -> tuple[int, int, int]:
+    """(entries, first value mapped, bits per entry) of a LUT item."""
+    try:
+        entries, first, depth = (int(v) for v in item.LUTDescriptor)
+    except (AttributeError, TypeError, ValueError):
+        raise DataError("VOI LUT: LUTDescriptor is not three numbers") from None
+    entries = entries or 65536  # 0 stands for 2**16 (the count does not fit in 16 bits)
+    # The first value mapped is read as US or SS: signed when the pixels are.
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and first >= 2**15:
+        first -= 2**16
+    if not 1 <= depth <= 16:
+        raise DataError(f"VOI LUT: {depth} bits per entry is not supported (1 to 16 are)")
+    return entries, first, depth
+
+
+def _lut_entries(ds: Any, item: Any, entries: int, depth: int) -> np.ndarray:
+    """The LUT data as int64: a US list, or OW bytes (16-bit words; 8-bit entries may come
+    packed two to a word)."""
+    data = item.get("LUTData")
+    if isinstance(data, (bytes, bytearray)):
+        width = 2 if len(data) >= 2 * entries or depth > 8 else 1
+        little = getattr(ds, "original_encoding", (None, None))[1] is not False
+        dtype = np.dtype(np.uint8) if width == 1 else np.dtype("<u2" if little else ">u2")
+        lut = np.frombuffer(bytes(data), dtype=dtype, count=min(len(data) // width, entries))
+    elif data is None:
+        lut = np.zeros(0, dtype=np.int64)
+    else:
+        lut = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    if len(lut) < entries:
+        raise DataError(f"VOI LUT: LUTData holds {len(lut)} entries, LUTDescriptor says {entries}")
+    return lut[:entries].astype(np.int64)
+
+
 def _minmax(values: np.ndarray) -> np.ndarray:
     lo, hi = float(np.min(values)), float(np.max(values))
     if hi <= lo:
@@ -157,9 +203,7 @@ def _display(ds: Any, arr: np.ndarray, photometric: str, frame: int, *, voi: boo
             if window is not None:
                 out = _apply_window(values, *window)
             elif ds.get("VOILUTSequence"):
-                item = ds.VOILUTSequence[0]
-                depth = int(item.LUTDescriptor[2])
-                out = np.clip(apply_voi(values, ds, index=0) / float(2**depth - 1), 0.0, 1.0)
+                out = _apply_voi_lut(values, ds, ds.VOILUTSequence[0])
             else:
                 out = _minmax(values)  # no VOI in the file: the image's own range
             if photometric == "MONOCHROME1":

@@ -107,6 +107,9 @@ class _Tokenizer:
         number = _NUMBER.match(text, pos)
         if number:
             return self._number(number)
+        if _in_patient_value(self.tokens):
+            # The character may belong to a clear patient ID: point at it, never repeat it.
+            self.fail("unexpected character in a patient identifier (quote the identifier)", pos)
         hint = _HINTS.get(char)
         self.fail(f"unexpected character {char!r}" + (f" ({hint})" if hint else ""), pos)
 
@@ -336,9 +339,26 @@ def _redact_patient_values(text: str, tokens: Sequence[Token], inside_from: int 
     """Star out values written for ``patient`` so a caret line never echoes a clear patient ID.
 
     ``inside_from`` is where tokenizing stopped; if that happened inside a patient comparison, the
-    rest of the text is starred too (e.g. an unterminated quoted ID).
+    rest of the text is starred too, from that very character on (e.g. an unterminated quoted ID).
     """
     chars = list(text)
+    spans, inside = _patient_values(tokens)
+    for start, end in spans:
+        chars[start:end] = "*" * (end - start)
+    if inside and inside_from is not None:
+        chars[inside_from:] = "*" * max(0, len(chars) - inside_from)
+    return "".join(chars)
+
+
+def _in_patient_value(tokens: Sequence[Token]) -> bool:
+    """Whether the text after these tokens still belongs to a comparison of ``patient``."""
+    return _patient_values(tokens)[1]
+
+
+def _patient_values(tokens: Sequence[Token]) -> tuple[list[tuple[int, int]], bool]:
+    """(start, end) of each value written for ``patient``, and whether the tokens end inside a
+    patient comparison."""
+    spans: list[tuple[int, int]] = []
     inside = False
     for token in tokens:
         word = token.text.lower() if token.kind == "ident" else ""
@@ -349,10 +369,8 @@ def _redact_patient_values(text: str, tokens: Sequence[Token], inside_from: int 
         elif (
             inside and token.kind in ("string", "number", "date", "ident") and word not in _KEYWORDS
         ):
-            chars[token.pos : token.end] = "*" * (token.end - token.pos)
-    if inside and inside_from is not None:
-        chars[inside_from + 1 :] = "*" * max(0, len(chars) - inside_from - 1)
-    return "".join(chars)
+            spans.append((token.pos, token.end))
+    return spans, inside
 
 
 def parse(text: str) -> Expr:
@@ -363,7 +381,17 @@ def parse(text: str) -> Expr:
     return _Parser(text, tokens).parse()
 
 
+# ``re`` has no time limit and ``~=`` runs on every row: refuse what can backtrack for ages.
+MAX_PATTERN = 200
+# A repeated group holding a repeat, e.g. (a+)+ or (\d*x)*: catastrophic backtracking.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]")
+
+
 @functools.lru_cache(maxsize=256)
 def _regex(pattern: str) -> re.Pattern[str]:
     """Compile a ``~=`` pattern once; the pattern is data for :mod:`re`, never Python code."""
+    if len(pattern) > MAX_PATTERN:
+        raise re.error(f"longer than {MAX_PATTERN} characters")
+    if _NESTED_QUANTIFIER.search(pattern):
+        raise re.error("a repeated group holds a repeat, e.g. (a+)+; it can run for hours")
     return re.compile(pattern)

@@ -164,6 +164,12 @@ class DicomLoader:
         if sop_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
             raise _Skip("DICOMDIR (media directory, no image)")
         if pixel is None:
+            if _has_value(ds, "Rows") and _has_value(ds, "Columns"):
+                # The header describes an image whose pixels are not there: a cut-off file.
+                raise _Fail(
+                    "missing pixel data although the header describes an image (Rows, "
+                    "Columns); the file is probably truncated"
+                )
             what = UID(sop_class).name if sop_class else (_text(ds, "Modality") or "unknown")
             raise _Skip(f"no pixel data ({what})")
 
@@ -182,8 +188,10 @@ class DicomLoader:
         _check_pixel_length(pixel, tsyntax, rows_, cols, frames, spp, bits, photometric)
 
         sop = _text(ds, "SOPInstanceUID")
-        # The only patient attribute read: PatientID, straight into the keyed pseudonym.
-        patient = pseudonym(str(ds.get("PatientID", "") or ""), key=key)
+        # The only patient attribute read: PatientID, straight into the keyed pseudonym. No ID
+        # (anonymised images) leaves the cell empty: hashing "" would make them one "patient".
+        patient_id = _text(ds, "PatientID")
+        patient = pseudonym(patient_id, key=key) if patient_id else ""
         common = {
             "path": str(path),
             "sop_instance_uid": sop,

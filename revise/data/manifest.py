@@ -24,7 +24,7 @@ COLUMNS: dict[str, str] = {
     "sop_instance_uid": "SOPInstanceUID (an instance identifier, not a patient identifier)",
     "series_uid": "SeriesInstanceUID",
     "study_uid": "StudyInstanceUID",
-    "patient": "keyed pseudonym of PatientID (never the ID itself)",
+    "patient": "keyed pseudonym of PatientID (never the ID itself), empty when there is none",
     "modality": "Modality",
     "manufacturer": "Manufacturer",
     "device": "ManufacturerModelName",
@@ -53,6 +53,9 @@ ALIASES: dict[str, str] = {
 }
 
 INT_COLUMNS = ("frame", "rows", "cols", "frames", "samples_per_pixel")
+
+# The split values a label file may give (an empty cell counts as training, like "train").
+SPLITS = ("train", "heldout")
 
 
 def empty_manifest() -> pd.DataFrame:
@@ -132,7 +135,8 @@ def join_labels(df: pd.DataFrame, labels_csv: str | os.PathLike) -> pd.DataFrame
     almost always the wrong file or the wrong key column).
     """
     try:
-        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+        # Blank lines kept as rows, so that row i is line i + 2 of the file in messages.
+        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"label file {labels_csv} is unreadable: {exc}") from exc
     if "label" not in table.columns:
@@ -140,6 +144,8 @@ def join_labels(df: pd.DataFrame, labels_csv: str | os.PathLike) -> pd.DataFrame
             f"label file {labels_csv} has no 'label' column",
             hint="header: sop_instance_uid|sample_key|path,label[,split]",
         )
+    table = table[(table.apply(lambda col: col.str.strip()) != "").any(axis=1)]
+    table = _checked_labels(table, labels_csv)
     key = next((k for k in ("sop_instance_uid", "sample_key", "path") if k in table.columns), None)
     if key is None:
         raise DataError(
@@ -164,3 +170,59 @@ def join_labels(df: pd.DataFrame, labels_csv: str | os.PathLike) -> pd.DataFrame
             values = keys.map(table[column]).replace("", pd.NA)
             out[column] = values.where(matched, out[column])
     return normalize(out)
+
+
+def _checked_labels(table: pd.DataFrame, source: str | os.PathLike) -> pd.DataFrame:
+    """Labels as integer text and splits as train/heldout/empty; anything else is an error.
+
+    A label such as ``pneumonia`` would otherwise become "unlabelled" and a split such as
+    ``test`` would put held-out rows into training, both silently.
+    """
+    table = table.copy()
+    label = table["label"].str.strip()
+    number = pd.to_numeric(label.mask(label == ""), errors="coerce")
+    integral = number.notna() & (number % 1 == 0) & (number.abs() < 2**31)  # "1.0" is fine
+    _refuse(
+        table,
+        (label != "") & ~integral,
+        "label",
+        source,
+        "is not a class index",
+        "labels are integers such as 0 or 1; leave the cell empty for an unlabelled row",
+    )
+    table["label"] = label
+    if "split" in table.columns:
+        split = table["split"].str.strip().str.lower()
+        _refuse(
+            table,
+            ~split.isin(("", *SPLITS)),
+            "split",
+            source,
+            f"is not one of {', '.join(SPLITS)}",
+            "write train or heldout (held-out rows must say heldout), or leave it empty "
+            "for training",
+        )
+        table["split"] = split
+    return table
+
+
+def _refuse(
+    table: pd.DataFrame,
+    bad: pd.Series,
+    column: str,
+    source: str | os.PathLike,
+    problem: str,
+    fix: str,
+) -> None:
+    """Raise naming the first bad cell's line (header is line 1) and how many cells are bad."""
+    if not bad.any():
+        return
+    first = bad.idxmax()
+    value = str(table.at[first, column])
+    value = value if len(value) <= 40 else value[:37] + "..."
+    others = int(bad.sum()) - 1
+    more = f" ({others} more such rows)" if others else ""
+    raise DataError(
+        f"label file {source} line {int(first) + 2}: {column} {value!r} {problem}{more}",
+        hint=fix,
+    )

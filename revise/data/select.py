@@ -35,14 +35,18 @@ Semantics:
 * The literal decides how cells are compared: numbers numerically (cells coerced with
   ``pd.to_numeric``), dates as dates (cells in ISO ``YYYY-MM-DD`` or DICOM ``YYYYMMDD``), strings
   as text (exact and case-sensitive, after stripping the blank padding DICOM adds), ``true`` and
-  ``false`` as booleans. ``~=`` is a regular-expression search (:func:`re.search`) on the text.
+  ``false`` as booleans. ``~=`` is a regular-expression search (:func:`re.search`) on the text;
+  patterns longer than 200 characters or with a repeated group that holds a repeat (``(a+)+``)
+  are refused, since :mod:`re` has no time limit. A number compared with a date column
+  (``study_date``, or a column of dates) is an error: it could never match.
 * Missing cells (NA or blank) and cells that cannot be read as the literal's type never match a
   comparison, not even ``!=`` or ``not in``; only ``is empty`` finds them. ``not`` in front of a
   comparison is plain logical negation, so ``not label in [1]`` keeps unlabelled rows while
   ``label not in [1]`` drops them (as ``label != 1`` does).
 * ``@file`` names a UTF-8 text file with one value per line (surrounding blanks stripped; blank
   lines and lines starting with ``#`` ignored), resolved against ``base_dir`` (default: the
-  current directory). Its entries are compared as text.
+  current directory). Its entries are compared as text; ``not in`` an empty file matches every
+  row with a value.
 
 Patient identifiers: the manifest's ``patient`` column only ever holds keyed pseudonyms (see
 :mod:`revise.phi`). A value compared with ``patient`` (a literal, a list entry or a line of an
@@ -111,6 +115,7 @@ __all__ = [
 ]
 
 PSEUDONYM = re.compile(r"p-[0-9a-f]{16}")
+DATE_COLUMN = "study_date"  # ISO date text in a manifest, so its dtype does not say "date"
 
 
 def _as_expr(expr: str | Expr) -> Expr:
@@ -308,6 +313,8 @@ def _membership(column: str, values: Sequence[Value], negated: bool, ctx: _Conte
         view = ctx.view(column, kind)
         hit |= _as_bool(view.isin(operands))
         readable |= view.notna()
+    if not by_kind:  # an empty list file: every cell with a value is "not in" it
+        readable = ctx.view(column, "text").notna()
     return (readable & ~hit) if negated else (readable & hit)
 
 
@@ -315,6 +322,27 @@ def _check_columns(df: pd.DataFrame, node: Expr) -> None:
     for leaf in _leaves(node):
         if leaf.column not in df.columns:
             raise _unknown_column(leaf.column, df)
+
+
+def _check_literals(df: pd.DataFrame, node: Expr) -> None:
+    """A number never matches a date cell, and ``not`` would turn that into every row: refuse."""
+    for leaf in _leaves(node):
+        if not isinstance(leaf, (Compare, InList)) or not _is_date_column(df, leaf.column):
+            continue
+        values = (leaf.value,) if isinstance(leaf, Compare) else leaf.values
+        number = next((v for v in values if _kind(v) == "number"), None)
+        if number is not None:
+            raise SelectionError(
+                f"selection: {leaf.column} holds dates, not numbers: {_format(leaf, redact=True)}",
+                hint=f"write dates as YYYY-MM-DD without quotes, e.g. {leaf.column} < 2019-01-01",
+            )
+
+
+def _is_date_column(df: pd.DataFrame, column: str) -> bool:
+    if column == DATE_COLUMN or is_datetime64_any_dtype(df[column].dtype):
+        return True
+    first = df[column].dropna()
+    return len(first) > 0 and isinstance(first.iloc[0], dt.date)
 
 
 def _unknown_column(name: str, df: pd.DataFrame) -> SelectionError:
@@ -345,6 +373,7 @@ def _mask_with_context(
     df: pd.DataFrame, node: Expr, base_dir: str | os.PathLike | None, key: bytes | None
 ) -> tuple[pd.Series, _Context]:
     _check_columns(df, node)
+    _check_literals(df, node)
     ctx = _Context(df, None if base_dir is None else Path(base_dir), key)
     return _evaluate(node, ctx).astype(bool), ctx
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from revise.data.select import describe, select
 from revise.data.select import mask as selection_mask
-from revise.data.select import select
 from revise.errors import DataError, SelectionError
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,13 @@ def partition(
         if not chosen.any():  # let the selection explain itself (existing values, spelling)
             select(training, forget, base_dir=base_dir)
         raise SelectionError(
-            f"the forget selection {forget!r} matches no labelled training row "
+            f"the forget selection '{describe(forget)}' matches no labelled training row "
             f"({int(chosen.sum())} held-out rows matched)",
             hint="check the selection with `revise select`",
         )
     elif sets["retain"].empty:
-        raise SelectionError(f"the forget selection {forget!r} leaves nothing to retain")
+        raise SelectionError(
+            f"the forget selection '{describe(forget)}' leaves nothing to retain",
+            hint="narrow the selection so some training rows stay outside it",
+        )
     return {name: df.reset_index(drop=True) for name, df in sets.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -18,6 +19,8 @@ def parse_strengths(text: str, n_runs: int, what: str = "--strengths") -> tuple[
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise UsageError(f"{what} {text!r}: not comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{what} {text!r}: strengths must be finite numbers")
     if len(values) == 1:
         values = values * n_runs
     if len(values) != n_runs:

@@ -23,12 +23,15 @@ def reestimate_batchnorm(
 ) -> int:
     """Reset every BatchNorm layer's running statistics and re-estimate them from ``data``.
 
-    Each layer is reset (mean 0, var 1, num_batches_tracked 0), set to a cumulative average
-    (momentum None) and fed the data in batches in train mode, everything else in eval mode
-    (dropout off), without gradients; the momenta come back and the network is left in eval
-    mode on its device of entry. With one batch (``len(data) <= batch_size``) the statistics
-    are exactly the data's mean and unbiased variance; ``num_batches_tracked`` counts the
-    batches. Returns the number of BatchNorm layers re-estimated (0: nothing to do).
+    Each layer is reset (mean 0, var 1, num_batches_tracked 0) and fed the data in train mode,
+    everything else in eval mode (dropout off), without gradients; the momenta come back and
+    the network is left in eval mode on its device of entry. The data is cut into batches of
+    near-equal size (at most ``batch_size``) and each batch's momentum is its share of the
+    images seen so far, so the running statistics are the image-weighted average of the batch
+    statistics (a cumulative average over batches would let a last batch of one image weigh as
+    much as a full one). With one batch (``len(data) <= batch_size``) they are exactly the
+    data's mean and unbiased variance; ``num_batches_tracked`` counts the batches. Returns the
+    number of BatchNorm layers re-estimated (0: nothing to do).
     """
     layers = [m for m in net.modules() if isinstance(m, _BN) and m.track_running_stats]
     if not layers or len(data) == 0:
@@ -40,11 +43,14 @@ def reestimate_batchnorm(
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
-        m.momentum = None
         m.train()
     try:
-        for i in range(0, len(data), batch_size):
-            model(data.x[i : i + batch_size].to(dev))
+        seen = 0
+        for x in torch.tensor_split(data.x, -(-len(data) // batch_size)):
+            for m in layers:
+                m.momentum = len(x) / (seen + len(x))
+            model(x.to(dev))
+            seen += len(x)
     finally:
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum

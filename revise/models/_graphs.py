@@ -5,12 +5,14 @@ from so that save_model can ship it again, and checking (or inferring) their car
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import types
 import warnings
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +83,66 @@ def _fixed_mode_eval(self: nn.Module) -> nn.Module:
     return _fixed_mode_train(self, False)
 
 
+# Parts of a .pt2 archive that torch.export.load would unpickle or run as native code. A plain
+# torch.export.save() of a model stores weights and constants as raw tensor bytes described by
+# JSON configs; anything else is refused before torch sees the file.
+_NATIVE_CODE_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia")
+_PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
+
+
+def _refuse_unsafe_pt2(path: Path) -> None:
+    """Raise ModelError if loading ``path`` would unpickle data or load compiled code.
+
+    torch.export.load unpickles weights saved with use_pickle, custom and opaque objects, and
+    legacy whole-state-dict files, and loads AOTInductor shared libraries; a site must be able
+    to open a model file from a vendor without running code from it."""
+
+    def refuse(part: str, why: str) -> ModelError:
+        return ModelError(
+            f"{path}: refusing to load a torch.export archive whose {part} {why}",
+            hint="re-export with torch.export.save() from plain tensors (no custom objects, no "
+            "AOTInductor package), or hand over ONNX or safetensors + architecture",
+        )
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            for name in names:
+                inner = name.split("/", 1)[1] if "/" in name else name
+                if inner.startswith(_NATIVE_CODE_DIRS):
+                    raise refuse(inner, "is compiled code")
+                if inner.startswith(("data/weights/", "data/constants/")) and inner.endswith(".pt"):
+                    raise refuse(inner, "is a pickled (legacy format) state dict")
+                if inner.endswith(("_weights_config.json", "_constants_config.json")):
+                    _check_payload_config(archive, name, inner, refuse)
+    except zipfile.BadZipFile:
+        raise ModelError(
+            f"{path} is not a readable torch.export archive (not a zip file)",
+            hint="re-export it with torch.export.save()",
+        ) from None
+
+
+def _check_payload_config(
+    archive: zipfile.ZipFile, name: str, inner: str, refuse: Callable[[str, str], ModelError]
+) -> None:
+    try:
+        entries = json.loads(archive.read(name)).get("config", {})
+    except (ValueError, AttributeError):
+        raise refuse(inner, "cannot be read as JSON") from None
+    for fqn, meta in entries.items():
+        if not isinstance(meta, dict):
+            raise refuse(f"{inner} entry {fqn!r}", "is malformed")
+        if meta.get("use_pickle"):
+            raise refuse(f"tensor {fqn!r}", "is pickled (use_pickle)")
+        if str(meta.get("path_name", "")).startswith(_PICKLED_OBJECT_PREFIXES):
+            raise refuse(f"constant {fqn!r}", "is a pickled Python object")
+
+
 def _load_torch_export(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     kind = _sniff(path)
     if kind != "torch_export":
         raise _wrong_claim(path, ("torch_export",), kind)
+    _refuse_unsafe_pt2(path)
     try:
         with _quiet():
             program = torch.export.load(str(path))

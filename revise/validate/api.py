@@ -21,13 +21,22 @@ import pandas as pd
 import torch
 from torch import nn
 
+from revise.data.select import describe
 from revise.errors import DataError, UsageError
 from revise.evaluate import predict
 from revise.models.card import ModelCard
 from revise.models.io import LoadedModel
 from revise.pipeline import PreparedData
 from revise.validate import metrics as m
-from revise.validate.criteria import METRICS, Criteria, Gate, Verdict, judge, where_mask
+from revise.validate.criteria import (
+    METRICS,
+    Criteria,
+    Gate,
+    Verdict,
+    check_sets,
+    judge,
+    where_mask,
+)
 from revise.validate.mia import (
     MIN_PER_GROUP,
     loss_histogram,
@@ -112,6 +121,7 @@ def validate(
                 f"{card.num_classes}",
                 hint="validate models of the same task",
             )
+    _check_decoded(criteria, data, class_names=card.class_names)
     sets = {name: s for name, s in data.sets.items() if len(s)}
     t0 = time.perf_counter()
     outputs = {
@@ -142,7 +152,8 @@ def validate(
         "verdict": "pass" if passed == len(verdicts) else "fail",
         "summary": f"{passed} of {len(verdicts)} gates passed",
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "forget_selection": data.forget_selection,
+        # patient values hidden: the report travels with the bundle
+        "forget_selection": describe(data.forget_selection) if data.forget_selection else None,
         "class_names": class_names,
         "models": {
             name: {"path": str(loaded.path), "format": loaded.format, "sha256": _digest(loaded)}
@@ -180,6 +191,21 @@ def validate(
         "decode_failures": len(data.failures),
     }
     return ValidationResult(report, verdicts)
+
+
+def _check_decoded(criteria: Criteria, data: PreparedData, *, class_names: Sequence[str]) -> None:
+    """The gates' demands on the sets again, on what decoded: unreadable images can empty a set
+    the manifest had filled."""
+    try:
+        check_sets(criteria, {n: s.rows for n, s in data.sets.items()}, class_names=class_names)
+    except UsageError as exc:
+        paths = list(dict.fromkeys(f.path for f in data.failures))  # one file, many frames
+        examples = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        raise DataError(
+            f"{exc} after decoding: {len(data.failures)} image(s) could not be read"
+            + (f" (e.g. {examples})" if examples else ""),
+            hint="fix or remove the unreadable images, or relax the gate",
+        ) from None
 
 
 def write_report(result: ValidationResult, out: str | Path, *, overwrite: bool = False) -> Path:

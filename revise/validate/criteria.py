@@ -36,6 +36,7 @@ import pandas as pd
 from revise.errors import UsageError
 from revise.registry import did_you_mean
 from revise.validate.metrics import Estimate, group_values
+from revise.validate.mia import MIN_PER_GROUP
 
 SETS = ("forget", "retain", "heldout_forget", "heldout_retain")
 BASELINES = ("original", "reference")
@@ -53,6 +54,7 @@ class MetricSpec:
     requires: str | None = None  # "reference" or "onnx": an input the metric cannot do without
     default_set: str | None = None
     needs: tuple[str, ...] = ()  # sets that must hold images (the whole-run metrics)
+    min_images: int = 1  # in each of ``needs``: the attack models need both sides in a split
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -81,6 +83,7 @@ METRICS: dict[str, MetricSpec] = {
         per_set=False,
         baselines=BASELINES,
         needs=("forget", "heldout_forget|heldout_retain"),
+        min_images=MIN_PER_GROUP,
     ),
     "mia_efficacy": MetricSpec(
         "MIA-Efficacy (SalUn): SVC(C=3, gamma='auto', rbf) on the true-class probability of the "
@@ -89,6 +92,7 @@ METRICS: dict[str, MetricSpec] = {
         per_set=False,
         baselines=BASELINES,
         needs=("forget", "retain", "heldout_retain"),
+        min_images=MIN_PER_GROUP,
     ),
     "distance_to_reference": MetricSpec(
         "seed paper's D = sqrt((RA - RA_ref)^2 + (FA - FA_ref)^2) against the retrained reference",
@@ -101,6 +105,7 @@ METRICS: dict[str, MetricSpec] = {
         per_set=False,
         requires="reference",
         needs=("forget", "retain", "heldout_retain"),
+        min_images=MIN_PER_GROUP,
     ),
     "parity_max_abs_diff": MetricSpec(
         "largest |logit difference| between the ONNX model in ONNX Runtime and the candidate in "
@@ -317,13 +322,24 @@ def check_inputs(
     """Reject gates the inputs cannot answer: a missing reference/ONNX model, an unknown column,
     a group absent from its set, an empty set. ``sets`` are the manifest rows of each set."""
     check_models(criteria, have)
+    check_sets(criteria, sets, class_names=class_names)
+
+
+def check_sets(
+    criteria: Criteria, sets: Mapping[str, pd.DataFrame], *, class_names: Sequence[str]
+) -> None:
+    """The part of :func:`check_inputs` about the rows of each set (run again after decoding,
+    which can drop unreadable images)."""
     for number, gate in enumerate(criteria.gates, 1):
         label = f"{criteria.source}, gate {number} ({gate.name})"
-        for alternatives in METRICS[gate.metric].needs:
-            if not any(len(sets.get(s, ())) for s in alternatives.split("|")):
+        spec = METRICS[gate.metric]
+        for alternatives in spec.needs:
+            names = alternatives.split("|")
+            if sum(len(sets.get(s, ())) for s in names) < spec.min_images:  # '|': pooled
+                have_n = " + ".join(f"{len(sets.get(s, ()))} in {s}" for s in names)
                 raise UsageError(
-                    f"{label}: {gate.metric} needs images in "
-                    f"{alternatives.replace('|', ' or ')}, which is empty for this data"
+                    f"{label}: {gate.metric} needs at least {spec.min_images} image(s) in "
+                    f"{alternatives.replace('|', ' or ')}; this data has {have_n}"
                 )
         if gate.set is None:
             continue

@@ -61,7 +61,9 @@ def test_folder_of_only_bad_files_fails(cli, tmp_path):
     result = cli("index", site, "-o", manifest, "--failures", failures, code=1)
     line = cli.one_line_error(result)
     assert str(site) in line and "2 unreadable" in line
-    _assert_nothing_written(cli, tmp_path, manifest, failures)
+    _assert_nothing_written(cli, tmp_path, manifest)
+    # the failures file says why, even though nothing was indexed
+    assert sorted(pd.read_csv(failures)["path"]) == [str(site / "a.dcm"), str(site / "b.dcm")]
 
 
 @pytest.mark.parametrize("cut", ["half", "pixels"])

@@ -323,3 +323,66 @@ def test_heldout_from_a_manifest(cli, demo_site, revised, passing_report, tmp_pa
     report = json.loads((out / "revision_report.json").read_text())
     assert report["inputs"]["heldout"]["kind"] == "manifest"
     assert report["sets"]["heldout_forget"]["n"] + report["sets"]["heldout_retain"]["n"] == 200
+
+
+# --- inputs that cannot answer the criteria, and patient values in the selection ---------------
+
+
+def _with(argv: list, option: str, value) -> list:
+    argv = list(argv)
+    argv[argv.index(option) + 1] = value
+    return argv
+
+
+def test_a_patient_named_in_the_forget_selection_stays_out_of_the_report(
+    cli, demo_site, revised, tmp_path
+):
+    import pydicom
+
+    first = sorted(demo_site.dicom.rglob("*.dcm"))[0]
+    clear_id = pydicom.dcmread(first, stop_before_pixels=True).PatientID
+    forget = f'device == "Borealis CR-7" or patient == "{clear_id}"'
+    out = tmp_path / "report"
+    argv = _with(args(demo_site, revised, write(tmp_path, FAILING), out), "--forget", forget)
+    cli(*argv, code=1)
+    report = json.loads((out / "revision_report.json").read_text())
+    assert report["forget_selection"].startswith('device == "Borealis CR-7" or patient == ')
+    text = (out / "revision_report.json").read_text() + (out / "report.html").read_text()
+    assert clear_id not in text
+
+
+def test_too_few_images_for_a_membership_attack_is_refused_before_decoding(
+    cli, demo_site, revised, tmp_path
+):
+    from revise.data import manifest as manifest_mod
+
+    df = manifest_mod.load(demo_site.manifest)
+    forget = (df["device"] == "Borealis CR-7") & (df["split"] != "heldout")
+    small = tmp_path / "small.parquet"
+    manifest_mod.save(df[~forget | (forget.cumsum() <= 6)], small)  # 6 forget images
+    criteria = write(tmp_path, "gates:\n  - metric: loss_mia\n    between: [0.4, 0.6]\n")
+    out = tmp_path / "report"
+    result = cli(*_with(args(demo_site, revised, criteria, out), "--data", small), code=2)
+    line = cli.one_line_error(result)
+    assert "loss_mia needs at least 10 image(s) in forget; this data has 6 in forget" in line
+    assert "decod" not in result.stdout and not out.exists()
+
+
+def test_a_set_emptied_by_unreadable_images_is_a_clear_error(cli, demo_site, revised, tmp_path):
+    from revise.data import manifest as manifest_mod
+
+    df = manifest_mod.load(demo_site.manifest)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a DICOM file at all")
+    held_forget = (df["device"] == "Borealis CR-7") & (df["split"] == "heldout")
+    df.loc[held_forget, "path"] = str(junk)
+    broken = tmp_path / "broken.parquet"
+    manifest_mod.save(df, broken)
+    out = tmp_path / "report"
+    result = cli(
+        *_with(args(demo_site, revised, write(tmp_path, FAILING), out), "--data", broken), code=1
+    )
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "set heldout_forget is empty" in line and "after decoding" in line
+    assert f"{held_forget.sum()} image(s) could not be read" in line and str(junk) in line
+    assert not out.exists()

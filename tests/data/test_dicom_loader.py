@@ -16,6 +16,7 @@ from pydicom.pixels import apply_color_lut
 from revise.data import dicom_loader
 from revise.data.dicom_loader import DicomLoader, index_dicom, sample_key
 from revise.data.manifest import COLUMNS
+from revise.data.select import select
 from revise.errors import DataError
 from revise.phi import pseudonym
 
@@ -166,11 +167,18 @@ def test_multi_frame_files_give_one_row_per_frame(manifest):
         assert rows["sample_key"].nunique() == frames
 
 
-def test_patient_is_a_pseudonym_even_without_patient_id(manifest):
+def test_patient_is_empty_without_patient_id(manifest):
+    # Anonymised images must not all share the pseudonym of "" (one made-up patient).
     assert "PatientID" not in read("GDCMJ2K_TextGBR.dcm")
-    assert row_of(manifest, "GDCMJ2K_TextGBR.dcm")["patient"] == pseudonym("", key=KEY)
-    assert row_of(manifest, "SC_rgb_jpeg.dcm")["patient"] == pseudonym("", key=KEY)  # empty ID
-    assert manifest["patient"].str.fullmatch(r"p-[0-9a-f]{16}").all()
+    assert str(read("SC_rgb_jpeg.dcm").PatientID).strip() == ""
+    assert row_of(manifest, "GDCMJ2K_TextGBR.dcm")["patient"] == ""
+    assert row_of(manifest, "SC_rgb_jpeg.dcm")["patient"] == ""
+    assert pseudonym("", key=KEY) not in set(manifest["patient"])
+    with_id = manifest["patient"] != ""
+    assert manifest.loc[with_id, "patient"].str.fullmatch(r"p-[0-9a-f]{16}").all()
+    assert 0 < (~with_id).sum() < len(manifest)
+    empty = set(select(manifest, "patient is empty")["path"])
+    assert str(TEST_FILES / "GDCMJ2K_TextGBR.dcm") in empty
 
 
 def test_no_patient_name_id_or_birth_date_in_the_manifest(manifest):
@@ -260,6 +268,34 @@ def test_broken_copies_beside_good_files(tmp_path):
     row["path"] = str(tmp_path / "cut_pixels.dcm")
     with pytest.raises(DataError, match=r"cut_pixels\.dcm"):
         DicomLoader().read_pixels(row)
+
+
+def test_uid_named_file_with_a_damaged_preamble_is_a_failure(tmp_path):
+    ct = bytearray((TEST_FILES / "CT_small.dcm").read_bytes())
+    ct[128:132] = b"DIXM"  # damaged prefix
+    uid_named = tmp_path / "1.2.826.0.1.3680043.8.498.868"  # suffix ".868" is part of the UID
+    uid_named.write_bytes(bytes(ct))
+    (tmp_path / "rotated.log.1").write_text("an old log file\n")  # numeric suffix, text
+    result = index_dicom(tmp_path, key=KEY)
+    assert [(Path(f.path).name, f.reason) for f in result.failures] == [
+        (uid_named.name, "not a DICOM file (no 'DICM' prefix / file meta header)")
+    ]
+    assert [(Path(s.path).name, s.reason) for s in result.skipped] == [
+        ("rotated.log.1", "not a DICOM file (text)")
+    ]
+
+
+def test_image_header_without_its_pixel_data_is_a_failure(tmp_path):
+    ct = (TEST_FILES / "CT_small.dcm").read_bytes()
+    cut = ct.rfind(b"\xe0\x7f\x10\x00")  # the Pixel Data tag: the file ends just before it
+    (tmp_path / "cut_before_pixels.dcm").write_bytes(ct[:cut])
+    shutil.copy(TEST_FILES / "test-SR.dcm", tmp_path / "report.dcm")  # no image: still a skip
+    result = index_dicom(tmp_path, key=KEY)
+    reasons = {Path(f.path).name: f.reason for f in result.failures}
+    assert list(reasons) == ["cut_before_pixels.dcm"]
+    assert reasons["cut_before_pixels.dcm"].startswith("missing pixel data although the header")
+    assert [Path(s.path).name for s in result.skipped] == ["report.dcm"]
+    assert result.manifest.empty
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -362,6 +398,48 @@ def test_voi_window_maps_to_unit_range(manifest):
     for name in ("SC_rgb_rle.dcm", "SC_rgb_rle_32bit.dcm", "rtdose.dcm"):
         out = loader.read_pixels(row_of(manifest, name), voi=True)
         assert out.min() >= 0.0 and out.max() <= 1.0, name
+
+
+def _with_voi_lut(name: str, path: Path, descriptor: list[int], data, vr: str = "US") -> Path:
+    """A copy of a test file whose only VOI transform is the given VOI LUT."""
+    ds = read(name)
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            del ds[keyword]
+    item = pydicom.Dataset()
+    item.add_new(0x00283002, "US", descriptor)  # LUTDescriptor
+    item.add_new(0x00283006, vr, data)  # LUTData
+    ds.VOILUTSequence = pydicom.Sequence([item])
+    ds.save_as(path)
+    return path
+
+
+def test_voi_lut_with_8_bit_entries_does_not_wrap(tmp_path):
+    # 12-bit MR values 0..1123; 256 falling entries from input 100 (8 bits: 255 down to 0).
+    path = _with_voi_lut(
+        "examples_overlay.dcm", tmp_path / "lut8.dcm", [256, 100, 8], [255 - i for i in range(256)]
+    )
+    stored = read("examples_overlay.dcm").pixel_array.astype(np.int64)
+    out = DicomLoader().read_pixels({"path": str(path), "frame": 0}, voi=True)[0]
+    at = {int(v): float(out[stored == v][0]) for v in (0, 100, 300, 354, 355, 356, 600, 1123)}
+    # below the first mapped value: entry 0; 300 -> entry 200 = 55; from 355 on: the last entry
+    assert at == pytest.approx(
+        {0: 1.0, 100: 1.0, 300: 55 / 255, 354: 1 / 255, 355: 0.0, 356: 0.0, 600: 0.0, 1123: 0.0}
+    )
+    index = np.clip(stored - 100, 0, 255)
+    np.testing.assert_allclose(out, (255 - index) / 255, atol=1e-7)
+
+
+def test_voi_lut_with_16_bit_entries_signed_first_value_and_65536_entries(tmp_path):
+    # CT: stored 128..2191, rescaled by -1024. Entries 0 means 65536; the first value mapped,
+    # written as US 64512, is -1024 for signed pixels. So output = (65535 - stored) / 65535.
+    words = (65535 - np.arange(65536)).astype("<u2").tobytes()
+    path = _with_voi_lut("CT_small.dcm", tmp_path / "lut16.dcm", [0, 64512, 16], words, "OW")
+    stored = read("CT_small.dcm").pixel_array.astype(np.float64)
+    out = DicomLoader().read_pixels({"path": str(path), "frame": 0}, voi=True)[0]
+    assert float(out[stored == 128][0]) == pytest.approx(65407 / 65535)
+    assert float(out[stored == 2191][0]) == pytest.approx(63344 / 65535)
+    np.testing.assert_allclose(out, (65535 - stored) / 65535, atol=1e-7)
 
 
 def test_frames_of_a_file_are_read_once(manifest, monkeypatch):

@@ -12,7 +12,7 @@ from revise.data import index as index_mod
 from revise.data.dicom_loader import DicomLoader, index_dicom
 from revise.data.index import apply_label_rule, index
 from revise.data.loaders import IndexResult
-from revise.data.manifest import empty_manifest, normalize
+from revise.data.manifest import empty_manifest, join_labels, normalize
 from revise.errors import DataError, UnknownNameError, UsageError
 from revise.phi import pseudonym
 
@@ -87,6 +87,45 @@ def test_labels_from_csv(tmp_path):
     assert labels["CT_small.dcm"] == 1 and labels["MR_small.dcm"] == 0
     assert df.loc[df["path"].str.endswith("rtdose.dcm"), "label"].isna().all()
     assert str(df["label"].dtype) == "Int64"
+
+
+def _two_rows() -> pd.DataFrame:
+    return normalize(pd.DataFrame({"sample_key": ["s-1", "s-2"], "path": ["a", "b"]}))
+
+
+def test_label_csv_values_are_checked(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("sample_key,label,split\ns-1,1.0,TRAIN\n\ns-2, 0 , heldout\n")
+    df = join_labels(_two_rows(), csv)
+    assert df["label"].tolist() == [1, 0] and str(df["label"].dtype) == "Int64"
+    assert df["split"].tolist() == ["train", "heldout"]
+    csv.write_text("sample_key,label\ns-1,\ns-2,1\n")  # an empty label is "unlabelled"
+    assert join_labels(_two_rows(), csv)["label"].isna().tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("rows", "where", "fix"),
+    [
+        ("s-1,pneumonia,train\ns-2,1,train", "line 2: label 'pneumonia' is not", "integers"),
+        ("s-1,0,train\n\ns-2,1.5,train", "line 4: label '1.5' is not a class index", "integers"),
+        (
+            "s-1,0,train\ns-2,1,held-out",
+            "line 3: split 'held-out' is not one of train, heldout",
+            "heldout",
+        ),
+        (
+            "s-1,0,test\ns-2,1,holdout",
+            "line 2: split 'test' is not one of train, heldout (1 more such rows)",
+            "heldout",
+        ),
+    ],
+)
+def test_bad_label_or_split_names_the_file_line_and_value(tmp_path, rows, where, fix):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("sample_key,label,split\n" + rows + "\n")
+    with pytest.raises(DataError) as err:
+        join_labels(_two_rows(), csv)
+    assert f"label file {csv} {where}" in str(err.value) and fix in str(err.value)
 
 
 def test_labels_from_a_column_rule():

@@ -207,3 +207,80 @@ def test_describe_hides_patient_values_but_keeps_the_rest():
     text = describe('patient in ["MRN001", "MRN002"] or device == "Cirrus 800 FA"')
     assert "MRN001" not in text and "MRN002" not in text
     assert "2 identifiers" in text and '"Cirrus 800 FA"' in text
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "study_date < 20190101",
+        "not study_date == 20180301",  # without the check: every row
+        "date in [2018, 2019-06-15]",
+    ],
+)
+def test_a_number_compared_with_a_date_column_is_refused(df: pd.DataFrame, expr: str) -> None:
+    with pytest.raises(SelectionError) as info:
+        mask(df, expr)
+    message = str(info.value)
+    assert "study_date holds dates, not numbers" in message and "YYYY-MM-DD" in message
+    stamped = df.assign(scanned=pd.to_datetime(["2020-01-01"] * len(df)))  # a datetime column
+    with pytest.raises(SelectionError, match="scanned holds dates"):
+        mask(stamped, "scanned >= 2020")
+    assert keys(stamped, "scanned >= 2020-01-01") == sorted(df["sample_key"])
+
+
+def test_not_in_an_empty_list_file_selects_every_row_with_a_value(df, tmp_path) -> None:
+    (tmp_path / "none.txt").write_text("# nobody to exclude yet\n\n")
+    assert keys(df, "device not in @none.txt", base_dir=tmp_path) == [
+        "s-1",
+        "s-2",
+        "s-3",
+        "s-4",
+        "s-5",
+    ]
+    assert keys(df, "label not in @none.txt", base_dir=tmp_path) == [
+        "s-1",
+        "s-2",
+        "s-3",
+        "s-5",
+        "s-6",
+    ]
+    assert keys(df, "device in @none.txt", base_dir=tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'patient == "X1234',  # unterminated: starred from the quote on
+        "patient == X1234#",  # the stray character belongs to the ID
+        "patient == #X1234",
+        "patient == 9X1234",  # a malformed number
+        'device == "a" and patient in ["MRN001", X1234$]',
+    ],
+)
+def test_syntax_errors_never_show_any_part_of_a_patient_value(text: str) -> None:
+    with pytest.raises(SelectionError) as info:
+        parse(text)
+    message = str(info.value)
+    shown = message.splitlines()[1]
+    for secret in ("X", "1234", "#", "$", "9", "MRN"):
+        assert secret not in shown and f"'{secret}'" not in message, (secret, message)
+    assert "^" in message.splitlines()[2]
+
+
+def test_unexpected_character_elsewhere_is_still_named() -> None:
+    with pytest.raises(SelectionError, match=r"unexpected character '#'"):
+        parse("device == a#b")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("(a+)+$", "a repeated group holds a repeat"),
+        (r"^(\d*x)*$", "a repeated group holds a repeat"),
+        ("x" * 201, "longer than 200 characters"),
+    ],
+)
+def test_regex_that_can_backtrack_for_ages_is_refused(pattern: str, problem: str) -> None:
+    with pytest.raises(SelectionError, match=problem):
+        parse(f'device ~= "{pattern}"')
+    parse(r'device ~= "^(Cirrus|Spectralis)( \d+)?"')  # ordinary patterns still work

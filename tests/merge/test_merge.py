@@ -72,6 +72,15 @@ def test_task_arithmetic_known_values_with_a_per_module_override():
         task_arithmetic(base, [a], [0.5, 1.0])
 
 
+@pytest.mark.parametrize("text", ["nan", "0.5,inf", "-inf"])
+def test_strengths_must_be_finite(text):
+    from revise.merge.arithmetic import parse_strengths
+
+    with pytest.raises(UsageError, match="must be finite"):
+        parse_strengths(text, 2)
+    assert parse_strengths("0.5,1e0", 2) == (0.5, 1.0)
+
+
 # ------------------------------------------------------------------------------------------
 # composition
 
@@ -133,6 +142,14 @@ def test_batchnorm_statistics_are_those_of_the_retain_data():
     halves = [z[:100].mean(dim=(0, 2, 3)), z[100:].mean(dim=(0, 2, 3))]
     torch.testing.assert_close(bn.running_mean, (halves[0] + halves[1]) / 2)
     assert bn.num_batches_tracked.item() == 2
+    # uneven data: 201 images in batches of at most 200 are two batches of 101 and 100, each
+    # weighted by its images - the mean is the data's mean, not dominated by a 1-image batch
+    x = torch.cat([x, torch.ones(1, 1, 8, 8) * 50])  # one far-off image
+    data = LabelledTensors(x, torch.zeros(201, dtype=torch.long))
+    reestimate_batchnorm(net, CARD, data, batch_size=200, device="cpu")
+    with torch.no_grad():
+        z = net.features[0]((x - 0.3) / 0.4)
+    torch.testing.assert_close(bn.running_mean, z.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import warnings
+from pathlib import Path
 
 import onnx
 import pytest
@@ -282,6 +283,61 @@ def test_torch_export_pt2_load_and_save_round_trip(tmp_path, model, x):
     folder = save_model(loaded.module, loaded.card, tmp_path / "revised")
     assert (folder / "graph.pt2").is_file()
     _same(loaded.module, load_model(folder).module, x)
+
+
+class _RunsOnUnpickle:
+    """Unpickling this object writes a file: proof that code from the archive ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _tampered_pt2(clean: Path, out: Path, entry: str, payload: bytes) -> str:
+    """A copy of ``clean`` with one pickled payload torch.export.load would unpickle: a weight
+    flagged use_pickle, or an opaque Python object among the constants. Returns its name."""
+    import zipfile
+
+    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(out, "w") as dst:
+        kind = "weights" if entry == "weight" else "constants"
+        config_name = next(n for n in src.namelist() if n.endswith(f"_{kind}_config.json"))
+        config = json.loads(src.read(config_name))
+        if entry == "weight":
+            name, meta = next(iter(config["config"].items()))
+            meta["use_pickle"] = True
+        else:
+            name = "injected"
+            meta = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True}
+            meta["tensor_meta"] = None
+            config["config"][name] = meta
+        root = config_name.split("/")[0]
+        payload_name = f"{root}/data/{kind}/{meta['path_name']}"
+        for member in src.namelist():
+            if member != payload_name:
+                data = json.dumps(config).encode() if member == config_name else src.read(member)
+                dst.writestr(member, data)
+        dst.writestr(payload_name, payload)
+    return name
+
+
+@pytest.mark.parametrize("entry", ["weight", "constant"])
+def test_torch_export_archive_with_pickled_payload_is_refused_before_loading(
+    tmp_path, model, entry
+):
+    """A .pt2 with a payload torch.export.load would unpickle is refused; nothing in it runs."""
+    import pickle
+
+    clean = tmp_path / "clean.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(2, *SHAPE),)), str(clean))
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt2"
+    name = _tampered_pt2(clean, evil, entry, pickle.dumps(_RunsOnUnpickle(str(marker))))
+    with pytest.raises(ModelError, match=rf"refusing to load.*{name}"):
+        load_model(evil)
+    assert not marker.exists()
+    assert load_model(clean).format == "torch_export"  # the clean archive still loads
 
 
 # ---------------------------------------------------------------------------- ONNX

@@ -36,6 +36,7 @@ def test_distance_and_objective_known_values():
     assert objective(metrics) == pytest.approx(0.88 - 0.05)
     without_heldout = {"forget": {"accuracy": 0.3}, "retain": {"accuracy": 0.9}}
     assert objective(without_heldout) == pytest.approx(0.6)
+    assert objective({"forget": {"accuracy": 0.3}}) == pytest.approx(-0.3)  # no retain images
 
 
 def test_parse_grid_reads_yaml_scalars_and_rejects_malformed_items():
@@ -137,6 +138,23 @@ def test_sweep_with_dropout_runs_one_at_a_time(digits, caplog):
     assert effective_concurrency(4, digits["net"]) == 4
     with pytest.raises(UsageError, match=">= 1"):
         effective_concurrency(0, digits["net"])
+
+
+def test_drop_path_layers_also_make_a_sweep_run_one_at_a_time(digits):
+    import copy
+
+    from torch import nn
+
+    class DropPath(nn.Module):  # timm's stochastic depth, by name and drop_prob
+        def __init__(self, drop_prob: float) -> None:
+            super().__init__()
+            self.drop_prob = drop_prob
+
+    net = copy.deepcopy(digits["net"])
+    net.extra = DropPath(0.0)  # never drops
+    assert effective_concurrency(3, net) == 3
+    net.extra = DropPath(0.1)
+    assert effective_concurrency(3, net) == 1
 
 
 def test_a_diverged_run_ranks_last_and_the_sweep_goes_on(digits):
