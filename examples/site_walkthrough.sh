@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run: bash examples/site_walkthrough.sh [WORKDIR]
 # The revision path step by step with the CLI, on the demo site that `revise demo` builds:
-# index the DICOM folder, check the selection, unlearn the retiring device, evaluate, export,
-# validate against acceptance criteria.
+# index the DICOM folder, check the selection, unlearn the retiring device, evaluate, export a
+# bundle, validate it against acceptance criteria (the report goes into the bundle), sign it.
 set -euo pipefail
 work="${1:-revise-walkthrough}"
 revise demo -o "$work/demo" >/dev/null          # builds the site and the deployed model
@@ -15,9 +15,14 @@ revise unlearn --model "$work/demo/original" --data "$work/manifest.parquet" --f
   --cache "$work/cache" -o "$work/run" --overwrite
 revise evaluate --model "$work/run" --data "$work/manifest.parquet" --forget "$forget" \
   --cache "$work/cache" --json "$work/metrics.json"
-revise export "$work/run" -o "$work/model.onnx" --data "$work/manifest.parquet" --cache "$work/cache"
-# Validate against the acceptance criteria the demo wrote before its run (exit 1 if a gate fails)
-revise validate "$work/run" --original "$work/demo/original" --data "$work/manifest.parquet" \
+revise export "$work/run" -o "$work/bundle" --data "$work/manifest.parquet" --cache "$work/cache" \
+  --overwrite
+# Validate the bundle (its model.onnx is checked for parity) against the acceptance criteria the
+# demo wrote before its run; exit 1 if a gate fails, and then signing below refuses
+revise validate "$work/bundle" --original "$work/demo/original" --data "$work/manifest.parquet" \
   --forget "$forget" --criteria "$work/demo/gates.yaml" --reference "$work/demo/retrained" \
-  --onnx "$work/model.onnx" --cache "$work/cache" -o "$work/validation" --overwrite
-echo "report: $work/validation/report.html"
+  --cache "$work/cache" -o "$work/validation" --overwrite
+revise keygen -o "$work/keys" --overwrite
+revise sign "$work/bundle" --key "$work/keys/revise-signing.key"
+revise verify "$work/bundle" --pub "$work/keys/revise-signing.pub"
+echo "report: $work/validation/report.html; signed bundle: $work/bundle"

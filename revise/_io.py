@@ -58,7 +58,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name; rename it to ``path`` only when complete.
 
-    A failed or interrupted run leaves no folder at ``path`` that looks complete.
+    A failed or interrupted run leaves no folder at ``path`` that looks complete. With
+    ``overwrite`` an existing folder is first renamed aside (in the same parent), the new one
+    renamed in, and only then the old one deleted: if the swap fails the old folder is put
+    back, so ``path`` always holds either the old or the new folder, never neither.
     """
     target = Path(path)
     if target.exists() and not overwrite:
@@ -71,9 +74,35 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _swap_in(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``, replacing a folder there without ever losing both."""
+    if not (target.exists() or target.is_symlink()):
+        os.replace(new, target)
+        return
+    # A fresh name beside the target (same file system: the renames are atomic); mkdtemp
+    # reserves it, and renaming a folder over an empty folder is allowed.
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    is_dir = target.is_dir() and not target.is_symlink()
+    try:
+        if not is_dir:
+            old.rmdir()  # a file cannot be renamed over a folder
+        os.replace(target, old)
+    except BaseException:
+        if old.is_dir() and not old.is_symlink():
+            old.rmdir()
+        raise
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)  # put the previous folder back
+        raise
+    if is_dir:
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()

@@ -1,10 +1,15 @@
 """Several processes (GPUs or nodes) through torch.distributed, launched by torchrun.
 
 Each worker runs the same method on the same global batches (same seed, same index streams)
-and takes its slice of every batch (``rank::world``); gradients are averaged across workers
+and takes its slice of every batch (``rank::world``); random draws that go with a batch (search
+noise, random labels) are drawn for the whole global batch on every worker and sliced the same
+way, so every worker's random streams stay identical and each sample gets the noise it gets in
+one process. Every loss term, a mean over the worker's slice, is weighted by
+``local_n * world / global_n`` (:func:`global_mean`) and gradients are averaged across workers
 after every backward pass, so the update equals the single-process update on the global batch
-(exactly so with BatchNorm statistics frozen; with them training, each worker normalises its
-own slice, as DDP does). Rank 0 writes the outputs.
+even when the slices differ in size or one is empty (exactly so with BatchNorm statistics
+frozen; with them training, each worker normalises its own slice, as DDP does). Rank 0 writes
+the outputs.
 
 Launch: ``revise unlearn --nproc-per-node N ...`` starts N local workers with torch's own
 launcher (``torch.distributed.run``, i.e. torchrun); for several nodes run
@@ -16,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -48,9 +54,31 @@ def init_from_env(device: torch.device) -> torch.device:
 
 
 def shard(batch: torch.Tensor) -> torch.Tensor:
-    """This worker's slice of a global batch of indices."""
+    """This worker's slice of a global batch (of indices, or of anything drawn per sample)."""
     rank, world = rank_and_world()
     return batch if world == 1 else batch[rank::world]
+
+
+def shard_size(global_n: int) -> int:
+    """How many of ``global_n`` rows :func:`shard` gives this worker (0 when it gets none)."""
+    rank, world = rank_and_world()
+    return len(range(rank, global_n, world))
+
+
+def global_mean(loss: torch.Tensor, global_n: int) -> torch.Tensor:
+    """Weight ``loss``, this worker's mean over its :func:`shard` of a global batch of
+    ``global_n`` rows, so that the gradients :func:`average_gradients` averages are those of the
+    mean over the global batch: times ``local_n * world / global_n``. One process: ``loss``
+    itself. A worker with an empty slice (its mean is NaN) gives a zero that keeps the graph of
+    its (empty) forward pass, so its gradients are zeros for the same parameters as the other
+    workers' and the all-reduce lines up."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return loss
+    local_n = shard_size(global_n)
+    if local_n == 0:
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+    return loss * (local_n * world / global_n)
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
@@ -76,6 +104,17 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value)
     return value
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every worker's ``value`` (picklable), in rank order (``[value]`` when alone). A host
+    synchronisation: for checkpoints, not for the step loop."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return [value]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, value)
+    return out
 
 
 def finish() -> None:

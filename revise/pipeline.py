@@ -36,9 +36,19 @@ class PreparedData:
     digests: dict[str, str]
     failures: list[IndexFailure] = field(default_factory=list)
     seconds: float = 0.0  # wall-clock of partitioning and decoding
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # set -> undecodable sample keys
 
     def counts(self) -> dict[str, int]:
         return {name: len(s) for name, s in self.sets.items()}
+
+    def left_out_record(self, listed: int = 20) -> dict[str, Any]:
+        """What decoding dropped from each set, for run records and reports: counts and the
+        first sample keys (keys, not paths: a site's folder names can hold patient names)."""
+        return {
+            name: {"n": len(keys), "sample_keys": keys[:listed]}
+            for name, keys in self.left_out.items()
+            if keys
+        }
 
 
 def prepare(
@@ -70,8 +80,15 @@ def decode_sets(
     everything = pd.concat(list(parts.values()), ignore_index=True)
     decoded = load_tensors(everything, card, cache_dir=cache_dir, progress=progress)
     position = {key: i for i, key in enumerate(decoded.keys)}
-    if decoded.failures:
-        log.warning("%d rows could not be decoded and are left out", len(decoded.failures))
+    left_out = {
+        name: [str(k) for k in rows["sample_key"] if k not in position]
+        for name, rows in parts.items()
+    }
+    if decoded.failures:  # which sets lost images: a smaller forget set changes the revision
+        log.warning(
+            "left out, by set: %s",
+            ", ".join(f"{name} {len(keys)}" for name, keys in left_out.items() if keys),
+        )
     sets: dict[str, EvalSet] = {}
     for name, rows in parts.items():
         rows = rows[rows["sample_key"].isin(position)].reset_index(drop=True)
@@ -88,7 +105,7 @@ def decode_sets(
         sets[name] = EvalSet(LabelledTensors(decoded.x[idx], labels), rows)
     digests = {name: manifest_mod.digest(s.rows) for name, s in sets.items()}
     seconds = round(time.perf_counter() - t0, 4)
-    return PreparedData(forget, sets, digests, list(decoded.failures), seconds)
+    return PreparedData(forget, sets, digests, list(decoded.failures), seconds, left_out)
 
 
 def run_unlearning(
@@ -136,6 +153,7 @@ def run_unlearning(
         selection_digests=data.digests,
         base_model_digest=base_digest,
         decode_failures=len(data.failures),
+        decode_left_out=data.left_out_record(),
         metrics=metrics,
     )
     return result

@@ -18,15 +18,26 @@ sign: {key: keys/revise-signing.key, password_env: REVISE_KEY_PASSWORD}
 
 Each stage is the CLI command of the same name run in-process, so a recipe does exactly what
 the commands do. A stage whose output exists and whose fingerprint (its arguments, the
-fingerprints of the stages it reads, the digests of its input files) is unchanged is skipped; an
-unlearning run interrupted mid-way continues from its checkpoint. The resolved recipe (absolute
-paths, every hyperparameter) is stored in the bundle.
+fingerprints of the stages it reads, the digests of its input files and folders) is unchanged is
+skipped; an unlearning run interrupted mid-way continues from its checkpoint. The resolved recipe
+(absolute paths, every hyperparameter) is stored in the bundle; its selections are stored as
+`revise.data.select.describe` writes them (values given for ``patient`` hidden).
+
+Input digests: every path a stage reads from outside the workdir - the deployed model, the
+manifest, the image folder and labels, the card, the reference model, the criteria, the held-out
+source, the signing key and every ``@file`` named in a selection - goes into the fingerprint. A
+file is hashed by content (sha256). A folder is walked in sorted order and each entry adds its
+relative path, size and modification time (ns): cheap for an image folder of 100,000 DICOM files,
+and a file rewritten in place changes its mtime; a touched file re-runs the stage, which errs on
+the safe side. ``@file`` lists of patients are hashed with the site's PHI key (HMAC), like the
+selections that name patients, so the state file holds no unkeyed hash of a patient ID.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -39,7 +50,7 @@ import click
 import yaml
 
 from revise._io import sha256_file, write_json_atomic, write_text_atomic
-from revise.errors import UsageError
+from revise.errors import DataError, UsageError
 from revise.registry import did_you_mean
 
 TOP_LEVEL = (
@@ -96,6 +107,10 @@ RESERVED = {
 }
 STATE_FILE = "state.json"
 RESOLVED = "recipe.resolved.yaml"
+REPORT_FILE = "revision_report.json"  # what `revise validate` writes (and attaches to a bundle)
+# Options whose value is a selection: the command runs with the text as written, every record
+# and log line shows it as describe() writes it (patient values hidden).
+SELECTION_FLAGS = ("--forget", "--heldout-select")
 
 
 @dataclass
@@ -107,6 +122,11 @@ class Stage:
     after: list[str] = field(default_factory=list)  # stages whose outputs it reads
     partial: Path | None = None  # unlearning: the <run>.partial folder a checkpoint lives in
     fingerprint: str = ""
+
+    def shown(self) -> list[str]:
+        """The command line as logs and records show it: selections with patient values
+        hidden (the stage itself runs with ``args``)."""
+        return shown_args(self.args)
 
 
 @dataclass
@@ -149,6 +169,7 @@ class _Build:
     manifest: Path
     forget: Any
     common: list[str]  # --card / --arch for the commands that load the deployed model
+    card: list[Path]  # the card file, when the recipe names one
     device: str
     seed: int
     cache: Path
@@ -160,6 +181,13 @@ class _Build:
 
     def selection(self) -> list[str]:
         return ["--data", str(self.manifest), "--forget", str(self.forget)]
+
+    def data_inputs(self) -> list[Path]:
+        """What a stage given ``selection()`` reads: the manifest when the recipe names one
+        (an index stage's manifest is covered by that stage's fingerprint), the @files of the
+        forget selection, the card."""
+        given = [self.manifest] if not any(s.name == "index" for s in self.stages) else []
+        return [*given, *_selection_files(self.forget), *self.card]
 
 
 def load_plan(recipe: str | Path) -> Plan:
@@ -210,7 +238,18 @@ def load_plan(recipe: str | Path) -> Plan:
     stages: list[Stage] = []
     manifest = _data_stage(problems, doc.get("data"), path, workdir, stages)
     b = _Build(
-        problems, path, workdir, model, manifest, forget, common, device, seed, cache, stages
+        problems,
+        path,
+        workdir,
+        model,
+        manifest,
+        forget,
+        common,
+        [card] if card else [],
+        device,
+        seed,
+        cache,
+        stages,
     )
     runs = _unlearn_stages(b, doc.get("unlearn"), every_args)
     candidate = _merge_stage(b, doc.get("merge"), runs)
@@ -230,7 +269,7 @@ def load_plan(recipe: str | Path) -> Plan:
         *_flags(export),
     ]
     after = [s.name for s in stages if s.output == candidate or s.name == "index"]
-    stages.append(Stage("export", args, bundle, after=after))
+    stages.append(Stage("export", args, bundle, inputs=_paths(export), after=after))
     validate = _validate_stage(b, doc.get("validate"))
     _sign_stage(problems, doc.get("sign"), path, bundle, validate, stages)
     problems.raise_if_any()
@@ -265,7 +304,11 @@ def run_plan(
                 verdict = _verdict(stage.output)
             continue
         args = list(stage.args)
-        if stage.output.exists():
+        if stage.name == "validate" and stage.output.exists():
+            # Its verdict is read from the report it writes: a report left by an earlier run
+            # must not pass for this run's when validation crashes before writing one.
+            shutil.rmtree(stage.output)
+        if stage.output.exists() and _takes_overwrite(args[0]):
             args.append("--overwrite")  # out of date: the recipe or an input changed
         if stage.partial is not None and stage.partial.exists():
             if started.get(stage.name) == stage.fingerprint:
@@ -276,17 +319,50 @@ def run_plan(
             say("[sign] skipped: the validation gates failed; the bundle is left unsigned")
             continue
         started[stage.name] = stage.fingerprint
+        for name in _dependents(plan, stage.name):  # their outputs go stale once this starts
+            done.pop(name, None)
         _write_state(plan.state_path(), state)
-        say(f"[{stage.name}] revise {' '.join(_quote(a) for a in args)}")
+        say(f"[{stage.name}] revise {' '.join(_quote(a) for a in shown_args(args))}")
         code = _invoke(cli, [*(global_args or []), *args])
-        if stage.name == "validate" and code in (0, 1) and stage.output.exists():
-            verdict = _verdict(stage.output)  # failed gates are a result, not a crash
+        if stage.name == "validate":
+            verdict = _validation_outcome(stage, plan.workdir / "bundle", code)
         elif code != 0:
             raise click.exceptions.Exit(code)
         done[stage.name] = stage.fingerprint
         ran.add(stage.name)
         _write_state(plan.state_path(), state)
     return verdict
+
+
+def _dependents(plan: Plan, name: str) -> list[str]:
+    """``name`` and every stage that reads its output, directly or through another stage."""
+    out = [name]
+    for stage in plan.stages:
+        if set(stage.after) & set(out) and stage.name not in out:
+            out.append(stage.name)
+    return out
+
+
+def _validation_outcome(stage: Stage, bundle: Path, code: int) -> int:
+    """0 or 1 from the report this very `revise validate` wrote and attached to the bundle
+    (the stage removed any earlier one first); any other outcome is a crash that stops the
+    recipe."""
+    report = stage.output / REPORT_FILE
+    attached = bundle / REPORT_FILE
+    verdict = None
+    if code in (0, 1) and report.is_file():
+        verdict = _read_verdict(report)
+        if not attached.is_file() or attached.read_bytes() != report.read_bytes():
+            verdict = None  # written but never attached: validation stopped half-way
+    if verdict is not None and code == (0 if verdict == "pass" else 1):
+        return code  # failed gates are a result, not a crash
+    if code == 2:
+        raise click.exceptions.Exit(code)  # a usage error: its message is above
+    raise DataError(
+        f"the validate stage failed (exit {code}) without writing and attaching a new report "
+        f"{report}; its error is above, and the recipe stops here",
+        hint="fix what the error names and run the recipe again (validation will run again)",
+    )
 
 
 # -- stages -----------------------------------------------------------------------------------
@@ -311,7 +387,7 @@ def _data_stage(problems, data, path, workdir: Path, stages: list[Stage]) -> Pat
     args = ["index", str(root), "-o", str(out)]
     args += _opt("--labels", labels) + _opt("--site", data.get("site"))
     args += _opt("--loader", data.get("loader"))
-    stages.append(Stage("index", args, out, inputs=[p for p in (labels,) if p]))
+    stages.append(Stage("index", args, out, inputs=[p for p in (root, labels) if p]))
     return out
 
 
@@ -375,7 +451,7 @@ def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
                 f"unlearn:{name}",
                 args,
                 folder,
-                inputs=[model] if model and model.is_file() else [],
+                inputs=[*([model] if model else []), *b.data_inputs()],
                 after=[s.name for s in b.stages if s.name == "index"],
                 partial=folder.with_name(folder.name + ".partial"),
             )
@@ -406,7 +482,8 @@ def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
         *_flags(options),
     ]
     after = [s.name for s in b.stages if s.name.startswith("unlearn:") or s.name == "index"]
-    b.stages.append(Stage("merge", args, out, after=after))
+    inputs = [*_paths(options), *b.data_inputs()]
+    b.stages.append(Stage("merge", args, out, inputs=inputs, after=after))
     return out
 
 
@@ -426,6 +503,9 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
 
     if heldout is not None and not is_dicomweb(str(heldout)):
         options["heldout"] = path("validate.heldout", heldout)
+    held_select = options.get("heldout_select")
+    if held_select is not None:
+        _check_selection(problems, str(held_select), "validate.heldout_select")
     if criteria is not None and criteria.exists():
         from revise.validate.criteria import check_models, load_criteria
 
@@ -433,8 +513,11 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
             check_models(
                 load_criteria(criteria), ["original", "onnx", *(["reference"] if reference else [])]
             )
-        except UsageError as exc:
-            problems.add("validate.criteria", str(exc))
+        except UsageError as exc:  # the CLI's flag, said as the recipe key that gives it
+            problems.add(
+                "validate.criteria",
+                str(exc).replace("pass --reference RETRAINED_MODEL", "set validate.reference"),
+            )
     out = b.workdir / "validation"
     bundle = b.workdir / "bundle"
     args = [
@@ -451,7 +534,14 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
         *b.common,
         *_flags(options),
     ]
-    stage = Stage("validate", args, out, inputs=[p for p in (criteria,) if p], after=["export"])
+    inputs = [
+        *([criteria] if criteria else []),
+        *([b.model] if b.model else []),
+        *_paths(options),
+        *b.data_inputs(),
+        *(_selection_files(held_select) if held_select is not None else []),
+    ]
+    stage = Stage("validate", args, out, inputs=inputs, after=["export"])
     b.stages.append(stage)
     return stage
 
@@ -570,13 +660,74 @@ def _hint(name: str, known) -> str:
     return f" ({hint})" if hint else f" (known: {', '.join(sorted(known))})"
 
 
-def _check_selection(problems, text: str) -> None:
+def _check_selection(problems, text: str, where: str = "forget") -> None:
     from revise.data.select import parse
 
     try:
         parse(text)
     except UsageError as exc:
-        problems.add("forget", str(exc))
+        problems.add(where, str(exc))
+
+
+def _takes_overwrite(command: str) -> bool:
+    """Whether `revise COMMAND` has --overwrite (index rewrites its manifest anyway; sign
+    replaces the signature of the bundle it signs)."""
+    return any(p.name == "overwrite" for p in _command(command).params)
+
+
+def _paths(options: Mapping[str, Any]) -> list[Path]:
+    """The file and folder options of a section (resolved to Paths by _section)."""
+    out: list[Path] = []
+    for value in options.values():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, Path):
+                out.append(item)
+    return out
+
+
+def _selection_tree(text: Any):
+    from revise.data.select import parse
+
+    try:
+        return parse(str(text))
+    except UsageError:
+        return None  # reported by _check_selection
+
+
+def _selection_files(text: Any) -> list[Path]:
+    """The ``@file`` lists a selection reads, resolved as the commands resolve them (against
+    the working directory)."""
+    from revise.data.select import InFile, _leaves
+
+    tree = _selection_tree(text) if text is not None else None
+    if tree is None:
+        return []
+    files = [Path(leaf.path).expanduser() for leaf in _leaves(tree) if isinstance(leaf, InFile)]
+    return [f if f.is_absolute() else Path.cwd() / f for f in files]
+
+
+def _names_patients(text: str) -> bool:
+    from revise.data.select import PATIENT, _leaves
+
+    tree = _selection_tree(text)
+    return tree is not None and any(leaf.column == PATIENT for leaf in _leaves(tree))
+
+
+def shown_selection(text: Any) -> str:
+    """A selection as records and logs show it: values given for ``patient`` hidden."""
+    from revise.data.select import describe
+
+    tree = _selection_tree(text)
+    return describe(tree) if tree is not None else "<selection that does not parse>"
+
+
+def shown_args(args: list[str]) -> list[str]:
+    """A command line with every selection as `shown_selection` writes it."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg in SELECTION_FLAGS:
+            out[i + 1] = shown_selection(out[i + 1])
+    return out
 
 
 def _quote(arg: str) -> str:
@@ -584,11 +735,61 @@ def _quote(arg: str) -> str:
 
 
 def _fingerprint(stage: Stage, upstream: Mapping[str, str]) -> str:
-    h = hashlib.sha256(json.dumps(stage.args).encode())
+    """sha256 over the stage's command line, the fingerprints of the stages it reads and the
+    digests of its inputs. Selections naming patients go in as an HMAC under the site's PHI
+    key (the state file must not hold an unkeyed hash of a patient ID)."""
+    h = hashlib.sha256(json.dumps(shown_args(stage.args)).encode())
+    for i, arg in enumerate(stage.args[:-1]):
+        if arg in SELECTION_FLAGS and _names_patients(stage.args[i + 1]):
+            h.update(f"\0{arg}={_keyed(stage.args[i + 1].encode())}".encode())
     for name in stage.after:
         h.update(f"\0{name}={upstream.get(name, '')}".encode())
-    for path in stage.inputs:
-        h.update(f"\0{path}={sha256_file(path) if path.is_file() else ''}".encode())
+    patient_lists = _patient_files(stage.args)
+    for path in dict.fromkeys(stage.inputs):  # each once, in order
+        h.update(f"\0{path}={_input_digest(path, keyed=path in patient_lists)}".encode())
+    return h.hexdigest()
+
+
+def _patient_files(args: list[str]) -> set[Path]:
+    """The @files compared with ``patient`` in the selections of ``args``."""
+    from revise.data.select import PATIENT, InFile, _leaves
+
+    out: set[Path] = set()
+    for i, arg in enumerate(args[:-1]):
+        tree = _selection_tree(args[i + 1]) if arg in SELECTION_FLAGS else None
+        for leaf in _leaves(tree) if tree is not None else []:
+            if isinstance(leaf, InFile) and leaf.column == PATIENT:
+                path = Path(leaf.path).expanduser()
+                out.add(path if path.is_absolute() else Path.cwd() / path)
+    return out
+
+
+def _keyed(data: bytes) -> str:
+    from revise.phi import site_key
+
+    return hmac.new(site_key(), b"revise-recipe\0" + data, hashlib.sha256).hexdigest()
+
+
+def _input_digest(path: Path, *, keyed: bool = False) -> str:
+    """A file: sha256 of its content (HMAC when ``keyed``). A folder: sha256 over its entries
+    in sorted order, each as relative path, size and mtime in ns (see the module docstring).
+    Missing: empty (the command then reports it)."""
+    if path.is_file():
+        return _keyed(path.read_bytes()) if keyed else sha256_file(path)
+    if not path.is_dir():
+        return ""
+    h = hashlib.sha256(b"folder")
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            entry = Path(root) / name
+            try:
+                st = entry.stat()
+            except OSError:  # a dangling link: its name still counts
+                st = None
+            rel = entry.relative_to(path).as_posix()
+            size, mtime = (st.st_size, st.st_mtime_ns) if st else (-1, -1)
+            h.update(f"{rel}\0{size}\0{mtime}\n".encode())
     return h.hexdigest()
 
 
@@ -600,8 +801,19 @@ def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) 
     for run in doc.get("unlearn") or []:
         config = make_config(str(run["method"]), run.get("settings") or {})
         runs.append({**dict(run), "settings": dataclasses.asdict(config)})
+    recipe = {k: v for k, v in doc.items() if k != "unlearn"} | {"unlearn": runs}
+    # The copy goes into the bundle: selections as describe() writes them, never patient IDs.
+    if recipe.get("forget") is not None:
+        recipe["forget"] = shown_selection(recipe["forget"])
+    validate = recipe.get("validate")
+    if isinstance(validate, Mapping):
+        validate = dict(validate)
+        for key in ("heldout_select", "heldout-select"):
+            if validate.get(key) is not None:
+                validate[key] = shown_selection(validate[key])
+        recipe["validate"] = validate
     return {
-        "recipe": {k: v for k, v in doc.items() if k != "unlearn"} | {"unlearn": runs},
+        "recipe": recipe,
         "resolved": {
             "workdir": str(workdir),
             "model": str(model),
@@ -611,7 +823,7 @@ def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) 
             "device": device,
             "seed": seed,
         },
-        "commands": {stage.name: ["revise", *stage.args] for stage in stages},
+        "commands": {stage.name: ["revise", *stage.shown()] for stage in stages},
     }
 
 
@@ -627,8 +839,14 @@ def _invoke(cli: click.Group, args: list[str]) -> int:
 
 def _verdict(report_folder: Path) -> int:
     """0 when the validation report says every gate passed, else 1."""
-    report = json.loads((report_folder / "revision_report.json").read_text())
-    return 0 if report.get("verdict") == "pass" else 1
+    return 0 if _read_verdict(report_folder / REPORT_FILE) == "pass" else 1
+
+
+def _read_verdict(report: Path) -> str | None:
+    try:
+        return json.loads(report.read_text()).get("verdict")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _read_state(path: Path) -> dict[str, Any]:

@@ -7,6 +7,8 @@ the traceback instead.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 
 import click
@@ -28,6 +30,11 @@ class ReviseGroup(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            # the reader went away (`revise select ... | head`): stop quietly, as a Unix tool
+            # killed by SIGPIPE would; later writes and the exit flush go to /dev/null
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise

@@ -53,6 +53,8 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
     if failures_out:  # written first: it is what explains a run where every file failed
         _write_failures(failures_out, result.failures)
     df = result.manifest
+    if label_map and not label_tag:
+        raise UsageError("--label-map needs --label-tag (the column whose values it maps)")
     if label_tag:
         mapping = {}
         for item in label_map:

@@ -219,9 +219,15 @@ def _grid(text: str) -> tuple[float, ...]:
 
 def _recorded_base(run) -> Path:
     path = (run.record.get("base_model") or {}).get("path")
-    if not path or not Path(path).exists():
+    if not path:
         raise UsageError(
             f"run {run.name} does not record where its base model is",
+            hint="give the base model with --base",
+        )
+    if not Path(path).exists():
+        raise UsageError(
+            f"run {run.name} records its base model at {path}, which does not exist (from "
+            f"{Path.cwd()})",
             hint="give the base model with --base",
         )
     return Path(path)

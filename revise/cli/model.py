@@ -192,7 +192,7 @@ def unlearn_cmd(
         distributed.finish()
         return
     result.record["base_model"] = {
-        "path": str(model_path),
+        "path": str(Path(model_path).resolve()),  # found again from any folder (revise merge)
         "format": loaded.format,
         "sha256": loaded.card.source_sha256,
     }
@@ -320,14 +320,18 @@ def export_cmd(
     from revise.models.pixel import normalize
 
     say = echo(ctx)
+    if out.suffix.lower() == ".onnx":
+        raise UsageError(
+            f"-o {out}: the bundle is a folder (its ONNX file is model.onnx inside it)",
+            hint=f"e.g. -o {out.with_suffix('')}; then use {out.with_suffix('') / 'model.onnx'}",
+        )
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists", hint="choose another -o or pass --overwrite")
     loaded = _load(model_path, card, arch)
     c = loaded.card
     source = "random pixel-range images"
     if manifest_path is not None:
-        samples = _heldout_samples(manifest_path, c, parity_samples, cache)
-        source = "held-out images"
+        samples, source = _heldout_samples(manifest_path, c, parity_samples, cache)
     else:
         g = torch.Generator().manual_seed(0)
         low, high = c.pixel_range
@@ -352,17 +356,24 @@ def export_cmd(
             f"labels agree {p['label_agreement']:.3f}"
         )
     verdict = bundle.verdict or "not validated"
-    say(f"wrote bundle {out} ({len(bundle.manifest['files'])} files; validation: {verdict})")
+    files = len(bundle.manifest["files"]) + 1  # and bundle.json, which lists the others
+    say(f"wrote bundle {out} ({files} files; validation: {verdict})")
 
 
 def _heldout_samples(manifest_path: Path, card, n: int, cache):
+    """Images for the parity check: the held-out rows of the manifest, or its first rows
+    (training images) when it has none; and the words saying which were used."""
     from revise.data import manifest as manifest_mod
     from revise.data.tensors import load_tensors
 
     df = manifest_mod.load(manifest_path)
     heldout = df[df["split"].astype("string").fillna("").str.lower() == "heldout"]
-    rows = (heldout if len(heldout) else df).head(n)
-    return load_tensors(rows, card, cache_dir=cache).x
+    if len(heldout):
+        rows, source = heldout.head(n), "held-out images"
+    else:
+        rows = df.head(n)
+        source = f"training images ({manifest_path} has no held-out rows)"
+    return load_tensors(rows, card, cache_dir=cache).x, source
 
 
 COMMANDS = [unlearn_cmd, evaluate_cmd, export_cmd]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -28,7 +29,7 @@ def run_cmd(ctx: click.Context, recipe: Path, dry_run: bool, restart: bool) -> N
     plan = load_plan(recipe)
     if dry_run:
         for stage in plan.stages:
-            click.echo(f"[{stage.name}] revise {' '.join(stage.args)}")
+            click.echo(f"[{stage.name}] revise {shlex.join(stage.shown())}")  # pasteable
         return
     flags = [
         *(["--debug"] if ctx.obj.get("debug") else []),

@@ -77,7 +77,12 @@ def keygen_cmd(ctx, keydir, curve, password_env, overwrite) -> None:
 )
 @click.pass_context
 def sign_cmd(ctx, bundle, key_path, password_env, allow_unvalidated) -> None:
-    """Sign every file of BUNDLE; writes BUNDLE/signing.json and BUNDLE/revise.sig."""
+    """Sign every file of BUNDLE; writes BUNDLE/signing.json and BUNDLE/revise.sig.
+
+    Only the bundle as exported and validated is signed: its files must be exactly those
+    bundle.json lists, unchanged, and hold the model the report validated. Signing a signed
+    bundle again (e.g. with a new key) replaces both files.
+    """
     from revise.export.signing import SIGNATURE_NAME, sign_bundle
 
     password = _password(password_env)

@@ -8,6 +8,7 @@ import click
 
 from revise.cli._common import arch_option, cache_option, card_option, device_option, echo
 from revise.errors import UsageError
+from revise.registry import did_you_mean
 
 
 @click.command("validate")
@@ -107,7 +108,7 @@ def validate_cmd(
     from revise.export.bundle import attach_validation, is_bundle
     from revise.models.io import load_model
     from revise.pipeline import decode_sets
-    from revise.validate.api import validate, write_report
+    from revise.validate.api import check_onnx_matches, validate, write_report
     from revise.validate.criteria import (
         FORBIDDEN_COLUMNS,
         check_inputs,
@@ -149,12 +150,17 @@ def validate_cmd(
         say(f"held-out: {len(held.rows)} images from {held.kind} {heldout}")
     unknown = [column for column in by if column not in manifest.columns]
     if unknown:
-        raise UsageError(f"--by {', '.join(unknown)}: no such manifest column")
+        raise UsageError(
+            f"--by {', '.join(unknown)}: no such manifest column",
+            hint=did_you_mean(unknown[0], list(manifest.columns)) or None,
+        )
     models = {"candidate": load_model(model_path, card=card, architecture=arch)}
     models["original"] = load_model(original, card=card, architecture=arch)
     if reference:
         models["reference"] = load_model(reference, card=card, architecture=arch)
     model_card = models["candidate"].card
+    if onnx_path is not None:  # before any image is decoded
+        check_onnx_matches(models["candidate"], onnx_path)
     parts = partition(manifest, forget)
     check_inputs(gates, parts, have=have, class_names=model_card.class_names)
     data = decode_sets(parts, model_card, forget, cache_dir=cache)

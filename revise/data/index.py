@@ -21,6 +21,7 @@ from revise.data.loaders import IndexResult, SiteLoader
 from revise.data.manifest import ALIASES, COLUMNS, join_labels, normalize
 from revise.errors import DataError, UsageError
 from revise.phi import site_key
+from revise.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,20 @@ def index(
     chosen = choose_loader(root, loader)
     result = chosen.index(root, site=site, key=site_key() if key is None else key)
     manifest = unique_keys(normalize(result.manifest))
-    manifest = label_manifest(manifest, labels)
+    base = root if root.is_dir() else root.parent
+    manifest = label_manifest(manifest, labels, base_dir=base)
     return IndexResult(manifest, list(result.failures), list(result.skipped))
 
 
 def label_manifest(
-    manifest: pd.DataFrame, labels: str | os.PathLike | Mapping[str, Any] | None
+    manifest: pd.DataFrame,
+    labels: str | os.PathLike | Mapping[str, Any] | None,
+    *,
+    base_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """Labels joined from a CSV, or set by a rule ``{"column": ..., "map": {...}}``."""
+    """Labels joined from a CSV, or set by a rule ``{"column": ..., "map": {...}}``.
+    Relative paths in the CSV's ``path`` column are relative to ``base_dir`` (the indexed
+    folder)."""
     if labels is None or not len(manifest):
         return manifest
     if isinstance(labels, Mapping):
@@ -85,7 +92,7 @@ def label_manifest(
                 hint='use {"column": "body_part", "map": {"CHEST": 0, "HEAD": 1}}',
             )
         return apply_label_rule(manifest, rule["column"], rule["map"])
-    return join_labels(manifest, labels)
+    return join_labels(manifest, labels, base_dir=base_dir)
 
 
 def unique_keys(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -118,8 +125,12 @@ def apply_label_rule(df: pd.DataFrame, column: str, mapping: Mapping[Any, Any]) 
     """
     name = ALIASES.get(column, column)
     if name not in df.columns:
-        known = ", ".join(list(COLUMNS) + sorted(ALIASES))
-        raise UsageError(f"label rule: unknown column {column!r}", hint=f"columns: {known}")
+        known = [c for c in [*COLUMNS, *sorted(ALIASES)] if ALIASES.get(c, c) in df.columns]
+        suggestion = did_you_mean(column, known)
+        raise UsageError(
+            f"label rule: unknown column {column!r}",
+            hint=f"{suggestion + '; ' if suggestion else ''}columns: {', '.join(known)}",
+        )
     classes: dict[str, int] = {}
     for value, cls in mapping.items():
         try:

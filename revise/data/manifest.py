@@ -127,9 +127,15 @@ def digest(df: pd.DataFrame) -> str:
     return sha256_bytes("\n".join(keys).encode())
 
 
-def join_labels(df: pd.DataFrame, labels_csv: str | os.PathLike) -> pd.DataFrame:
+def join_labels(
+    df: pd.DataFrame,
+    labels_csv: str | os.PathLike,
+    *,
+    base_dir: str | os.PathLike | None = None,
+) -> pd.DataFrame:
     """Join a label CSV: a key column (sop_instance_uid | sample_key | path) and ``label``,
-    optionally ``split`` (train / heldout).
+    optionally ``split`` (train / heldout). Relative paths in a ``path`` column are relative
+    to ``base_dir`` (the indexed folder; default: the current folder).
 
     Rows without a match keep what they had. A CSV whose keys match nothing is an error (it is
     almost always the wrong file or the wrong key column).
@@ -141,7 +147,8 @@ def join_labels(df: pd.DataFrame, labels_csv: str | os.PathLike) -> pd.DataFrame
         raise DataError(f"label file {labels_csv} is unreadable: {exc}") from exc
     if "label" not in table.columns:
         raise DataError(
-            f"label file {labels_csv} has no 'label' column",
+            f"label file {labels_csv} has no 'label' column (its header: "
+            f"{','.join(map(str, table.columns))})",
             hint="header: sop_instance_uid|sample_key|path,label[,split]",
         )
     table = table[(table.apply(lambda col: col.str.strip()) != "").any(axis=1)]
@@ -153,17 +160,25 @@ def join_labels(df: pd.DataFrame, labels_csv: str | os.PathLike) -> pd.DataFrame
             hint="add one of sop_instance_uid, sample_key or path",
         )
     out = df.copy()
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
     if key == "path":
-        table[key] = table[key].map(lambda p: str(Path(p).resolve()))
+        table[key] = table[key].map(lambda p: str((base / p).resolve()))
         keys = out["path"].map(lambda p: str(Path(p).resolve()))
     else:
         keys = out[key].astype(str)
     table = table.drop_duplicates(subset=key, keep="last").set_index(key)
     matched = keys.isin(table.index)
     if not matched.any():
+        example = (
+            f" (e.g. the label file has {table.index[0]}, the manifest {keys.iloc[0]})"
+            if len(table) and len(keys)
+            else ""
+        )
         raise DataError(
-            f"no row of label file {labels_csv} matches the manifest by {key}",
-            hint="check the key column",
+            f"no row of label file {labels_csv} matches the manifest by {key}{example}",
+            hint="relative paths are relative to the indexed folder"
+            if key == "path"
+            else "check the key column",
         )
     for column in ("label", "split"):
         if column in table.columns:

@@ -39,6 +39,11 @@ def partition(
     else:
         chosen = selection_mask(labelled, forget, base_dir=base_dir)
     heldout = labelled["split"].astype("string").fillna("").str.strip().str.lower() == "heldout"
+    if not heldout.any():
+        log.warning(
+            "no row is held out (split == heldout): held-out accuracy cannot be measured; add "
+            "a split column to the labels (revise index --labels) or validate with --heldout"
+        )
     sets = {
         "forget": labelled[chosen & ~heldout],
         "retain": labelled[~chosen & ~heldout],

@@ -12,10 +12,12 @@ card does not open the source files at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,23 @@ def _cache_save(path: Path, arr: np.ndarray) -> None:
         log.warning("could not write cache entry %s: %s", path, exc)
 
 
+MAX_LISTED_FAILURES = 5
+
+
+@contextlib.contextmanager
+def _pydicom_tracebacks_off() -> Iterator[None]:
+    """pydicom logs a failing decoder's exception with its traceback before raising it; each
+    failure is reported once, by load_tensors, with its file and reason. (Set per call: importing
+    pydicom's config resets its logger's level.)"""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _reason(exc: Exception) -> str:
     if isinstance(exc, RevisionError):
         return str(exc)
@@ -244,7 +263,8 @@ def load_tensors(
                     if loader_name not in loaders:
                         loaders[loader_name] = get_loader(loader_name)
                     try:
-                        pixels = loaders[loader_name].read_pixels(row, voi=voi)
+                        with _pydicom_tracebacks_off():
+                            pixels = loaders[loader_name].read_pixels(row, voi=voi)
                         arr = to_model_input(pixels, card)
                     except Exception as exc:  # any decode problem: count it, go on
                         fail(i, _reason(exc))
@@ -270,8 +290,14 @@ def load_tensors(
             hint="check the files and codecs (see the failures of `revise index`)",
         )
     if failed:
+        listed = "".join(f"\n  {f.path}: {f.reason}" for f in failed[:MAX_LISTED_FAILURES])
+        more = len(failed) - MAX_LISTED_FAILURES
         log.warning(
-            "%d of %d rows could not be decoded and are left out", len(failed), len(records)
+            "%d of %d rows could not be decoded and are left out:%s%s",
+            len(failed),
+            len(records),
+            listed,
+            f"\n  ... and {more} more" if more > 0 else "",
         )
     x = torch.from_numpy(np.stack([results[i] for i in ok]))  # type: ignore[misc]
     rows = manifest.iloc[ok].reset_index(drop=True)

@@ -3,7 +3,14 @@
 The signature (``revise.sig``, model-signing's Sigstore-bundle JSON) covers every file in the
 bundle folder, sub-folders included, except itself. model-signing has no room for custom
 fields, so what revise wants to assert (the validation verdict, whether signing was forced) goes
-into ``signing.json``, which is written *before* signing and so is covered too::
+into ``signing.json``, which is written *before* signing and so is covered too.
+
+Before signing, the bundle must be the one exported and validated: exactly the files bundle.json
+lists (the exporter and `revise validate` record every file they write there, the report
+included), each with its recorded sha256; the weights, ONNX graphs and the report all naming the
+same model. model-signing hashes files only, so a folder holding no file (an empty
+``triton/<name>/2/`` that Triton would try to load as version 2) is refused when signing and
+reported as added when verifying::
 
     sign_bundle(bundle, "keys/revise-signing.key")      # refuses unvalidated or failed bundles
     verify_bundle(bundle, "keys/revise-signing.pub")    # VerifyResult(ok, changed, added, removed)
@@ -87,10 +94,12 @@ def generate_keys(
         raise UsageError(f"the private and the public key would both be {private_path}")
     existing = [str(p) for p in (private_path, public_path) if p.exists()]
     if existing and not overwrite:
-        raise UsageError(
-            f"key file {' and '.join(existing)} already exists",
-            hint="pass --overwrite (overwrite=True) to replace the pair, or pick another folder",
+        files = (
+            f"key files {existing[0]} and {existing[1]} already exist"
+            if len(existing) == 2
+            else f"key file {existing[0]} already exists"
         )
+        raise UsageError(files, hint="pass --overwrite to replace the pair, or pick another folder")
     password = _password_bytes(password)
     if password is not None and not password:
         raise UsageError("the key password is empty", hint="give a non-empty password or none")
@@ -203,6 +212,7 @@ def sign_bundle(
     key = _load_private_key(key_path, password)
     _check_signable(bundle)
     verdict = _validation_verdict(bundle)
+    _check_contents(bundle)
     if verdict != "pass" and not allow_unvalidated:
         why = (
             "failed its acceptance gates (revision_report.json: verdict 'fail')"
@@ -266,19 +276,29 @@ def _bundle_folder(bundle: str | Path) -> Path:
     return bundle
 
 
-def _walk(bundle: Path) -> tuple[list[str], list[str]]:
-    """Relative names of the regular files in ``bundle`` (but the signature), and of the
-    entries that are not regular files (symlinks, sockets...)."""
-    files, odd = [], []
+def _walk(bundle: Path) -> tuple[list[str], list[str], list[str]]:
+    """Relative names of the regular files in ``bundle`` (but the signature), of the entries
+    that are not regular files (symlinks, sockets...), and of the folders that hold neither
+    (written ``name/``; only the outermost of nested empty folders). model-signing hashes files
+    only: an empty folder is invisible to it."""
+    files, odd, folders = [], [], []
+    holding: set[str] = set()  # folders with a file or an odd entry somewhere below
     for root, dirs, names in os.walk(bundle):  # does not follow symlinked folders
         base = Path(root)
         for name in [*dirs, *names]:
             path = base / name
             rel = path.relative_to(bundle).as_posix()
-            if rel == SIGNATURE_NAME or (name in dirs and not path.is_symlink()):
+            if name in dirs and not path.is_symlink():
+                folders.append(rel)
+                continue
+            if rel == SIGNATURE_NAME:
                 continue
             (files if path.is_file() and not path.is_symlink() else odd).append(rel)
-    return sorted(files), sorted(odd)
+            parts = rel.split("/")[:-1]
+            holding.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    empty = [f for f in folders if f not in holding]
+    outermost = [f for f in empty if "/".join(f.split("/")[:-1]) not in empty]
+    return sorted(files), sorted(odd), sorted(f"{f}/" for f in outermost)
 
 
 def _check_signable(bundle: Path) -> None:
@@ -287,11 +307,16 @@ def _check_signable(bundle: Path) -> None:
             f"{bundle} is not a revise bundle (no {BUNDLE_FILE})",
             hint="write the bundle with `revise export` and sign that folder",
         )
-    files, odd = _walk(bundle)
+    files, odd, empty = _walk(bundle)
     if odd:
         raise SignatureError(
             f"{bundle} holds entries that are not regular files: {', '.join(odd[:5])}",
             hint="replace symlinks by the files they point to (model-signing refuses them)",
+        )
+    if empty:
+        raise SignatureError(
+            f"{bundle} holds empty folders, which no signature covers: {', '.join(empty[:5])}",
+            hint="remove them (an empty triton/<name>/<version>/ would be loaded by Triton)",
         )
     uncovered = sorted(n for n in files if n.split("/")[0] in _NEVER_COVERED)
     uncovered += sorted(n for n in _NEVER_COVERED if (bundle / n).is_dir())
@@ -351,6 +376,119 @@ def _validation_verdict(bundle: Path) -> str | None:
     return verdict
 
 
+def _check_contents(bundle: Path) -> None:
+    """The bundle is what bundle.json describes: exactly the files it lists, each with its
+    sha256, and one model throughout - the weights digest recorded by export (and validated
+    by the report) is that of model.safetensors, and every ONNX file holds the graph recorded
+    for it (the one the report's parity check ran on). The first difference is named."""
+    from revise.export.onnx import graph_digest, read_metadata
+
+    manifest_path = bundle / BUNDLE_FILE
+    manifest = _read_json(manifest_path)
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
+        raise DataError(
+            f"{manifest_path} lists no files (no 'files' entry)",
+            hint="re-export the bundle with this version of revise",
+        )
+    files, _, _ = _walk(bundle)
+    present = set(files) - {BUNDLE_FILE, SIGNING_RECORD}
+    extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise DataError(
+            f"{bundle / extra[0]} is not one of the files {manifest_path} lists{more}: the "
+            "bundle is not the one exported and validated",
+            hint="remove it; reports are added with `revise validate BUNDLE`, which lists them",
+        )
+    if missing:
+        raise DataError(
+            f"{bundle / missing[0]} is listed in {manifest_path} but missing",
+            hint="re-export the bundle (and validate it again)",
+        )
+    for name in sorted(listed):
+        entry = listed[name] if isinstance(listed[name], dict) else {}
+        recorded, actual = str(entry.get("sha256")), sha256_file(bundle / name)
+        if actual != recorded:
+            raise DataError(
+                f"{bundle / name} is not the file bundle.json records (sha256 {actual[:12]}..., "
+                f"recorded {recorded[:12]}...): it was changed or replaced after export",
+                hint="re-export the bundle (and validate it again) rather than editing it",
+            )
+    weights = str(manifest.get("weights_sha256"))
+    actual = _weights_digest(bundle / "model.safetensors")
+    if actual != weights:
+        raise DataError(
+            f"{bundle / 'model.safetensors'} holds other weights ({actual[:12]}...) than "
+            f"{manifest_path} records and validation checked ({weights[:12]}...)",
+            hint="re-export the bundle from the validated model",
+        )
+    variants = (manifest.get("onnx") or {}).get("variants") or {}
+    if "model.onnx" not in variants:
+        raise DataError(f"{manifest_path} records no model.onnx", hint="re-export the bundle")
+    graphs = {name: str((variant or {}).get("graph_sha256")) for name, variant in variants.items()}
+    triton = manifest.get("triton") or {}
+    if triton:
+        copy = f"{triton.get('repository')}/{triton.get('model')}/{triton.get('version')}"
+        graphs[f"{copy}/model.onnx"] = graphs["model.onnx"]  # Triton serves the same graph
+    report = _read_json(bundle / REPORT_FILE) if (bundle / REPORT_FILE).is_file() else {}
+    validated = ((report.get("models") or {}).get("candidate") or {}).get("sha256")
+    if report and validated != weights:
+        raise DataError(
+            f"{bundle / REPORT_FILE} validates other weights ({str(validated)[:12]}...) than "
+            f"the bundle's model.safetensors ({weights[:12]}...)",
+            hint="validate the bundle itself: revise validate BUNDLE ...",
+        )
+    checked = ((report.get("inputs") or {}).get("onnx") or {}).get("graph_sha256")
+    for name, recorded in graphs.items():
+        path = bundle / name
+        if not path.is_file():
+            raise DataError(f"{path} is recorded in {manifest_path} but missing")
+        actual = graph_digest(path)
+        if actual != recorded:
+            raise DataError(
+                f"{path} holds another ONNX graph ({actual[:12]}...) than {manifest_path} "
+                f"records for it ({recorded[:12]}...)",
+                hint="re-export the bundle (and validate it again)",
+            )
+        stamped = read_metadata(path).get("revise.weights_sha256")
+        if stamped != weights:
+            raise DataError(
+                f"{path} was exported from other weights ({str(stamped)[:12]}...) than the "
+                f"bundle's ({weights[:12]}...)",
+                hint="re-export the bundle",
+            )
+    if checked and checked != graphs["model.onnx"]:
+        raise DataError(
+            f"the parity check of {bundle / REPORT_FILE} ran on another ONNX graph "
+            f"({checked[:12]}...) than the bundle's model.onnx",
+            hint="validate the bundle itself: revise validate BUNDLE ...",
+        )
+    claimed = (manifest.get("validation") or {}).get("report_sha256")
+    if report and claimed:
+        digest = hashlib.sha256(json.dumps(report, sort_keys=True).encode("utf-8")).hexdigest()
+        if digest != claimed:
+            raise DataError(
+                f"{bundle / REPORT_FILE} is not the report {manifest_path} records",
+                hint="validate the bundle again: revise validate BUNDLE ...",
+            )
+
+
+def _weights_digest(path: Path) -> str:
+    """revise.models.io.weights_digest of a safetensors file, as export computed it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from revise.models.io import weights_digest
+
+    try:
+        return weights_digest(load_file(str(path)))
+    except (OSError, SafetensorError) as exc:
+        raise DataError(
+            f"cannot read the weights {path}: {exc}", hint="re-export the bundle"
+        ) from exc
+
+
 # -- verifying --------------------------------------------------------------------------------
 
 
@@ -380,11 +518,12 @@ def verify_bundle(bundle: str | Path, public_key: str | Path) -> VerifyResult:
     predicate = statement.get("predicate") or {}
     resources = [r for r in predicate.get("resources", []) if isinstance(r, dict)]
     signed = {str(r.get("name")): r.get("digest") for r in resources}
-    files, odd = _walk(bundle)
-    present = set(files) | set(odd)
+    files, odd, empty = _walk(bundle)
+    present = set(files) | set(odd) | set(empty)
     # Added/removed need names only; digests are recomputed only when model-signing failed
     # (when it passed it has checked them all). Comparing names also catches a file it never
-    # hashes (a top-level .gitignore ...) added after signing.
+    # hashes (a top-level .gitignore ...) and an empty folder (it hashes files only) added
+    # after signing.
     added = sorted(present - set(signed))
     removed = sorted(set(signed) - present)
     changed = sorted(set(odd) & set(signed))

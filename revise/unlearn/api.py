@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -24,6 +25,7 @@ from revise.distributed import init_from_env, rank_and_world
 from revise.errors import DivergedError, UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
+from revise.registry import did_you_mean
 from revise.unlearn import checkpoint, load_builtin_methods
 from revise.unlearn.base import (
     GLOBAL_RNG_LOCK,
@@ -55,20 +57,32 @@ def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
+        close = did_you_mean(unknown[0], fields)
         raise UsageError(
             f"{method} has no hyperparameter(s) {', '.join(unknown)}",
-            hint=f"known: {', '.join(fields)}",
+            hint=f"{close + ' ' if close else ''}known: {', '.join(fields)}",
         )
     for name, value in overrides.items():
         default = fields[name].default
         if isinstance(default, bool) and not isinstance(value, bool):
             raise UsageError(f"{method}.{name} must be true or false, not {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):
-            try:
-                overrides[name] = type(default)(value)
-            except (TypeError, ValueError):
-                raise UsageError(f"{method}.{name} must be a number, not {value!r}") from None
+            overrides[name] = _number(f"{method}.{name}", value, whole=isinstance(default, int))
     return config_type(**overrides)
+
+
+def _number(what: str, value: Any, *, whole: bool) -> int | float:
+    """``value`` (a number or its text) as the field's type; 1.5 for a whole number is refused,
+    not rounded."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number, not {value!r}") from None
+    if not whole:
+        return number
+    if not math.isfinite(number) or number != int(number):
+        raise UsageError(f"{what} must be a whole number, not {value!r}")
+    return int(number)
 
 
 def unlearn(
@@ -95,8 +109,8 @@ def unlearn(
     With ``checkpoint_every`` N > 0 the state is saved to ``checkpoint_dir`` every N steps;
     with ``resume`` a checkpoint found there is continued from (none: a fresh start), and the
     result is the one the uninterrupted run gives (bit-identical on the CPU). A checkpoint of
-    another run (method, hyperparameters, seed, model, data, world size or device type) is
-    refused with a UsageError.
+    another run (method, hyperparameters, seed, model, data, world size, device type, or
+    revise or torch version) is refused with a UsageError.
     """
     if len(forget) == 0:
         raise UsageError("the forget set is empty", hint="check the --forget selection")
@@ -226,6 +240,10 @@ def run_identity(
         "data": checkpoint.tensors_digest(forget.x, forget.y, retain.x, retain.y),
         "world_size": rank_and_world()[1],
         "device_type": device.type,
+        # Another revise or torch may draw, sum or step differently: a resume across an upgrade
+        # would silently end elsewhere than the uninterrupted run.
+        "revise_version": revise.__version__,
+        "torch_version": str(torch.__version__),
     }
 
 

@@ -25,7 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from revise.distributed import all_sum, average_gradients, is_main_process, shard
+from revise.distributed import (
+    all_gather_objects,
+    all_sum,
+    average_gradients,
+    global_mean,
+    is_main_process,
+    rank_and_world,
+    shard,
+)
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel
 from revise.registry import Registry
@@ -208,6 +216,12 @@ class BatchStreams:
         start = min(j * bs, n - bs)
         return shard(cached[1][start : start + bs])
 
+    def size(self, stream: int) -> int:
+        """The global size of ``stream``'s batches (all workers' slices together)."""
+        if stream not in self._shapes:
+            raise ValueError(f"no batch drawn from stream {stream} yet")
+        return self._shapes[stream][1]
+
     def state(self) -> dict[str, int]:
         return {str(stream): k for stream, k in sorted(self._counters.items())}
 
@@ -254,9 +268,22 @@ class UnlearnContext:
         :class:`BatchStreams`); methods that share a stream number draw the same batches."""
         return self._streams.next(stream, n, batch_size)
 
+    def batch_size(self, stream: int) -> int:
+        """The global size of the batches of batch stream ``stream`` (its last :meth:`batch`);
+        this worker's batch is its slice of that many (``distributed.shard``)."""
+        return self._streams.size(stream)
+
+    def global_mean(self, loss: torch.Tensor, stream: int) -> torch.Tensor:
+        """``loss``, a mean over this worker's slice of the last batch of ``stream``, weighted so
+        that the update is that of the mean over the global batch (``distributed.global_mean``;
+        ``loss`` itself in one process). Every per-batch loss term goes through this."""
+        return global_mean(loss, self._streams.size(stream))
+
     def generator(self, stream: int) -> torch.Generator:
         """An independent, seeded random stream (noise, labels, ...) on the device; its state
-        is checkpointed. Ask once per stream and keep the generator."""
+        is checkpointed. Ask once per stream and keep the generator. Under torch.distributed,
+        draw for the global batch and take this worker's slice (``distributed.shard``), so that
+        every worker's generator goes through the same states (rank 0's is the one saved)."""
         if stream in self._generators:
             raise ValueError(f"random stream {stream} is already in use; keep its generator")
         g = torch.Generator(device=self.device)
@@ -309,6 +336,7 @@ class UnlearnContext:
         """Write the state after ``step`` steps of run_steps call ``call`` (rank 0 writes; every
         worker must call this, the tallies are summed over workers)."""
         tallies = {name: all_sum(t) for name, t in self.tallies.items()}
+        rng = self._rng_states()
         if not is_main_process() or self.checkpoint_dir is None:
             return
         tensors: dict[str, torch.Tensor] = {}
@@ -316,9 +344,7 @@ class UnlearnContext:
             tensors[f"model/{name}"] = checkpoint.cpu_copy(value)
         for stream, g in self._generators.items():
             tensors[f"generator/{stream}"] = g.get_state()
-        tensors["rng/cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors.update(rng)
         for name, value in tallies.items():
             tensors[f"tally/{name}"] = checkpoint.cpu_copy(value)
         state = {
@@ -339,6 +365,18 @@ class UnlearnContext:
         }
         checkpoint.write(self.checkpoint_dir, state, tensors)
 
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """torch's global CPU (and CUDA) generator states of every worker, for rank 0 to save:
+        rank 0's as ``rng/cpu`` (``rng/cuda``), rank r's as ``rng/cpu/rank<r>``."""
+        mine = {"rng/cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            mine["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        states = all_gather_objects(mine)
+        out = dict(states[0])
+        for rank, theirs in enumerate(states[1:], start=1):
+            out.update({f"{key}/rank{rank}": value for key, value in theirs.items()})
+        return out
+
     def _restore(self, ck: Checkpoint, optimizer: Any, scheduler: Any) -> None:
         t = ck.tensors
         model = {k.removeprefix("model/"): v for k, v in t.items() if k.startswith("model/")}
@@ -354,9 +392,13 @@ class UnlearnContext:
                 if stream not in self._generators:
                     raise RuntimeError(f"random stream {stream} is not set up before the loop")
                 self._generators[stream].set_state(value)
-        torch.set_rng_state(t["rng/cpu"])
+        # torch's global streams (dropout) advance with each worker's own slice: each worker
+        # takes back its own (rank 0's under the plain names, others' under "/rank<r>").
+        rank = rank_and_world()[0]
+        suffix = f"/rank{rank}" if rank else ""
+        torch.set_rng_state(t["rng/cpu" + suffix])
         if self.device.type == "cuda":
-            torch.cuda.set_rng_state(t["rng/cuda"], self.device)
+            torch.cuda.set_rng_state(t["rng/cuda" + suffix], self.device)
         mine = is_main_process()  # the saved totals are over all workers: rank 0 carries them
         self.tallies = {
             k.removeprefix("tally/"): (v if mine else torch.zeros_like(v)).to(self.device)
@@ -367,6 +409,26 @@ class UnlearnContext:
         self.timer.restore(ck.state["timer"])
         self.global_step = ck.global_step
         self.resumed_from_step = ck.global_step
+
+
+def random_other_labels(
+    y: torch.Tensor, num_classes: int, generator: torch.Generator, global_n: int | None = None
+) -> torch.Tensor:
+    """For every label, a class drawn uniformly from the ``num_classes - 1`` other classes
+    (on ``y``'s device); used by random_label and salun.
+
+    ``global_n``: ``y`` (1-D) is this worker's slice (``distributed.shard``) of a global batch
+    of that many labels; the offsets are drawn for the whole global batch, then sliced, so that
+    every worker's generator goes through the same states and each sample gets the label it
+    gets in one process."""
+    if global_n is None:
+        offset = torch.randint(1, num_classes, y.shape, generator=generator, device=y.device)
+    else:
+        drawn = torch.randint(1, num_classes, (global_n,), generator=generator, device=y.device)
+        offset = shard(drawn)
+        if offset.shape != y.shape:
+            raise ValueError(f"{len(y)} labels are not this worker's slice of {global_n}")
+    return (y + offset) % num_classes
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -47,7 +47,7 @@ class BoundaryExpandConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum, weight_decay >= 0"),
         ]
         for ok, message in checks:
@@ -141,7 +141,7 @@ def boundary_expand(ctx: UnlearnContext, config: BoundaryExpandConfig) -> dict[s
         def loss_fn(step: int, batch: Any) -> torch.Tensor:
             x = forget.x[ctx.batch(FORGET_STREAM, len(forget), config.batch_size)]
             target = torch.full((len(x),), shadow, dtype=torch.long, device=x.device)
-            return F.cross_entropy(ctx.model(x).float(), target)
+            return ctx.global_mean(F.cross_entropy(ctx.model(x).float(), target), FORGET_STREAM)
 
         run_steps(ctx, optimizer, steps, loss_fn, freeze_bn=config.freeze_bn)
         prune_into(head, wide)

@@ -14,6 +14,7 @@ original's; stateless layers such as dropout train as usual.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ class CFKConfig:
         checks = [
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.k >= 0, "k must be >= 0"),
-            (self.lr > 0, "lr must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum, weight_decay >= 0"),
         ]
         for ok, message in checks:
@@ -70,7 +71,8 @@ def fit_last_blocks(ctx: UnlearnContext, config: CFKConfig, names: list[str]) ->
         def loss_fn(step: int, batch: Any) -> torch.Tensor:
             hold_in_eval(frozen)  # run_steps put the whole model in train mode
             idx = ctx.batch(RETAIN_STREAM, len(ctx.retain), config.batch_size)
-            return F.cross_entropy(ctx.model(ctx.retain.x[idx]).float(), ctx.retain.y[idx])
+            ce = F.cross_entropy(ctx.model(ctx.retain.x[idx]).float(), ctx.retain.y[idx])
+            return ctx.global_mean(ce, RETAIN_STREAM)
 
         run_steps(ctx, optimizer, steps, loss_fn, scheduler=scheduler)
         trained = sum(p.numel() for p in params)

@@ -9,7 +9,8 @@ loading the tensors (:func:`peek`).
 
 The run's identity (``identity`` below) is what must match for a resume to give the
 uninterrupted run's result: method, hyperparameters, seed, model (weights and card), data
-(the forget and retain tensors), world size and device type. Its digest is the ``run_key``.
+(the forget and retain tensors), world size, device type and the revise and torch versions.
+Its digest is the ``run_key``.
 
 Nested state (``optimizer.state_dict()``, ``scheduler.state_dict()``) is split by
 :func:`split` into JSON with tensor placeholders plus a flat tensor dict, and put back

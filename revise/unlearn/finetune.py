@@ -11,6 +11,7 @@ that the two draw identical batches under the same seed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,7 @@ def check_sgd_config(method: str, config: Any, extra: Iterable[tuple[bool, str]]
     """The checks every SGD-based baseline shares, plus the method's own ``extra`` ones."""
     checks = [
         (config.epochs >= 1 and config.batch_size >= 1, "epochs and batch_size must be >= 1"),
-        (config.lr > 0, "lr must be > 0"),
+        (math.isfinite(config.lr) and config.lr > 0, f"lr must be > 0 and finite, not {config.lr}"),
         (0 <= config.momentum < 1, "momentum must be in [0, 1)"),
         (config.weight_decay >= 0, "weight_decay must be >= 0"),
         *extra,
@@ -86,8 +87,9 @@ def finetune_on_retain(
 
     def loss_fn(step: int, _: Any) -> torch.Tensor:
         idx = ctx.batch(RETAIN_STREAM, len(retain), config.batch_size)
-        loss = F.cross_entropy(model(retain.x[idx]).float(), retain.y[idx])
-        if penalty is not None:
+        ce = F.cross_entropy(model(retain.x[idx]).float(), retain.y[idx])
+        loss = ctx.global_mean(ce, RETAIN_STREAM)
+        if penalty is not None:  # the same on every worker: not a per-batch mean
             loss = loss + penalty(step, steps)
         return loss
 

@@ -59,11 +59,12 @@ def neggrad_plus(ctx: UnlearnContext, config: NegGradPlusConfig) -> dict[str, An
 
     def loss_fn(step: int, _: Any) -> torch.Tensor:
         idx = ctx.batch(RETAIN_STREAM, len(retain), config.batch_size)
-        loss = config.alpha * F.cross_entropy(model(retain.x[idx]).float(), retain.y[idx])
+        retain_ce = F.cross_entropy(model(retain.x[idx]).float(), retain.y[idx])
+        loss = config.alpha * ctx.global_mean(retain_ce, RETAIN_STREAM)
         if ascend:
             idx_f = ctx.batch(FORGET_STREAM, len(forget), config.batch_size)
             forget_ce = F.cross_entropy(model(forget.x[idx_f]).float(), forget.y[idx_f])
-            loss = loss - (1.0 - config.alpha) * forget_ce
+            loss = loss - (1.0 - config.alpha) * ctx.global_mean(forget_ce, FORGET_STREAM)
         return loss
 
     run_steps(ctx, optimizer, steps, loss_fn, freeze_bn=config.freeze_bn)

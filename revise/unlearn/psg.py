@@ -12,6 +12,7 @@ prediction there) on the forget image, optionally plus phi times a retain loss.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from revise.distributed import all_sum
+from revise.distributed import all_sum, is_main_process, shard, shard_size
 from revise.errors import UsageError
 from revise.models.pixel import PixelSpaceModel
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
@@ -32,6 +33,8 @@ NOISES = ("gaussian", "laplace", "cauchy", "uniform")
 LAMBDA_SCHEDULES = ("constant", "inverse", "exponential", "linear")
 TARGETS = ("hard", "soft", "topk")
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class PSGConfig:
@@ -42,11 +45,17 @@ class PSGConfig:
     lr: float = 1e-5  # authors' SGD learning rate for a converged model
     momentum: float = 0.9  # authors' SGD momentum
     weight_decay: float = 0.0  # authors use none: decay would also pull retained knowledge
-    eps: float = 0.1  # L-inf radius of the boundary search, in [0, 1] pixel units
+    # eps, eta, gamma and lam are in [0, 1] pixel units: fractions of the card's pixel range
+    # (eps = 0.1 is 25.5 grey levels on a (0, 255) card), so a setting means the same whatever
+    # range the model consumes.
+    eps: float = 0.1  # L-inf radius of the boundary search
     eta: float = 0.1  # step of the sign-gradient search (eta = eps: one step reaches the rim)
     steps: int = 1  # inner search steps T (authors: 1)
     gamma: float = 1e-4  # noise scale: more exploration of neighbouring classes
-    lam: float = 0.0  # closeness pull toward x: more retention, less forgetting
+    # Closeness pull toward x: more retention, less forgetting. It acts from the second inner
+    # step on (at t = 0 the search point is x itself), so it needs steps >= 2: with the
+    # default steps = 1 it changes nothing (a warning says so).
+    lam: float = 0.0
     lam_schedule: str = "constant"  # how lam changes over inner steps
     noise: str = "gaussian"  # distribution of the perturbation z
     early_stop: bool = False  # freeze a sample once the original model's label flips
@@ -79,6 +88,17 @@ class PSGConfig:
                 "steps, epochs, batch_size >= 1",
             ),
             (self.gamma >= 0 and self.lam >= 0 and self.phi >= 0, "gamma, lam, phi must be >= 0"),
+            (self.topk >= 1, f"topk must be >= 1 (classes kept for target=topk), not {self.topk}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), not {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}"),
+            (
+                all(
+                    math.isfinite(v)
+                    for v in (self.eps, self.eta, self.gamma, self.lam, self.phi, self.weight_decay)
+                ),
+                "eps, eta, gamma, lam, phi and weight_decay must be finite",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -114,14 +134,30 @@ def boundary_search(
     y: torch.Tensor,
     config: PSGConfig,
     generator: torch.Generator | None,
+    global_n: int | None = None,
 ) -> torch.Tensor:
     """Algorithm 1: the perturbed point x~ for every image, within the eps ball and pixel range.
 
     The loss is summed, not averaged, so each image's gradient is its own (gamma then means the
     same at any batch size). ``labeler`` must be frozen and in eval mode.
+
+    The search runs in [0, 1] pixel units, fractions of the card's pixel range (low, high):
+    with s = high - low, the radius and step are s * eps and s * eta, and the direction is
+    that of the gradient with respect to (x - low) / s plus noise and closeness (s * grad +
+    gamma * z - lam * (x_t - x) / s), so a model consuming 0..255 gets the same search as the
+    same model consuming 0..1 (identical, bit for bit, for a (0, 1) card).
+
+    ``global_n``: ``x`` is this worker's slice (``distributed.shard``) of a global batch of
+    that many images; the noise is drawn for the global batch and sliced likewise, so that
+    every worker's generator stays in step and each image gets its single-process noise.
     """
     low, high = labeler.low, labeler.high
-    lower, upper = (x - config.eps).clamp(min=low), (x + config.eps).clamp(max=high)
+    scale = high - low
+    eps, eta = config.eps * scale, config.eta * scale
+    lower, upper = (x - eps).clamp(min=low), (x + eps).clamp(max=high)
+    rows = len(x) if global_n is None else global_n
+    if global_n is not None and shard_size(global_n) != len(x):
+        raise ValueError(f"{len(x)} images are not this worker's slice of {global_n}")
     x_t = x.detach().clone()
     active = None  # with early stop: the images whose label has not flipped yet
     for t in range(config.steps):
@@ -129,13 +165,15 @@ def boundary_search(
         logits = labeler(x_t)
         (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x_t)
         x_t = x_t.detach()
-        direction = grad
+        direction = grad * scale
         lam_t = lambda_at(config.lam, config.lam_schedule, t)
         if lam_t:
-            direction = direction - lam_t * (x_t - x)
+            direction = direction - lam_t * ((x_t - x) / scale)
         if config.gamma and generator is not None:
-            direction = direction + config.gamma * sample_noise(config.noise, grad, generator)
-        stepped = torch.minimum(torch.maximum(x_t + config.eta * direction.sign(), lower), upper)
+            like = grad if rows == len(grad) else grad.new_empty((rows, *grad.shape[1:]))
+            z = sample_noise(config.noise, like, generator)
+            direction = direction + config.gamma * (z if global_n is None else shard(z))
+        stepped = torch.minimum(torch.maximum(x_t + eta * direction.sign(), lower), upper)
         x_t = stepped if active is None else torch.where(active, stepped, x_t)
         if config.early_stop and t + 1 < config.steps:
             with torch.no_grad():
@@ -164,11 +202,17 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
     steps = config.epochs * steps_per_pass(len(ctx.forget), config.batch_size)
     use_retain = config.phi > 0 and len(ctx.retain) > 0
     noise = ctx.generator(NOISE_STREAM) if config.gamma else None
+    if config.lam > 0 and config.steps == 1 and is_main_process():
+        log.warning(
+            "psg: lam=%g has no effect with steps=1: the closeness pull starts at the second "
+            "inner step; set steps >= 2 for lam to act",
+            config.lam,
+        )
 
     def relabel(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = ctx.batch(FORGET_STREAM, len(ctx.forget), config.batch_size)
         x, y = ctx.forget.x[idx], ctx.forget.y[idx]
-        x_adv = boundary_search(labeler, x, y, config, noise)
+        x_adv = boundary_search(labeler, x, y, config, noise, ctx.batch_size(FORGET_STREAM))
         with torch.no_grad():
             logits_adv = labeler(x_adv)
         ctx.tally("flipped", (logits_adv.argmax(1) != y).sum())  # stays on the device
@@ -177,10 +221,11 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
 
     def loss_fn(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, target = batch
-        loss = F.cross_entropy(model(x).float(), target)
+        loss = ctx.global_mean(F.cross_entropy(model(x).float(), target), FORGET_STREAM)
         if use_retain:
             idx = ctx.batch(RETAIN_STREAM, len(ctx.retain), config.batch_size)
-            loss = loss + config.phi * retain_term(ctx, config, idx)
+            retain = ctx.global_mean(retain_term(ctx, config, idx), RETAIN_STREAM)
+            loss = loss + config.phi * retain
         return loss
 
     run_steps(ctx, optimizer, steps, loss_fn, prepare=relabel, freeze_bn=config.freeze_bn)

@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from revise.errors import UsageError
-from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+from revise.unlearn.base import (
+    UnlearnContext,
+    random_other_labels,
+    register,
+    run_steps,
+    sgd,
+    steps_per_pass,
+)
 from revise.unlearn.finetune import LABEL_STREAM, check_sgd_config
 
 UNION_STREAM = 1  # batch stream over D_f + D_r
@@ -43,14 +50,6 @@ class RandomLabelConfig:
 
     def __post_init__(self) -> None:
         check_sgd_config("random_label", self)
-
-
-def random_other_labels(
-    y: torch.Tensor, num_classes: int, generator: torch.Generator
-) -> torch.Tensor:
-    """For every label, a class drawn uniformly from the ``num_classes - 1`` other classes."""
-    offset = torch.randint(1, num_classes, y.shape, generator=generator, device=y.device)
-    return (y + offset) % num_classes
 
 
 @register(
@@ -78,13 +77,15 @@ def random_label(ctx: UnlearnContext, config: RandomLabelConfig) -> dict[str, An
         if fixed is not None:
             wrong = fixed[i_f]
         else:
-            wrong = random_other_labels(forget.y[i_f], num_classes, labels)
+            global_n = ctx.batch_size(UNION_STREAM)
+            wrong = random_other_labels(forget.y[i_f], num_classes, labels, global_n)
         if n_r == 0:
-            return F.cross_entropy(model(forget.x[i_f]).float(), wrong)
+            ce = F.cross_entropy(model(forget.x[i_f]).float(), wrong)
+            return ctx.global_mean(ce, UNION_STREAM)
         i_r = (idx - n_f).clamp(min=0)
         x = torch.where(is_forget.view(-1, 1, 1, 1), forget.x[i_f], retain.x[i_r])
         y = torch.where(is_forget, wrong, retain.y[i_r])
-        return F.cross_entropy(model(x).float(), y)
+        return ctx.global_mean(F.cross_entropy(model(x).float(), y), UNION_STREAM)
 
     run_steps(ctx, optimizer, steps, loss_fn, freeze_bn=config.freeze_bn)
     return {"steps": steps}

@@ -14,6 +14,7 @@ Weight Saliency in Both Image Classification and Generation", ICLR 2024 (arXiv:2
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from revise.errors import UsageError
 from revise.unlearn.base import (
     LabelledTensors,
     UnlearnContext,
+    random_other_labels,
     register,
     run_steps,
     sgd,
@@ -54,20 +56,12 @@ class SalUnConfig:
         checks = [
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (0 < self.mask_ratio <= 1, "mask_ratio must be in (0, 1]"),
-            (self.lr > 0, "lr must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum, weight_decay >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(f"salun: {message}")
-
-
-def random_other_labels(
-    y: torch.Tensor, num_classes: int, generator: torch.Generator
-) -> torch.Tensor:
-    """A uniformly random label different from ``y``, for every entry (on ``y``'s device)."""
-    offset = torch.randint(1, num_classes, y.shape, generator=generator, device=y.device)
-    return (y + offset) % num_classes
 
 
 def forget_gradients(
@@ -138,7 +132,9 @@ def salun(ctx: UnlearnContext, config: SalUnConfig) -> dict[str, Any]:
         idx = ctx.batch(UNION_STREAM, n_f + n_r, config.batch_size)
         is_forget = idx < n_f
         f_idx = idx.clamp(max=n_f - 1)
-        y_f = random_other_labels(forget.y[f_idx], num_classes, relabel)
+        y_f = random_other_labels(
+            forget.y[f_idx], num_classes, relabel, ctx.batch_size(UNION_STREAM)
+        )
         if n_r:  # gather both ways and pick per row: no host sync on the batch composition
             r_idx = (idx - n_f).clamp(min=0, max=n_r - 1)
             pick = is_forget.view(-1, *([1] * (forget.x.ndim - 1)))
@@ -146,7 +142,7 @@ def salun(ctx: UnlearnContext, config: SalUnConfig) -> dict[str, Any]:
             y = torch.where(is_forget, y_f, retain.y[r_idx])
         else:
             x, y = forget.x[f_idx], y_f
-        return F.cross_entropy(model(x).float(), y)
+        return ctx.global_mean(F.cross_entropy(model(x).float(), y), UNION_STREAM)
 
     try:
         run_steps(ctx, optimizer, steps, loss_fn, freeze_bn=config.freeze_bn)

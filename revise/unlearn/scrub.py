@@ -15,6 +15,7 @@ averaged over the batch. One SGD optimizer serves both kinds of step, as in the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,7 @@ class SCRUBConfig:
             (self.msteps >= 0, "msteps must be >= 0"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.alpha >= 0 and self.gamma >= 0, "alpha and gamma must be >= 0"),
-            (self.lr > 0, "lr must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -96,14 +97,15 @@ def scrub(ctx: UnlearnContext, config: SCRUBConfig) -> dict[str, Any]:
             x = ctx.forget.x[ctx.batch(FORGET_STREAM, len(ctx.forget), config.forget_batch_size)]
             with torch.no_grad():
                 target = teacher(x)
-            return -distill_kl(student(x), target, T)
+            return -ctx.global_mean(distill_kl(student(x), target, T), FORGET_STREAM)
         idx = ctx.batch(RETAIN_STREAM, len(ctx.retain), config.batch_size)
         x, y = ctx.retain.x[idx], ctx.retain.y[idx]
         with torch.no_grad():
             target = teacher(x)
         logits = student(x)
         ce = F.cross_entropy(logits.float(), y)
-        return config.alpha * distill_kl(logits, target, T) + config.gamma * ce
+        loss = config.alpha * distill_kl(logits, target, T) + config.gamma * ce
+        return ctx.global_mean(loss, RETAIN_STREAM)  # both terms are means over this batch
 
     run_steps(ctx, optimizer, len(plan), loss_fn, freeze_bn=config.freeze_bn)
     return {"steps": len(plan), "max_steps": n_max, "min_steps": len(plan) - n_max}

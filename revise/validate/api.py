@@ -114,6 +114,8 @@ def validate(
     models = {name: _loaded(name, model, card) for name, model in models.items()}
     candidate = models["candidate"]
     card = candidate.card
+    if onnx_path is not None:
+        check_onnx_matches(candidate, onnx_path)
     for name, loaded in models.items():
         if loaded.card.num_classes != card.num_classes:
             raise DataError(
@@ -189,6 +191,7 @@ def validate(
             "total": round(data.seconds + time.perf_counter() - t_start, 3),
         },
         "decode_failures": len(data.failures),
+        "decode_left_out": data.left_out_record(),
     }
     return ValidationResult(report, verdicts)
 
@@ -328,6 +331,21 @@ def _reference_summary(accuracy: Mapping[str, Any], mia: Mapping[str, Any]) -> d
         summary[f"{key}distance"] = round(distance, 4)
         summary[f"{key}avg_gap"] = round(gap, 3) if np.isfinite(gap) else None
     return summary
+
+
+def check_onnx_matches(candidate: LoadedModel, onnx_path: str | Path) -> None:
+    """Refuse an ONNX file that revise exported from other weights than the candidate's (its
+    parity would only fail, without saying why). A file exported elsewhere carries no digest:
+    parity alone judges it."""
+    from revise.export.onnx import read_metadata
+
+    exported_from = read_metadata(onnx_path).get("revise.weights_sha256")
+    if exported_from and exported_from != _digest(candidate):
+        raise UsageError(
+            f"{onnx_path} was exported from other weights (sha256 {exported_from[:12]}...) than "
+            f"the model validated, {candidate.path} ({_digest(candidate)[:12]}...)",
+            hint="pass the model.onnx of this model's bundle (revise export)",
+        )
 
 
 def _parity(candidate: LoadedModel, sets: Mapping[str, Any], onnx_path: str | Path) -> dict:

@@ -345,7 +345,13 @@ def check_sets(
             continue
         rows = sets.get(gate.set)
         if rows is None or rows.empty:
-            raise UsageError(f"{label}: the set {gate.set} is empty for this data and selection")
+            held = gate.set.startswith("heldout")
+            raise UsageError(
+                f"{label}: the set {gate.set} is empty for this data and selection",
+                hint="held-out rows have split == heldout in the labels; or pass --heldout"
+                if held
+                else None,
+            )
         for column in [c for c, _ in gate.where] + ([gate.per] if gate.per else []):
             if column not in rows.columns:
                 raise UsageError(

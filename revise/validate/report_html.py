@@ -698,7 +698,12 @@ def _software(report: Mapping[str, Any]) -> str:
     failures = report.get("decode_failures")
     if failures is not None:
         cls = "" if not failures else ' style="color:var(--fail);font-weight:600"'
-        parts.append(f"<p{cls}>Images that could not be decoded: {esc(num(failures))}</p>")
+        by_set = ", ".join(
+            f"{SET_TITLES.get(name, name)} {entry['n']}"
+            for name, entry in (report.get("decode_left_out") or {}).items()
+        )
+        where = f" (left out of: {esc(by_set)})" if by_set else ""
+        parts.append(f"<p{cls}>Images that could not be decoded: {esc(num(failures))}{where}</p>")
     body = f'<div class="figures">{"".join(parts[:2])}</div>' + "".join(parts[2:])
     return _section("software", "Software and timings", body)
 

@@ -198,3 +198,21 @@ def test_label_map_with_a_non_integer_class(cli, small_site, tmp_path):
     line = cli.one_line_error(result)
     assert "HAND=x" in line and "internal error" not in line
     _assert_nothing_written(cli, tmp_path, manifest)
+
+
+def test_label_map_without_label_tag_and_a_misspelt_tag(cli, small_site, tmp_path):
+    manifest = tmp_path / "m.parquet"
+    result = cli("index", small_site, "-o", manifest, "--label-map", "HAND=0", code=2)
+    assert "--label-map needs --label-tag" in cli.one_line_error(result)
+    args = ["index", small_site, "-o", manifest, "--label-tag", "Modality"]
+    result = cli(*args, "--label-map", "OT=0", code=2)
+    assert "did you mean modality?" in cli.one_line_error(result)
+    _assert_nothing_written(cli, tmp_path, manifest)
+
+
+def test_export_to_a_file_name_ending_in_onnx_says_the_bundle_is_a_folder(cli, demo_site, tmp_path):
+    out = tmp_path / "model.onnx"
+    result = cli("export", demo_site.model, "-o", out, code=2)
+    line = cli.one_line_error(result)
+    assert "the bundle is a folder" in line and str(tmp_path / "model" / "model.onnx") in line
+    _assert_nothing_written(cli, tmp_path, out)

@@ -55,6 +55,21 @@ def test_methods(cli):
     assert all(len(line.split()) > 1 for line in names.values()), "every method has a summary"
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`revise methods | head -0`: no 'internal error', the SIGPIPE exit status."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "revise.cli", "methods"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the command writes anything
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 141 and stderr == ""
+
+
 def test_plugins(cli):
     out = cli("plugins", code=0).stdout
     dicom = next(line for line in out.splitlines() if line.split()[:1] == ["dicom"])
@@ -190,6 +205,7 @@ def test_unlearn_psg_run(cli, demo_site, psg_run):
     base = load_model(demo_site.model).module
     assert record["base_model_digest"] == weights_digest(base)
     assert weights_digest(load_model(out).module) != weights_digest(base)
+    assert record["base_model"]["path"] == str(Path(demo_site.model).resolve())  # absolute
     assert record["versions"]["revise"] == revise.__version__
     assert {"torch", "python"} <= set(record["versions"])
 

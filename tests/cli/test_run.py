@@ -18,6 +18,7 @@ gates:
   - {metric: parity_label_agreement, at_least: 1.0}
 """
 IMPOSSIBLE = "gates:\n  - {name: impossible, metric: accuracy, set: heldout_forget, at_most: 0.0}\n"
+PARITY_ONLY = "gates:\n  - {metric: parity_label_agreement, at_least: 1.0}\n"
 
 
 def recipe(tmp_path: Path, site, *, criteria: str = LENIENT, **overrides) -> Path:
@@ -153,6 +154,11 @@ def test_dry_run_prints_the_commands_and_runs_nothing(cli, demo_site, tmp_path):
     assert "--nproc-per-node 2" in lines["unlearn:psg"]  # torchrun workers, one per GPU
     assert "--compile" in lines["unlearn:psg"]
     assert not (tmp_path / "work").exists()
+    # quoted as a shell needs it: the selection comes back whole when the line is pasted
+    import shlex
+
+    argv = shlex.split(lines["unlearn:psg"].split("] ", 1)[1])
+    assert argv[argv.index("--forget") + 1] == cli.forget
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(cli, demo_site, tmp_path):
@@ -180,3 +186,107 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(cli, demo_site, tmp_pa
         for name in ("killed", "whole")
     ]
     assert digests[0] == digests[1]
+
+
+def test_changed_inputs_rerun_their_stages_and_a_new_key_re_signs(
+    cli, demo_site, tmp_path, monkeypatch
+):
+    """Every path a stage reads is fingerprinted (here the manifest and the deployed model's
+    folder); a rotated key re-signs; no patient ID reaches the logs or the recipe copies."""
+    import shutil
+
+    import torch
+
+    from revise.data import manifest as manifest_mod
+    from revise.export.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+    from revise.models.io import load_model, save_model
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(demo_site.manifest, tmp_path / "m.parquet")
+    shutil.copytree(demo_site.model, tmp_path / "deployed")
+    keys = tmp_path / "keys"
+    generate_keys(keys / PRIVATE_KEY_NAME, keys / PUBLIC_KEY_NAME)
+    clear_id = "MRN-0042-DOE"  # a clear patient ID (no such patient: it selects nothing more)
+    (tmp_path / "also.txt").write_text(f"{clear_id}\n")
+    path = recipe(
+        tmp_path,
+        demo_site,
+        criteria=PARITY_ONLY,
+        model="deployed",
+        data={"manifest": "m.parquet"},
+        forget=f'device == "Borealis CR-7" or patient == "{clear_id}" or patient in @also.txt',
+        sign={"key": str(keys / PRIVATE_KEY_NAME)},
+    )
+    work, stages = tmp_path / "work", ["unlearn:psg", "export", "validate", "sign"]
+
+    def ran(result) -> list[str]:
+        return [name for name, line in stage_lines(result).items() if "skipped" not in line]
+
+    first = cli("run", path, code=0)
+    assert ran(first) == stages
+    written = [work / "recipe.resolved.yaml", work / "bundle" / "recipe.yaml", work / "state.json"]
+    for text in [first.stdout, first.stderr, *(p.read_text() for p in written)]:
+        assert clear_id not in text
+    resolved = yaml.safe_load((work / "bundle" / "recipe.yaml").read_text())
+    assert resolved["recipe"]["forget"] == (
+        'device == "Borealis CR-7" or patient == <identifier> or patient in @also.txt'
+    )
+    forget = resolved["commands"]["validate"].index("--forget") + 1
+    assert resolved["commands"]["validate"][forget] == resolved["recipe"]["forget"]
+
+    generate_keys(keys / PRIVATE_KEY_NAME, keys / PUBLIC_KEY_NAME, overwrite=True)  # rotation
+    rotated = cli("run", path, code=0)
+    assert ran(rotated) == ["sign"]
+    cli("verify", work / "bundle", "--pub", keys / PUBLIC_KEY_NAME, code=0)
+
+    df = manifest_mod.load(tmp_path / "m.parquet")
+    manifest_mod.save(df.iloc[5:], tmp_path / "m.parquet")  # the data changed
+    assert ran(cli("run", path, code=0)) == stages
+
+    deployed = load_model(tmp_path / "deployed")
+    with torch.no_grad():
+        next(deployed.module.parameters()).mul_(0.5)
+    save_model(deployed.module, deployed.card, tmp_path / "deployed")  # the model changed
+    assert ran(cli("run", path, code=0)) == stages
+    assert ran(cli("run", path, code=0)) == []  # and nothing more to do
+    cli("verify", work / "bundle", "--pub", keys / PUBLIC_KEY_NAME, code=0)
+
+
+def test_a_validation_crash_stops_the_recipe_and_is_not_a_verdict(cli, demo_site, tmp_path):
+    """A crash of `revise validate` (exit 1, like failed gates) must not be read as the old
+    report's verdict: the recipe fails with the error, nothing is signed, and the next run
+    validates again."""
+    manifest = {"manifest": str(demo_site.manifest)}
+    path = recipe(tmp_path, demo_site, criteria=PARITY_ONLY, data=manifest)
+    cli("run", path, code=0)
+    report = tmp_path / "work" / "validation" / "revision_report.json"
+    assert json.loads(report.read_text())["verdict"] == "pass"
+
+    (tmp_path / "newheld").mkdir()
+    (tmp_path / "newheld" / "a.dcm").write_text("not a DICOM file\n")
+    recipe(
+        tmp_path,
+        demo_site,
+        criteria=PARITY_ONLY,
+        data=manifest,
+        validate={"criteria": "gates.yaml", "heldout": "newheld"},
+    )
+    for _ in range(2):  # and the next run does not take it as done
+        crashed = cli("run", path, code=1)
+        lines = stage_lines(crashed)
+        assert "skipped" not in lines["validate"], crashed.stdout
+        assert "no held-out image came from" in crashed.stderr
+        assert "the validate stage failed (exit 1)" in crashed.stderr
+        assert "bundle ready" not in crashed.stdout
+        assert "validation gates failed" not in crashed.stdout
+        assert not report.exists()  # the old report is not left to pass for this run's
+        state = json.loads((tmp_path / "work" / "state.json").read_text())
+        assert "validate" not in state["done"]
+
+
+def test_a_gate_needing_a_reference_points_to_the_recipe_key(cli, demo_site, tmp_path):
+    gates = "gates:\n  - metric: distance_to_reference\n    at_most: 0.5\n"
+    path = recipe(tmp_path, demo_site, criteria=gates)
+    message = cli("run", path, code=2).stderr
+    assert "validate.criteria:" in message and "set validate.reference" in message
+    assert "--reference" not in message

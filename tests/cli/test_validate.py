@@ -386,3 +386,16 @@ def test_a_set_emptied_by_unreadable_images_is_a_clear_error(cli, demo_site, rev
     assert "set heldout_forget is empty" in line and "after decoding" in line
     assert f"{held_forget.sum()} image(s) could not be read" in line and str(junk) in line
     assert not out.exists()
+
+
+def test_an_onnx_file_of_other_weights_is_refused_before_decoding(
+    cli, demo_site, revised, tmp_path
+):
+    other = tmp_path / "original-bundle"
+    cli("export", demo_site.model, "-o", other, "--data", demo_site.manifest, code=0)
+    criteria = write(tmp_path, "gates:\n  - metric: parity_label_agreement\n    at_least: 1.0\n")
+    out = tmp_path / "report"
+    result = cli(*args(demo_site, revised, criteria, out, "--onnx", other / "model.onnx"), code=2)
+    line = cli.one_line_error(result)
+    assert "was exported from other weights" in line and str(revised) in line
+    assert "sets:" not in result.stdout and not out.exists()  # nothing was decoded

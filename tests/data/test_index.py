@@ -89,6 +89,33 @@ def test_labels_from_csv(tmp_path):
     assert str(df["label"].dtype) == "Int64"
 
 
+def test_relative_paths_in_a_label_csv_are_relative_to_the_indexed_folder(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / "ct").mkdir(parents=True)
+    (site / "ct" / "CT_small.dcm").write_bytes((TEST_FILES / "CT_small.dcm").read_bytes())
+    (site / "MR_small.dcm").write_bytes((TEST_FILES / "MR_small.dcm").read_bytes())
+    csv = tmp_path / "elsewhere" / "labels.csv"
+    csv.parent.mkdir()
+    csv.write_text("path,label\nct/CT_small.dcm,1\n" + f"{site / 'MR_small.dcm'},0\n")
+    monkeypatch.chdir(csv.parent)  # neither the CSV's folder nor the site
+    df = index(site, labels=csv).manifest
+    labels = dict(zip(df["path"].map(lambda p: Path(p).name), df["label"], strict=True))
+    assert labels == {"CT_small.dcm": 1, "MR_small.dcm": 0}
+    csv.write_text("path,label\nsite/ct/CT_small.dcm,1\n")  # relative to the wrong folder
+    with pytest.raises(DataError) as err:
+        index(site, labels=csv)
+    message = str(err.value)
+    assert f"the label file has {site / 'site' / 'ct' / 'CT_small.dcm'}" in message
+    assert "relative to the indexed folder" in message
+
+
+def test_a_label_csv_without_a_label_column_shows_its_header(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("SOPInstanceUID,class\n1.2.3,0\n")
+    with pytest.raises(DataError, match=r"no 'label' column \(its header: SOPInstanceUID,class\)"):
+        join_labels(_two_rows(), csv)
+
+
 def _two_rows() -> pd.DataFrame:
     return normalize(pd.DataFrame({"sample_key": ["s-1", "s-2"], "path": ["a", "b"]}))
 

@@ -165,6 +165,32 @@ def test_a_truncated_compressed_file_fails_at_decode(tmp_path, manifest):
     assert [Path(p).name for p in result.rows["path"]] == ["ct.dcm"]
 
 
+def test_a_damaged_jpeg_is_named_once_without_a_decoder_traceback(tmp_path, caplog):
+    """pydicom logs each failing decoder's traceback; revise reports the file and reason once,
+    and the sets say which one lost the image."""
+    from pydicom.encaps import encapsulate
+
+    from revise.pipeline import decode_sets
+
+    ds = pydicom.dcmread(TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm")
+    ds.PixelData = encapsulate([b"\xff\xd8" + bytes(500)])  # a JPEG start, then nothing
+    ds.save_as(tmp_path / "broken.dcm")
+    shutil.copy(TEST_FILES / "CT_small.dcm", tmp_path / "ct.dcm")
+    manifest = index_dicom(tmp_path, key=KEY).manifest
+    manifest["label"] = 0
+    broken = manifest["path"].str.endswith("broken.dcm")
+    with caplog.at_level("WARNING"):
+        data = decode_sets(
+            {"forget": manifest[broken], "retain": manifest[~broken]}, card(), "label == 0"
+        )
+    assert "Traceback" not in caplog.text and all(r.exc_info is None for r in caplog.records)
+    assert f"{tmp_path / 'broken.dcm'}: " in caplog.text  # the file, with its reason
+    assert "left out, by set: forget 1" in caplog.text
+    record = data.left_out_record()
+    assert record == {"forget": {"n": 1, "sample_keys": list(manifest[broken]["sample_key"])}}
+    assert data.counts() == {"forget": 0, "retain": 1}
+
+
 def test_all_rows_failing_is_an_error(manifest):
     with pytest.raises(DataError, match="none of the 1 rows"):
         load_tensors(rows_of(manifest, "JPEG2000-embedded-sequence-delimiter.dcm"), card())

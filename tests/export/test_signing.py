@@ -1,22 +1,22 @@
-"""Signing and verifying a revision bundle: real EC keys, real model-signing signatures, and
-model-signing's own verifier (API and command line) as the independent check."""
+"""Signing and verifying a revision bundle: real bundles (`revise export` + `revise validate`,
+see conftest.py), real EC keys, real model-signing signatures, and model-signing's own verifier
+(API and command line) as the independent check."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
+import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import model_signing
-import onnx
 import pytest
 from clirunner import invoke
 from cryptography.exceptions import InvalidSignature
-from onnx import TensorProto, helper
 
 from revise.errors import DataError, SignatureError, UsageError
 from revise.export.signing import (
@@ -27,37 +27,6 @@ from revise.export.signing import (
     verify_bundle,
 )
 
-WEIGHTS = "ab" * 32
-
-
-def _tiny_onnx(path: Path) -> None:
-    """A real (one Identity node) ONNX model: cheap, and bytes a loader would accept."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "demo", [x], [y])
-    onnx.save(helper.make_model(graph), path)
-
-
-def _write_bundle(folder: Path, verdict: str | None = "pass") -> Path:
-    """A small bundle with the files `revise export` writes; ``verdict`` None: not validated."""
-    folder.mkdir(parents=True)
-    _tiny_onnx(folder / "model.onnx")
-    (folder / "triton/demo/1").mkdir(parents=True)
-    _tiny_onnx(folder / "triton/demo/1/model.onnx")
-    (folder / "triton/demo/config.pbtxt").write_text('name: "demo"\nbackend: "onnxruntime"\n')
-    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    (folder / "card.json").write_text(json.dumps({"arch": "small_cnn", "num_classes": 3}))
-    (folder / "run.json").write_text(json.dumps({"method": "psg"}))
-    validation = None
-    if verdict is not None:
-        report = {"verdict": verdict, "models": {"candidate": {"sha256": WEIGHTS}}}
-        (folder / "revision_report.json").write_text(json.dumps(report))
-        (folder / "report.html").write_text(f"<html><body>{verdict.upper()}</body></html>")
-        validation = {"verdict": verdict, "summary": "1 of 1 gates passed"}
-    manifest = {"schema": "revise.bundle/1", "weights_sha256": WEIGHTS, "validation": validation}
-    (folder / "bundle.json").write_text(json.dumps(manifest))
-    return folder
-
 
 @pytest.fixture
 def keys(tmp_path) -> tuple[Path, Path]:
@@ -67,8 +36,9 @@ def keys(tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def bundle(tmp_path) -> Path:
-    return _write_bundle(tmp_path / "bundle")
+def bundle(bundle_copy) -> Path:
+    """A real bundle, validated (verdict pass), unsigned: this test's own copy."""
+    return bundle_copy("pass")
 
 
 @pytest.fixture
@@ -125,8 +95,12 @@ def test_key_files(keys):
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert b"BEGIN PRIVATE KEY" in private.read_bytes()
     assert b"BEGIN PUBLIC KEY" in public.read_bytes()
-    with pytest.raises(UsageError, match="already exists"):
+    with pytest.raises(UsageError) as err:
         generate_keys(private, public)
+    assert str(err.value) == (
+        f"key files {private} and {public} already exist "
+        "(pass --overwrite to replace the pair, or pick another folder)"
+    )
     old = private.read_bytes()
     generate_keys(private, public, overwrite=True)
     assert private.read_bytes() != old and stat.S_IMODE(private.stat().st_mode) == 0o600
@@ -251,21 +225,37 @@ def test_unsigned_bundle(bundle, keys):
     assert invoke("verify", bundle, "--pub", keys[1]).exit_code == 1
 
 
-def test_resigning_replaces_signature_and_record(signed, keys):
+def test_resigning_replaces_signature_and_record(signed, keys, tmp_path):
+    """Re-signing (here with a new key: a key rotation) replaces revise.sig and signing.json;
+    the old key no longer verifies the bundle."""
     first = (signed / SIGNATURE_NAME).read_bytes()
-    flip_last_byte(signed / "model.onnx")
-    record = sign_bundle(signed, keys[0])
+    new_private, new_public = tmp_path / "new/k.key", tmp_path / "new/k.pub"
+    generate_keys(new_private, new_public)
+    cli = invoke("sign", signed, "--key", new_private)
+    assert cli.exit_code == 0, cli.output
+    record = json.loads((signed / SIGNING_RECORD).read_text())
     assert (signed / SIGNATURE_NAME).read_bytes() != first
-    assert json.loads((signed / SIGNING_RECORD).read_text()) == record
-    assert verify_bundle(signed, keys[1]).ok
-    assert library_verifies(signed, keys[1])
+    assert record["validation_verdict"] == "pass"
+    assert verify_bundle(signed, new_public).ok
+    assert library_verifies(signed, new_public)
+    assert not verify_bundle(signed, keys[1]).ok
+
+
+def test_resigning_a_changed_bundle_is_refused(signed, keys):
+    """A signed bundle whose model changed is not signed again over the change."""
+    flip_last_byte(signed / "model.onnx")
+    before = (signed / SIGNATURE_NAME).read_bytes()
+    with pytest.raises(DataError, match=r"model\.onnx is not the file bundle\.json records"):
+        sign_bundle(signed, keys[0])
+    assert (signed / SIGNATURE_NAME).read_bytes() == before  # the old signature still stands
+    assert verify_bundle(signed, keys[1]).changed == ["model.onnx"]
 
 
 # -- the validation gate ----------------------------------------------------------------------
 
 
-def test_refuses_failed_bundle_unless_allowed(tmp_path, keys):
-    bundle = _write_bundle(tmp_path / "failed", verdict="fail")
+def test_refuses_failed_bundle_unless_allowed(bundle_copy, keys):
+    bundle = bundle_copy("fail")
     with pytest.raises(UsageError, match="acceptance gates") as caught:
         sign_bundle(bundle, keys[0])
     assert "--allow-unvalidated" in str(caught.value)
@@ -280,8 +270,8 @@ def test_refuses_failed_bundle_unless_allowed(tmp_path, keys):
     assert cli.exit_code == 0 and "signed with --allow-unvalidated" in cli.stderr
 
 
-def test_refuses_unvalidated_bundle_unless_allowed(tmp_path, keys):
-    bundle = _write_bundle(tmp_path / "unvalidated", verdict=None)
+def test_refuses_unvalidated_bundle_unless_allowed(bundle_copy, keys):
+    bundle = bundle_copy(None)
     with pytest.raises(UsageError, match="never validated"):
         sign_bundle(bundle, keys[0])
     cli = invoke("sign", bundle, "--key", keys[0], "--allow-unvalidated")
@@ -292,7 +282,8 @@ def test_refuses_unvalidated_bundle_unless_allowed(tmp_path, keys):
 
 
 def test_report_and_bundle_json_must_agree(bundle, keys):
-    (bundle / "revision_report.json").write_text(json.dumps({"verdict": "fail"}))
+    report = json.loads((bundle / "revision_report.json").read_text())
+    (bundle / "revision_report.json").write_text(json.dumps({**report, "verdict": "fail"}))
     with pytest.raises(DataError, match="records validation verdict 'pass'"):
         sign_bundle(bundle, keys[0], allow_unvalidated=True)
     (bundle / "revision_report.json").unlink()
@@ -356,3 +347,129 @@ def test_bad_inputs(bundle, keys, tmp_path):
             sign_bundle(bundle, path)
     with pytest.raises(SignatureError, match="not a PEM public key"):
         verify_bundle(bundle, keys[0])  # the private key where the public one belongs
+
+
+def test_an_empty_folder_is_flagged_and_refused(signed, keys):
+    """model-signing hashes files only: an empty triton/demo/2/ (a version Triton would try to
+    load) added after signing passes its verifier, but not revise's, and is never signed."""
+    (signed / "triton/demo/2").mkdir()
+    (signed / "extra/a/b").mkdir(parents=True)  # nested: named once, by its outermost folder
+    assert library_verifies(signed, keys[1])  # invisible to model-signing
+    result = verify_bundle(signed, keys[1])
+    assert not result.ok
+    assert result.added == ["extra/", "triton/demo/2/"] and not result.changed + result.removed
+    cli = invoke("verify", signed, "--pub", keys[1])
+    assert cli.exit_code == 1 and cli.stdout.splitlines()[1:] == [
+        "added: extra/",
+        "added: triton/demo/2/",
+    ]
+    with pytest.raises(SignatureError, match=r"empty folders.*extra/, triton/demo/2/"):
+        sign_bundle(signed, keys[0])
+    (signed / "triton/demo/2").rmdir()
+    for folder in ("extra/a/b", "extra/a", "extra"):
+        (signed / folder).rmdir()
+    assert verify_bundle(signed, keys[1]).ok
+
+
+# -- the bundle signed is the bundle exported and validated ------------------------------------
+
+
+def _relist(bundle: Path, *names: str) -> None:
+    """Record the current sha256 of ``names`` in bundle.json, as a forger would."""
+    from revise._io import sha256_file
+
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    for name in names:
+        manifest["files"][name] = {
+            "sha256": sha256_file(bundle / name),
+            "bytes": (bundle / name).stat().st_size,
+        }
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+
+
+def _swap_onnx(bundle: Path, other: Path) -> None:
+    shutil.copyfile(other / "model.onnx", bundle / "model.onnx")
+
+
+def _swap_onnx_relisted(bundle: Path, other: Path) -> None:
+    _swap_onnx(bundle, other)
+    _relist(bundle, "model.onnx")
+
+
+def _swap_onnx_relisted_and_graph(bundle: Path, other: Path) -> None:
+    from revise.export.onnx import graph_digest
+
+    _swap_onnx_relisted(bundle, other)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["onnx"]["variants"]["model.onnx"]["graph_sha256"] = graph_digest(bundle / "model.onnx")
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+
+
+def _swap_weights_relisted(bundle: Path, other: Path) -> None:
+    shutil.copyfile(other / "model.safetensors", bundle / "model.safetensors")
+    _relist(bundle, "model.safetensors")
+
+
+def _swap_triton_relisted(bundle: Path, other: Path) -> None:
+    shutil.copyfile(other / "model.onnx", bundle / "triton/demo/1/model.onnx")
+    _relist(bundle, "triton/demo/1/model.onnx")
+
+
+def _add_file(bundle: Path, other: Path) -> None:
+    shutil.copyfile(other / "model.onnx", bundle / "triton/demo/1/model2.onnx")
+
+
+def _remove_file(bundle: Path, other: Path) -> None:
+    (bundle / "card.json").unlink()
+
+
+SWAPS = {
+    "model.onnx replaced": (_swap_onnx, r"model\.onnx is not the file bundle\.json records"),
+    "and relisted": (_swap_onnx_relisted, r"model\.onnx holds another ONNX graph"),
+    "and its graph recorded": (
+        _swap_onnx_relisted_and_graph,
+        r"model\.onnx was exported from other weights",
+    ),
+    "weights replaced": (_swap_weights_relisted, r"model\.safetensors holds other weights"),
+    "triton copy replaced": (
+        _swap_triton_relisted,
+        r"triton/demo/1/model\.onnx holds another ONNX graph",
+    ),
+    "file added": (_add_file, r"triton/demo/1/model2\.onnx is not one of the files"),
+    "file removed": (_remove_file, r"card\.json is listed in .*bundle\.json but missing"),
+}
+
+
+@pytest.mark.parametrize("case", SWAPS)
+def test_sign_refuses_a_bundle_that_is_not_the_one_validated(bundle, keys, other_export, case):
+    """The reviewer's repro and its variants: the validated bundle with another model's files
+    copied in (bundle.json's verdict still 'pass') must not be signed as validated."""
+    tamper, message = SWAPS[case]
+    tamper(bundle, other_export[1])
+    cli = invoke("sign", bundle, "--key", keys[0])
+    assert cli.exit_code == 1, cli.output
+    assert re.search(message, cli.stderr), cli.stderr
+    assert "validation: pass" not in cli.stdout
+    assert not (bundle / SIGNATURE_NAME).exists() and not (bundle / SIGNING_RECORD).exists()
+    with pytest.raises(DataError, match=message):  # allow_unvalidated does not skip the check
+        sign_bundle(bundle, keys[0], allow_unvalidated=True)
+
+
+def test_a_report_of_other_weights_is_refused(bundle, keys):
+    report_path = bundle / "revision_report.json"
+    report = json.loads(report_path.read_text())
+    report["models"]["candidate"]["sha256"] = "0" * 64
+    report_path.write_text(json.dumps(report))
+    _relist(bundle, "revision_report.json")
+    with pytest.raises(DataError, match=r"revision_report\.json validates other weights"):
+        sign_bundle(bundle, keys[0])
+
+
+def test_a_report_of_another_graph_is_refused(bundle, keys):
+    report_path = bundle / "revision_report.json"
+    report = json.loads(report_path.read_text())
+    report["inputs"]["onnx"]["graph_sha256"] = "0" * 64
+    report_path.write_text(json.dumps(report))
+    _relist(bundle, "revision_report.json")
+    with pytest.raises(DataError, match=r"parity check of .* ran on another ONNX graph"):
+        sign_bundle(bundle, keys[0])

@@ -108,10 +108,93 @@ def test_boundary_search_stays_in_the_eps_ball_and_the_pixel_range(digits, pixel
     config = PSGConfig(eps=0.07, eta=0.05, steps=6, gamma=0.5, lam=0.01, noise="cauchy")
     g = torch.Generator().manual_seed(0)
     x_adv = boundary_search(labeler, x, y, config, g)
-    assert (x_adv - x).abs().max() <= 0.07 + 1e-6
+    radius = 0.07 * (high - low)  # eps is a fraction of the pixel range
+    assert (x_adv - x).abs().max() <= radius + 1e-6
     assert x_adv.min() >= low and x_adv.max() <= high
-    assert (x_adv - x).abs().max() > 0.06  # it does move, up to the rim
+    assert (x_adv - x).abs().max() > 0.06 * (high - low)  # it does move, up to the rim
     assert not x_adv.requires_grad
+
+
+def _in_0_255(card):
+    """The same model fed 0..255 pixels: the range and the normalisation scaled by 255."""
+    return dataclasses.replace(
+        card,
+        pixel_range=(0.0, 255.0),
+        mean=tuple(255 * m for m in card.mean),
+        std=tuple(255 * s for s in card.std),
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PSGConfig(gamma=0.0),  # the authors' default search
+        PSGConfig(eps=0.3, eta=0.1, steps=4, gamma=0.5, lam=0.3, noise="laplace"),
+    ],
+    ids=["default", "noise-and-closeness"],
+)
+def test_the_search_is_in_fractions_of_the_pixel_range(digits, config):
+    """eps, eta, gamma and lam mean the same on a (0, 255) card as on a (0, 1) card."""
+    x, y = digits["forget"].x, digits["forget"].y
+    unit = _labeler(digits)
+    wide = freeze(PixelSpaceModel(copy.deepcopy(digits["net"]), _in_0_255(digits["card"])))
+    a = boundary_search(unit, x, y, config, torch.Generator().manual_seed(0))
+    b = boundary_search(wide, 255 * x, y, config, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(b, 255 * a, rtol=0, atol=1e-3)
+    relabels = unit(a).argmax(1)
+    assert torch.equal(wide(b).argmax(1), relabels)
+    assert (relabels != y).any()  # the search crosses boundaries: the agreement is not vacuous
+
+
+def test_a_0_255_card_unlearns_as_the_same_model_on_a_0_1_card(digits):
+    card, net = digits["card"], digits["net"]
+    config = {"epochs": 2, "eps": 0.3, "eta": 0.3, "lr": 1e-2, "gamma": 0.1, "steps": 2, "lam": 0.1}
+    unit = unlearn(net, card, digits["forget"], digits["retain"], config=config, device="cpu")
+    f, r = digits["forget"], digits["retain"]
+    wide = unlearn(
+        net,
+        _in_0_255(card),
+        type(f)(255 * f.x, f.y),
+        type(r)(255 * r.x, r.y),
+        config=config,
+        device="cpu",
+    )
+    assert wide.record["attack_success_ratio"] == unit.record["attack_success_ratio"] > 0.5
+    a, b = _weights(unit), _weights(wide)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_lam_without_a_second_search_step_warns_once(digits, caplog):
+    args = (digits["net"], digits["card"], digits["forget"], digits["retain"])
+    config = {"epochs": 2, "lr": 1e-3, "lam": 0.1}
+    with caplog.at_level("WARNING", logger="revise.unlearn.psg"):
+        unlearn(*args, config=config, device="cpu")
+    warned = [r.getMessage() for r in caplog.records if "lam" in r.getMessage()]
+    assert len(warned) == 1 and "steps >= 2" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="revise.unlearn.psg"):
+        unlearn(*args, config={**config, "steps": 2}, device="cpu")
+        unlearn(*args, config={**config, "lam": 0.0}, device="cpu")
+    assert not [r for r in caplog.records if "lam" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"topk": 0}, "topk must be >= 1"),
+        ({"topk": -2, "target": "topk"}, "topk must be >= 1"),
+        ({"lr": 0}, "lr must be > 0"),
+        ({"lr": -1e-3}, "lr must be > 0"),
+        ({"lr": "nan"}, "lr must be > 0 and finite"),
+        ({"lr": "inf"}, "lr must be > 0 and finite"),
+        ({"momentum": 1.5}, "momentum"),
+        ({"eps": "inf"}, "eps, eta, .* must be finite"),
+    ],
+)
+def test_psg_config_refuses_bad_values_with_a_clear_message(overrides, match):
+    with pytest.raises(UsageError, match=f"psg: {match}"):
+        make_config("psg", overrides)
 
 
 def test_early_stop_freezes_samples_whose_label_flipped(digits):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from revise.errors import UsageError
 from revise.evaluate import predict
-from revise.unlearn.api import unlearn
+from revise.unlearn.api import make_config, unlearn
 from revise.unlearn.base import METHODS
 
 
@@ -54,3 +55,29 @@ def test_compiled_run_agrees_with_eager(digits):
     assert moved > 1e-3  # the run changed the weights, so agreement below is not vacuous
     for key in e:
         torch.testing.assert_close(c[key], e[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"lr": 0}, "lr must be > 0"),
+        ({"lr": "-0.1"}, "lr must be > 0"),
+        ({"lr": "nan"}, "lr must be > 0 and finite"),
+        ({"lr": "inf"}, "lr must be > 0 and finite"),
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": 1.5}, r"epochs must be a whole number, not 1\.5"),  # not silently 1
+        ({"epochs": "inf"}, "epochs must be a whole number"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": "many"}, "batch_size must be a number"),
+    ],
+)
+def test_every_method_refuses_a_bad_learning_rate_epochs_or_batch_size(name, overrides, match):
+    with pytest.raises(UsageError, match=match):
+        make_config(name, overrides)
+
+
+def test_a_misspelt_hyperparameter_gets_a_did_you_mean():
+    with pytest.raises(UsageError, match=r"no hyperparameter\(s\) lamda \(did you mean lam"):
+        make_config("psg", {"lamda": 0.1})
+    assert make_config("psg", {"epochs": "3", "lr": "1e-3"}).epochs == 3

@@ -182,6 +182,29 @@ def test_a_checkpoint_of_another_run_is_refused_saying_what_differs(digits, tmp_
         )
 
 
+@pytest.mark.parametrize(
+    ("module", "attribute", "part"),
+    [("revise", "__version__", "revise_version"), ("torch", "__version__", "torch_version")],
+)
+def test_a_checkpoint_of_another_revise_or_torch_version_is_refused(
+    digits, tmp_path, monkeypatch, module, attribute, part
+):
+    folder = tmp_path / "ck"
+    with pytest.raises(_Stop):
+        _run(
+            digits,
+            "finetune",
+            {"epochs": 1},
+            checkpoint_dir=folder,
+            checkpoint_every=EVERY,
+            progress=_stop_after(STOP_AFTER),
+        )
+    monkeypatch.setattr(f"{module}.{attribute}", "99.0.0")  # the upgrade
+    with pytest.raises(UsageError, match=rf"another run \({part} differs: '.+' != '99\.0\.0'\)"):
+        _run(digits, "finetune", {"epochs": 1}, checkpoint_dir=folder, resume=True)
+    assert checkpoint.peek(folder)["global_step"] == EVERY  # refused, and kept
+
+
 def test_resume_without_a_checkpoint_starts_fresh(digits, tmp_path):
     whole = _run(digits, "finetune", {"epochs": 1})
     fresh = _run(digits, "finetune", {"epochs": 1}, checkpoint_dir=tmp_path / "none", resume=True)

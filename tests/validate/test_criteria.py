@@ -122,7 +122,7 @@ def test_an_empty_set_is_rejected_before_the_run():
         check_inputs(criteria, empty, have=["original"], class_names=CLASSES)
     mia = parse_criteria("gates:\n  - metric: mia_efficacy\n    at_least: 0.5")
     no_test = {**sets(), "heldout_retain": pd.DataFrame({"device": [], "label": []})}
-    with pytest.raises(UsageError, match="needs at least 10 image.s. in heldout_retain"):
+    with pytest.raises(UsageError, match=r"needs at least 10 image\(s\) in heldout_retain"):
         check_inputs(mia, no_test, have=["original"], class_names=CLASSES)
 
 
