@@ -75,9 +75,12 @@ def gate_judge(
         baselines["reference"] = reference
     check_models(criteria, list(baselines))  # before any candidate: a gate we cannot judge
 
+    measured: dict = {}  # the baselines' predictions and attacks, computed for the first only
+
     def failed(candidate: nn.Module) -> int:
         models = {"candidate": candidate, **baselines}
-        return len(validate(models, data, criteria, card=card, device=device).failed())
+        result = validate(models, data, criteria, card=card, device=device, reuse=measured)
+        return len(result.failed())
 
     return failed
 

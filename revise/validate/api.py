@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,12 +104,16 @@ def validate(
     device: str = "auto",
     seed: int = 0,
     inputs: Mapping[str, Any] | None = None,
+    reuse: MutableMapping[Any, Any] | None = None,
 ) -> ValidationResult:
     """Measure ``models["candidate"]`` (and ``original``, optional ``reference``) on the four
     sets of ``data`` and judge every gate of ``criteria``.
 
     Models are loaded models (:func:`revise.models.io.load_model`) or modules with ``card``.
-    ``inputs`` are descriptions of the data sources for the report (paths, digests)."""
+    ``inputs`` are descriptions of the data sources for the report (paths, digests).
+    ``reuse``: a dict the caller keeps across calls that judge many candidates against the same
+    baselines on the same data (a merge search); the original's and the reference's predictions
+    and membership attacks are then computed once (keyed by model and data object)."""
     t_start = time.perf_counter()
     models = {name: _loaded(name, model, card) for name, model in models.items()}
     candidate = models["candidate"]
@@ -126,17 +130,14 @@ def validate(
     _check_decoded(criteria, data, class_names=card.class_names)
     sets = {name: s for name, s in data.sets.items() if len(s)}
     t0 = time.perf_counter()
-    outputs = {
-        name: _Outputs(
-            {s: predict(loaded.module, loaded.card, sets[s].data.x, device=device) for s in sets},
-            {s: sets[s].data.y for s in sets},
-        )
+    measured = {
+        name: _measured(name, loaded, sets, data, seed, device, reuse)
         for name, loaded in models.items()
     }
-    t_inference = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mia, histograms = _membership(outputs, sets, seed)
-    t_mia = time.perf_counter() - t0
+    outputs = {name: got[0] for name, got in measured.items()}
+    mia = {name: got[1] for name, got in measured.items() if got[1] is not None}
+    histograms = {name: got[2] for name, got in measured.items() if got[2] is not None}
+    t_measure = time.perf_counter() - t0
     class_names = list(card.class_names)
     accuracy = {name: _accuracy_tables(out, sets, by, class_names) for name, out in outputs.items()}
     agreement = {}
@@ -186,8 +187,7 @@ def validate(
         "software": _software(),
         "timings_s": {
             "decode": round(data.seconds, 3),
-            "inference": round(t_inference, 3),
-            "mia": round(t_mia, 3),
+            "inference_and_mia": round(t_measure, 3),
             "total": round(data.seconds + time.perf_counter() - t_start, 3),
         },
         "decode_failures": len(data.failures),
@@ -260,48 +260,70 @@ def _nonmember_set(sets: Mapping[str, Any]) -> list[str]:
     return [s for s in ("heldout_forget", "heldout_retain") if s in sets]
 
 
+_Measured = tuple[_Outputs, dict[str, Any] | None, dict[str, Any] | None]
+
+
+def _measured(
+    name: str,
+    loaded: LoadedModel,
+    sets: Mapping[str, Any],
+    data: PreparedData,
+    seed: int,
+    device: str,
+    reuse: MutableMapping[Any, Any] | None,
+) -> _Measured:
+    """One model's outputs on every set, its membership attacks and loss histogram (None where
+    the data allows none); baselines come from ``reuse`` when they were measured before."""
+    key = (name, id(loaded.module), id(data), seed)
+    cacheable = reuse is not None and name != "candidate"
+    if cacheable and key in reuse:
+        return reuse[key]
+    out = _Outputs(
+        {s: predict(loaded.module, loaded.card, sets[s].data.x, device=device) for s in sets},
+        {s: sets[s].data.y for s in sets},
+    )
+    got = (out, *_membership(out, sets, seed))
+    if cacheable:
+        reuse[key] = got
+    return got
+
+
 def _membership(
-    outputs: Mapping[str, _Outputs], sets: Mapping[str, Any], seed: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """loss-MIA, MIA-Efficacy and the loss histograms of every model (what the data allows)."""
-    mia: dict[str, Any] = {}
-    histograms: dict[str, Any] = {}
+    out: _Outputs, sets: Mapping[str, Any], seed: int
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """loss-MIA, MIA-Efficacy and the loss histogram of one model (what the data allows)."""
     nonmember_sets = _nonmember_set(sets)
     if "forget" not in sets or not nonmember_sets:
-        return mia, histograms
-    for name, out in outputs.items():
-        members = per_sample_loss(out.logits["forget"], out.labels["forget"])
-        nonmembers = np.concatenate(
-            [per_sample_loss(out.logits[s], out.labels[s]) for s in nonmember_sets]
-        )
-        entry: dict[str, Any] = {}
-        try:
-            entry["loss_mia"] = {
-                **loss_mia(members, nonmembers, seed=seed),
-                "members": "forget",
-                "nonmembers": "+".join(nonmember_sets),
-            }
-        except DataError as exc:
-            entry["loss_mia"] = {"error": str(exc)}
-        if "retain" in sets and "heldout_retain" in sets:
-            try:
-                entry["mia_efficacy"] = mia_efficacy(
-                    true_class_probability(out.logits["retain"], out.labels["retain"]),
-                    true_class_probability(
-                        out.logits["heldout_retain"], out.labels["heldout_retain"]
-                    ),
-                    true_class_probability(out.logits["forget"], out.labels["forget"]),
-                    seed=seed,
-                )
-            except DataError as exc:
-                entry["mia_efficacy"] = {"error": str(exc)}
-        mia[name] = entry
-        histograms[name] = {
-            **loss_histogram(members, nonmembers),
-            "members_label": "forget set (train)",
-            "nonmembers_label": " + ".join(nonmember_sets).replace("_", " "),
+        return None, None
+    members = per_sample_loss(out.logits["forget"], out.labels["forget"])
+    nonmembers = np.concatenate(
+        [per_sample_loss(out.logits[s], out.labels[s]) for s in nonmember_sets]
+    )
+    entry: dict[str, Any] = {}
+    try:
+        entry["loss_mia"] = {
+            **loss_mia(members, nonmembers, seed=seed),
+            "members": "forget",
+            "nonmembers": "+".join(nonmember_sets),
         }
-    return mia, histograms
+    except DataError as exc:
+        entry["loss_mia"] = {"error": str(exc)}
+    if "retain" in sets and "heldout_retain" in sets:
+        try:
+            entry["mia_efficacy"] = mia_efficacy(
+                true_class_probability(out.logits["retain"], out.labels["retain"]),
+                true_class_probability(out.logits["heldout_retain"], out.labels["heldout_retain"]),
+                true_class_probability(out.logits["forget"], out.labels["forget"]),
+                seed=seed,
+            )
+        except DataError as exc:
+            entry["mia_efficacy"] = {"error": str(exc)}
+    histogram = {
+        **loss_histogram(members, nonmembers),
+        "members_label": "forget set (train)",
+        "nonmembers_label": " + ".join(nonmember_sets).replace("_", " "),
+    }
+    return entry, histogram
 
 
 def _reference_summary(accuracy: Mapping[str, Any], mia: Mapping[str, Any]) -> dict[str, Any]:

@@ -333,6 +333,39 @@ def test_a_gate_aware_search_prefers_strengths_that_pass_the_gates(merge_site, t
     )
 
 
+def test_the_gate_judge_measures_the_baselines_once_and_judges_as_validate(merge_site, tmp_path):
+    from revise.merge._merge import gate_judge
+    from revise.models.io import load_model
+    from revise.validate.api import validate
+    from revise.validate.criteria import load_criteria
+
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(
+        "gates:\n"
+        "  - {metric: accuracy, set: forget, at_most: original - 0.08}\n"
+        "  - {metric: accuracy, set: heldout_forget, at_most: 0.9}\n"
+        "  - {metric: accuracy, set: heldout_retain, at_least: original - 0.07}\n"
+        "  - {metric: loss_mia, between: [0.45, 0.55]}\n"
+    )
+    criteria = load_criteria(gates)
+    base = load_model(merge_site.base)
+    candidates = [load_model(run).module for run in (merge_site.forgetting, merge_site.retention)]
+    calls = []
+    base.module.register_forward_hook(lambda *_: calls.append(1))
+    judge = gate_judge(criteria, merge_site.data, base.module, None, base.card, "cpu")
+    failed = [judge(candidates[0])]
+    after_first = len(calls)
+    failed.append(judge(candidates[1]))
+    assert after_first > 0 and len(calls) == after_first  # the original: predicted once
+    failing = []
+    for candidate, n_failed in zip(candidates, failed, strict=True):
+        models = {"candidate": candidate, "original": base.module}
+        alone = validate(models, merge_site.data, criteria, card=base.card, device="cpu")
+        assert n_failed == len(alone.failed())
+        failing.append({v.gate.name for v in alone.failed()})
+    assert failing[0] != failing[1]  # each candidate is measured, not a cached one
+
+
 def test_criteria_need_a_search_and_the_models_their_gates_name(merge_site, tmp_path):
     site = merge_site
     gates = tmp_path / "gates.yaml"
@@ -357,3 +390,4 @@ def test_criteria_need_a_search_and_the_models_their_gates_name(merge_site, tmp_
     )  # fmt: skip
     assert only_onnx.exit_code == 2 and "none the merged weights" in only_onnx.output
     assert not (tmp_path / "b").exists()
+
