@@ -390,4 +390,3 @@ def test_criteria_need_a_search_and_the_models_their_gates_name(merge_site, tmp_
     )  # fmt: skip
     assert only_onnx.exit_code == 2 and "none the merged weights" in only_onnx.output
     assert not (tmp_path / "b").exists()
-
