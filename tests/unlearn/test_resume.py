@@ -131,8 +131,8 @@ def test_resuming_restores_the_global_random_stream_of_dropout(digits, tmp_path)
     _assert_same_weights(whole, resumed)
 
 
-def test_a_checkpoint_of_another_run_is_refused_saying_what_differs(digits, tmp_path):
-    folder = tmp_path / "ck"
+def _interrupted_finetune(digits, folder) -> None:
+    """A one-epoch finetune stopped after STOP_AFTER steps, its checkpoint in ``folder``."""
     with pytest.raises(_Stop):
         _run(
             digits,
@@ -142,6 +142,11 @@ def test_a_checkpoint_of_another_run_is_refused_saying_what_differs(digits, tmp_
             checkpoint_every=EVERY,
             progress=_stop_after(STOP_AFTER),
         )
+
+
+def test_a_checkpoint_of_another_run_is_refused_saying_what_differs(digits, tmp_path):
+    folder = tmp_path / "ck"
+    _interrupted_finetune(digits, folder)
     with pytest.raises(
         UsageError, match=r"hyperparameters differ: lr 0\.04 != 0\.01\).*without --resume"
     ):
@@ -190,15 +195,7 @@ def test_a_checkpoint_of_another_revise_or_torch_version_is_refused(
     digits, tmp_path, monkeypatch, module, attribute, part
 ):
     folder = tmp_path / "ck"
-    with pytest.raises(_Stop):
-        _run(
-            digits,
-            "finetune",
-            {"epochs": 1},
-            checkpoint_dir=folder,
-            checkpoint_every=EVERY,
-            progress=_stop_after(STOP_AFTER),
-        )
+    _interrupted_finetune(digits, folder)
     monkeypatch.setattr(f"{module}.{attribute}", "99.0.0")  # the upgrade
     with pytest.raises(UsageError, match=rf"another run \({part} differs: '.+' != '99\.0\.0'\)"):
         _run(digits, "finetune", {"epochs": 1}, checkpoint_dir=folder, resume=True)
@@ -238,15 +235,7 @@ def test_batch_streams_are_a_function_of_seed_stream_and_counter():
 
 def test_resuming_with_another_cpu_thread_count_warns(digits, tmp_path, caplog):
     folder = tmp_path / "ck"
-    with pytest.raises(_Stop):
-        _run(
-            digits,
-            "finetune",
-            {"epochs": 1},
-            checkpoint_dir=folder,
-            checkpoint_every=EVERY,
-            progress=_stop_after(STOP_AFTER),
-        )
+    _interrupted_finetune(digits, folder)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)
