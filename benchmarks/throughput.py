@@ -3,7 +3,7 @@
 
     python benchmarks/throughput.py [--models allcnn,resnet18_cifar,resnet50] [--batch N]
         [--steps N] [--warmup N] [--repeats N] [--device auto|cpu|cuda] [--compile]
-        [--cudnn-benchmark] [--out PATH] [--markdown PATH | --no-markdown]
+        [--out PATH] [--markdown PATH | --no-markdown]
 
 For every model, on synthetic images resident on the device (uniform random pixels, never
 zeros), it measures:
@@ -763,11 +763,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--compile", action="store_true", help="add a torch.compile training row")
-    p.add_argument(
-        "--cudnn-benchmark",
-        action="store_true",
-        help="let cuDNN pick algorithms by timing (revise itself does not set this)",
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out",
@@ -803,7 +798,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if cuda:
         if device.index is not None:  # set_device rejects a bare "cuda"
             torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        # as revise's unlearning sets it (fixed shapes: cuDNN picks algorithms by timing once),
+        # so plain training and psg are timed alike
+        torch.backends.cudnn.benchmark = True
     info = machine_info(device)
     out = args.out or REPO / "benchmarks" / "results" / f"throughput-{info['device_kind']}.json"
     markdown = None if args.no_markdown else args.markdown
@@ -819,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "repeats": args.repeats,
             "compile": args.compile,
             "psg_compiled": bool(args.compile),
-            "cudnn_benchmark": bool(cuda and args.cudnn_benchmark),
+            "cudnn_benchmark": cuda,
             "seed": args.seed,
             "psg_config": {"epochs": 1, "steps": INNER_STEPS, "phi": list(PHIS)},
             "command": "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:]),

@@ -25,12 +25,29 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # read by setting: done once, at import, before any thread runs
+    os.umask(mask)
+    return mask
+
+
+# tempfile makes files 0600 and folders 0700 whatever the umask; outputs get the modes an open()
+# or mkdir() would give them (a colleague, or a Docker host user, can read the report).
+_UMASK = _process_umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    The file has the umask's usual mode from the start; a block that writes a secret narrows it
+    (os.chmod) before writing."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -72,6 +89,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    tmp.chmod(DIR_MODE)
     try:
         yield tmp
         _swap_in(tmp, target)

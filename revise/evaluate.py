@@ -35,12 +35,21 @@ def predict(
     device: str = "auto",
     batch_size: int = 1024,
 ) -> torch.Tensor:
-    """Logits (N, K) on the CPU, fp32, computed in eval mode in batches."""
+    """Logits (N, K) on the CPU, fp32, computed in eval mode in batches.
+
+    fp32 on purpose, also on a GPU: accuracies and gates must not move with a device's reduced
+    precision. The logits stay on the device until the end (one copy back, no sync per batch)."""
     dev = resolve_device(device)
     model = PixelSpaceModel(net, card).to(dev).eval()
-    out = [model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
+    memory = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    model = model.to(memory_format=memory)
+    out = [
+        model(x[i : i + batch_size].to(dev, non_blocking=True).contiguous(memory_format=memory))
+        for i in range(0, len(x), batch_size)
+    ]
+    logits = torch.cat(out).float().cpu() if out else torch.empty(0, card.num_classes)
     net.cpu()
-    return torch.cat(out) if out else torch.empty(0, card.num_classes)
+    return logits
 
 
 def accuracy_by(

@@ -40,6 +40,8 @@ def train_classifier(
     torch.manual_seed(seed)
     net.requires_grad_(True)
     model = PixelSpaceModel(net, card).to(dev)
+    if dev.type == "cuda":  # the images come channels_last (LabelledTensors.to): so do the weights
+        model = model.to(memory_format=torch.channels_last)
     data = data.to(dev)
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(

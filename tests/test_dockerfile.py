@@ -83,3 +83,24 @@ def test_runs_as_a_non_root_user_after_installing(instructions):
     assert cmds.index("USER") > last_run
     created = [args for args in runs(instructions) if args and args[0] == "useradd"]
     assert created and created[0][-1] == users[-1]
+    # the UID must be free: Ubuntu 24.04 bases hold 1000 for their "ubuntu" user
+    uid = created[0][created[0].index("--uid") + 1]
+    commands = [" ".join(args) for args in runs(instructions)]
+    useradd_at = next(i for i, c in enumerate(commands) if c.startswith("useradd"))
+    assert uid != "1000" or any("userdel" in c and "ubuntu" in c for c in commands[:useradd_at]), (
+        "UID 1000 belongs to the base image's ubuntu user"
+    )
+
+
+def test_installs_onnx2torch_without_its_dependencies(instructions):
+    """--model x.onnx needs onnx2torch; its torchvision requirement would replace CUDA torch."""
+    (install,) = [
+        args for args in pip_installs(instructions) if any("onnx2torch" in a for a in args)
+    ]
+    assert "--no-deps" in install
+
+
+def test_has_a_compiler_for_torch_compile(instructions):
+    apt = [args for args in runs(instructions) if "apt-get" in args and "install" in args]
+    packages = {arg for args in apt for arg in args}
+    assert {"gcc", "python3-dev"} <= packages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,15 +41,26 @@ class ModelCard:
     description: str = ""
 
     def __post_init__(self) -> None:
-        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
-        self.pixel_range = tuple(float(v) for v in self.pixel_range)  # type: ignore[assignment]
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
+        self.num_classes = _whole("num_classes", self.num_classes, minimum=1)
+        self.in_channels = _whole("in_channels", self.in_channels, minimum=1)
+        self.input_size = _numbers("input_size", self.input_size, 2, whole=True)  # type: ignore[assignment]
+        if min(self.input_size) < 1:
+            raise ModelError(f"model card: input_size must be positive, not {self.input_size}")
+        self.pixel_range = _numbers("pixel_range", self.pixel_range, 2)  # type: ignore[assignment]
+        if not self.pixel_range[0] < self.pixel_range[1]:
+            raise ModelError(
+                f"model card: pixel_range must be [low, high] with low < high, not "
+                f"{list(self.pixel_range)}"
+            )
+        self.mean = _numbers("mean", self.mean)
+        self.std = _numbers("std", self.std)
         if len(self.mean) not in (1, self.in_channels) or len(self.std) not in (
             1,
             self.in_channels,
         ):
             raise ModelError(f"model card: mean/std must have 1 or {self.in_channels} values")
+        if min(self.std) <= 0:
+            raise ModelError(f"model card: std must be > 0 (it divides), not {list(self.std)}")
         if self.intensity not in ("minmax", "voi", "fixed"):
             raise ModelError(
                 f"model card: intensity must be minmax, voi or fixed, not {self.intensity!r}"
@@ -56,7 +68,9 @@ class ModelCard:
         if self.intensity == "fixed" and self.intensity_range is None:
             raise ModelError("model card: intensity 'fixed' needs intensity_range [lo, hi]")
         if self.intensity_range is not None:
-            self.intensity_range = tuple(float(v) for v in self.intensity_range)  # type: ignore[assignment]
+            self.intensity_range = _numbers("intensity_range", self.intensity_range, 2)  # type: ignore[assignment]
+            if not self.intensity_range[0] < self.intensity_range[1]:
+                raise ModelError("model card: intensity_range must be [lo, hi] with lo < hi")
         if not self.class_names:
             self.class_names = [str(i) for i in range(self.num_classes)]
         if len(self.class_names) != self.num_classes:
@@ -92,4 +106,35 @@ class ModelCard:
             ) from None
         except json.JSONDecodeError as exc:
             raise ModelError(f"model card {path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+        if not isinstance(data, dict):
+            raise ModelError(f"model card {path} is not a JSON object")
+        try:
+            return cls.from_dict(data)
+        except ModelError as exc:  # say which card: validate reads three
+            raise ModelError(f"{path}: {exc}") from None
+
+
+def _whole(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+        raise ModelError(f"model card: {name} must be a whole number, not {value!r}")
+    if value < minimum:
+        raise ModelError(f"model card: {name} must be at least {minimum}, not {value!r}")
+    return int(value)
+
+
+def _numbers(
+    name: str, values: Any, count: int | None = None, *, whole: bool = False
+) -> tuple[Any, ...]:
+    """``values`` as a tuple of floats (ints with ``whole``), ``count`` of them if given."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ModelError(f"model card: {name} must be a list of numbers, not {values!r}")
+    if count is not None and len(values) != count:
+        raise ModelError(f"model card: {name} must have {count} values, not {list(values)}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v:
+            raise ModelError(f"model card: {name} must be numbers, not {list(values)}")
+        if whole and v != int(v):
+            raise ModelError(f"model card: {name} must be whole numbers, not {list(values)}")
+        out.append(int(v) if whole else float(v))
+    return tuple(out)

@@ -80,3 +80,18 @@ def test_attaching_a_report_that_fails_half_way_leaves_the_bundle_as_it_was(
     monkeypatch.undo()
     attach_validation(bundle, report)
     assert json.loads((bundle / "bundle.json").read_text())["validation"]["verdict"] == "pass"
+
+
+def test_atomic_outputs_get_the_modes_of_a_plain_write(tmp_path):
+    """tempfile's private 0600/0700 must not stick to reports and run folders: outputs get what
+    open()/mkdir() give under the process umask (read once at import)."""
+    import stat
+
+    _io.write_text_atomic(tmp_path / "report.json", "{}")
+    with atomic_dir(tmp_path / "run") as tmp:
+        (tmp / "x").write_text("x")
+    (tmp_path / "plain").write_text("x")
+    (tmp_path / "plain-dir").mkdir()
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "report.json") == mode(tmp_path / "plain") == _io.FILE_MODE
+    assert mode(tmp_path / "run") == mode(tmp_path / "plain-dir") == _io.DIR_MODE
