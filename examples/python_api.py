@@ -34,6 +34,7 @@ data = prepare(manifest, card, 'device == "Borealis CR-7"', cache_dir=work / "ca
 
 forget, retain = data.sets["forget"].data, data.sets["retain"].data
 everything = LabelledTensors(torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]))
+torch.manual_seed(0)  # the deployed model's initial weights: the same every run
 deployed = train_classifier(build(card), card, everything, TrainConfig(epochs=20, lr=0.05))
 
 result = run_unlearning(deployed, card, data, method="psg", config=PSG_DEMO_CONFIG)

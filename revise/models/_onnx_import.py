@@ -77,6 +77,77 @@ def _unsupported_onnx_ops(proto: Any) -> list[str]:
     return list(missing)
 
 
+def _for_onnx2torch(proto: Any) -> Any:
+    """The same graph in a form onnx2torch converts, where a lossless rewrite exists.
+
+    Today's torch.onnx exporter (and revise's own export) writes opset 18, whose ReduceMean takes
+    its axes as an input that onnx2torch does not read, and Reshape with allowzero=1, which it
+    refuses. An older opset from ONNX's own version converter, and allowzero=0 where the target
+    shape is a constant without zeros (where the two mean the same), load unchanged models."""
+    import onnx
+    from onnx import version_converter
+
+    if _unsupported_onnx_ops(proto):
+        for opset in (17, 16):
+            try:
+                older = version_converter.convert_version(proto, opset)
+                _drop_default_noop_with_empty_axes(older)
+                onnx.checker.check_model(older)
+            except Exception:
+                continue
+            if not _unsupported_onnx_ops(older):
+                proto = older
+                break
+    _relax_allowzero(proto)
+    return proto
+
+
+# Reductions whose axes moved from an attribute to an input at opset 18 (ReduceSum did at 13).
+_REDUCE_AXES_AT_18 = {
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSumSquare",
+}
+
+
+def _drop_default_noop_with_empty_axes(proto: Any) -> None:
+    """ONNX's 18 -> 17 converter keeps noop_with_empty_axes, which opset 17 reductions lack; at
+    its default 0 it means what opset 17 does anyway. (At 1 the node is left to fail the check.)"""
+    for node in proto.graph.node:
+        if node.op_type in _REDUCE_AXES_AT_18:
+            default = [a for a in node.attribute if a.name == "noop_with_empty_axes" and a.i == 0]
+            keep = [a for a in node.attribute if a not in default]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+
+
+def _relax_allowzero(proto: Any) -> None:
+    """Reshape allowzero=1 -> 0 where the shape is a constant with no 0 (no behaviour change)."""
+    from onnx import numpy_helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    constants[node.output[0]] = numpy_helper.to_array(attr.t)
+    for node in proto.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        shape = constants.get(node.input[1])
+        if shape is None or (shape == 0).any():
+            continue
+        for attr in node.attribute:
+            if attr.name == "allowzero" and attr.i == 1:
+                attr.i = 0
+
+
 def _onnx_input_shape(proto: Any) -> tuple[int, ...] | None:
     inits = {i.name for i in proto.graph.initializer}
     for inp in proto.graph.input:
@@ -104,6 +175,7 @@ def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     o2t = _import_onnx2torch()
     fix = "export with opset <= 16 (torch.onnx.export(..., dynamo=False, opset_version=16)) or "
     fix += "provide safetensors weights + --architecture"
+    proto = _for_onnx2torch(proto)
     missing = _unsupported_onnx_ops(proto)
     if missing:
         raise ModelError(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import Result
 from clirunner import describe, invoke
 
@@ -115,6 +116,7 @@ def train_model(manifest: Path, out: Path, *, epochs: int = 8) -> Path:
     card = demo_card()
     data = prepare(manifest_mod.load(manifest), card, None)  # no selection: all on retain side
     recipe = TrainConfig(epochs=epochs, batch_size=64, lr=0.05)
+    torch.manual_seed(0)  # the initial weights: the same model in every session
     net = train_classifier(build(card), card, data.sets["retain"].data, recipe, device="cpu")
     return save_model(net, card, out)
 

@@ -13,7 +13,8 @@ from clirunner import kill_when
 
 LENIENT = """
 gates:
-  - {name: retired device not better, metric: accuracy, set: heldout_forget, at_most: original}
+  - {name: retired device not better, metric: accuracy, set: heldout_forget,
+     at_most: original + 0.02}
   - {metric: accuracy, set: heldout_retain, per: device, at_least: original - 0.2}
   - {metric: parity_label_agreement, at_least: 1.0}
 """

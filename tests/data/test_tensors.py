@@ -247,6 +247,17 @@ def test_disk_cache(tmp_path, manifest, monkeypatch):
     monkeypatch.setattr(DicomLoader, "read_pixels", counting)
     bigger = load_tensors(rows, card(input_size=(40, 40)), cache_dir=cache)
     assert bigger.x.shape == (16, 1, 40, 40) and len(calls) == 16
+    # So is every other preprocessing choice: a VOI window, another pixel range, channels.
+    for other in (
+        card(intensity="voi"),
+        card(pixel_range=(-1.0, 1.0)),
+        card(in_channels=3, mean=(0.5,), std=(0.5,)),
+    ):
+        calls.clear()
+        decoded = load_tensors(rows, other, cache_dir=cache)
+        assert len(calls) == 16, other  # not served a cached entry of another preprocessing
+        if other.pixel_range != (0.0, 1.0):
+            torch.testing.assert_close(decoded.x, first.x * 2 - 1)
     # A file that changed (new mtime) is decoded again; the others come from the cache.
     calls.clear()
     stat = os.stat(tmp_path / "ct.dcm")

@@ -3,7 +3,6 @@ an end-to-end merge of two real unlearning runs through the command line."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -273,8 +272,14 @@ def test_merge_cli_end_to_end(merge_site, tmp_path):
     torch.testing.assert_close(got["features.0.weight"], want["features.0.weight"])
 
 
+def _folder_bytes(*folders) -> dict:
+    files = [p for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()]
+    return {p: p.read_bytes() for p in files}
+
+
 def test_merge_cli_errors(merge_site, tmp_path):
     site = merge_site
+    shared = _folder_bytes(site.forgetting, site.retention)
     result = invoke(
         "merge", site.forgetting, site.retention, "--take", "fc.*=1", "-o", tmp_path / "m"
     )
@@ -293,7 +298,7 @@ def test_merge_cli_errors(merge_site, tmp_path):
     assert result.exit_code == 1
     assert "run other revises another base model" in result.stderr
     assert not (tmp_path / "m").exists()
-    copy.deepcopy(record)  # the shared run folders were only read
+    assert _folder_bytes(site.forgetting, site.retention) == shared  # only read, never written
 
 
 def test_a_gate_aware_search_prefers_strengths_that_pass_the_gates(merge_site, tmp_path):

@@ -364,6 +364,24 @@ def test_onnx_opset16_load_and_save_round_trip(tmp_path, model, card, x):
         save_model(torch.nn.Linear(2, 2), loaded.card, tmp_path / "nograph")
 
 
+def test_onnx_from_todays_exporter_opset_18_loads_like_the_model(tmp_path, model, card, x):
+    """torch.onnx's default exporter (and revise's own bundles) write opset 18 with ReduceMean
+    axes as an input and Reshape allowzero=1, which onnx2torch refuses as they are; the loader
+    rewrites them losslessly, so a revised model can be revised again from its bundle."""
+    import onnx
+
+    from revise.export.onnx import export_onnx
+
+    path = tmp_path / "model.onnx"
+    export_onnx(model.eval(), card, path)
+    proto = onnx.load(str(path))
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {18}
+    assert any(n.op_type == "ReduceMean" for n in proto.graph.node)
+    loaded = load_model(path)
+    assert loaded.format == "onnx" and loaded.card.input_size == (16, 16)
+    _same(model, loaded.module, x, atol=1e-4)
+
+
 def test_random_bytes_named_onnx(tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(random.Random(0).randbytes(2048) + b"\0")
