@@ -25,9 +25,7 @@ GOOD = {"architecture": "small_cnn", "num_classes": 3, "in_channels": 1, "input_
         ({"intensity": "fixed", "intensity_range": [100, -100]}, r"intensity_range must be"),
     ],
 )
-def test_a_card_that_would_give_wrong_numbers_is_refused_naming_its_file(
-    tmp_path, change, message
-):
+def test_a_card_that_would_give_wrong_numbers_is_refused_naming_its_file(tmp_path, change, message):
     path = tmp_path / "card.json"
     path.write_text(json.dumps({**GOOD, **change}))
     with pytest.raises(ModelError, match=message) as err:
