@@ -47,21 +47,15 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
     from revise.data.index import apply_label_rule, index
 
     say = echo(ctx)
+    # every option is checked before the site is read (indexing a site can take long)
     if out.suffix not in (".parquet", ".csv"):
         raise UsageError(f"-o {out}: a manifest is .parquet or .csv")
+    mapping = _label_rule(root, loader, label_tag, label_map)
     result = index(root, loader=loader, site=site, labels=labels)
     if failures_out:  # written first: it is what explains a run where every file failed
         _write_failures(failures_out, result.failures)
     df = result.manifest
-    if label_map and not label_tag:
-        raise UsageError("--label-map needs --label-tag (the column whose values it maps)")
     if label_tag:
-        mapping = {}
-        for item in label_map:
-            value, sep, cls = item.partition("=")
-            if not sep or not cls.strip().lstrip("-").isdigit():
-                raise UsageError(f"--label-map {item!r} is not VALUE=CLASS (CLASS an integer)")
-            mapping[value] = int(cls)
         df = apply_label_rule(df, label_tag, mapping)
     if df.empty:
         raise _nothing_indexed(root, result, failures_out)
@@ -83,6 +77,37 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
 
 
 SHOWN_FAILURES = 3
+
+
+def _label_rule(
+    root: Path, loader: str, label_tag: str | None, label_map: tuple[str, ...]
+) -> dict[str, int]:
+    """--label-map as VALUE -> class, checked (with --label-tag) before anything is indexed."""
+    import pandas as pd
+
+    from revise.data.index import DICOM, apply_label_rule, choose_loader
+    from revise.data.manifest import normalize
+
+    if label_map and not label_tag:
+        raise UsageError("--label-map needs --label-tag (the column whose values it maps)")
+    if not label_tag:
+        return {}
+    if not label_map:
+        raise UsageError(
+            f"--label-tag {label_tag} needs --label-map VALUE=CLASS (repeatable)",
+            hint=f"e.g. --label-tag {label_tag} --label-map CHEST=0 --label-map HAND=1",
+        )
+    mapping: dict[str, int] = {}
+    for item in label_map:
+        value, sep, cls = item.partition("=")
+        if not sep or not cls.strip().lstrip("-").isdigit():
+            raise UsageError(f"--label-map {item!r} is not VALUE=CLASS (CLASS an integer)")
+        mapping[value] = int(cls)
+    if choose_loader(root, loader).name == DICOM:
+        # the built-in loader writes exactly the manifest columns: a tag outside them is
+        # refused now (a plugin's loader may add columns, known only once it has run)
+        apply_label_rule(normalize(pd.DataFrame()), label_tag, mapping)
+    return mapping
 
 
 def _write_failures(path: Path, failures: list[IndexFailure]) -> None:
@@ -128,6 +153,10 @@ def select_cmd(ctx, manifest, expression, out) -> None:
     from revise.data import manifest as manifest_mod
     from revise.data.select import describe, select
 
+    if out is not None and out.suffix not in (".parquet", ".csv"):
+        raise UsageError(
+            f"-o {out}: a manifest is .parquet or .csv", hint=f"e.g. -o {out.stem}.csv"
+        )
     df = manifest_mod.load(manifest)
     chosen = select(df, expression)
     # describe() hides values given for patient: a clear patient ID never reaches the console.

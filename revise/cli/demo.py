@@ -25,7 +25,9 @@ from revise.cli._common import device_option, echo, seed_option
 def demo(ctx: click.Context, out: Path, device: str, seed: int) -> None:
     """Run the whole revision path on a built-in DICOM site (digits, two devices)."""
     from revise.demo import FORGET, format_table, run_demo
+    from revise.export.onnx import require_onnxruntime
 
+    require_onnxruntime()  # the demo exports and checks ONNX parity: say so before any work
     say = echo(ctx)
     say(f"revise demo: forget every image of one device ({FORGET}) in {out}/")
     t0 = time.perf_counter()

@@ -243,14 +243,24 @@ def evaluate_cmd(model_path, card, arch, manifest_path, forget, by, json_out, ca
     from revise.data import manifest as manifest_mod
     from revise.evaluate import evaluate
     from revise.pipeline import prepare
+    from revise.registry import did_you_mean
+    from revise.validate.criteria import FORBIDDEN_COLUMNS
 
     if json_out is not None and json_out.is_dir():
         raise UsageError(f"--json {json_out} is a folder; give a file name")
-    loaded = _load(model_path, card, arch)
+    bad = [column for column in by if column in FORBIDDEN_COLUMNS]
+    if bad:  # its values would be printed and written to --json
+        raise UsageError(
+            f"--by {bad[0]}: file paths may identify patients; group by another column"
+        )
     manifest = manifest_mod.load(manifest_path)
     unknown = [column for column in by if column not in manifest.columns]
     if unknown:
-        raise UsageError(f"--by {', '.join(unknown)}: no such manifest column")
+        raise UsageError(
+            f"--by {', '.join(unknown)}: no such manifest column",
+            hint=did_you_mean(unknown[0], [str(c) for c in manifest.columns]),
+        )
+    loaded = _load(model_path, card, arch)
     data = prepare(manifest, loaded.card, forget, cache_dir=cache)
     metrics = evaluate(loaded.module, loaded.card, data.sets, by=by, device=device)
     for name, stats in metrics.items():
@@ -285,7 +295,11 @@ def evaluate_cmd(model_path, card, arch, manifest_path, forget, by, json_out, ca
 )
 @click.option("--fp16", is_flag=True, help="Also ship model.fp16.onnx (own parity gate).")
 @click.option(
-    "--parity-samples", default=256, show_default=True, help="Images for the parity check."
+    "--parity-samples",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Images for the parity check.",
 )
 @click.option("--opset", default=18, show_default=True, help="ONNX opset.")
 @click.option(
@@ -317,6 +331,7 @@ def export_cmd(
     import torch
 
     from revise.export.bundle import write_bundle
+    from revise.export.onnx import require_onnxruntime
     from revise.models.pixel import normalize
 
     say = echo(ctx)
@@ -327,6 +342,7 @@ def export_cmd(
         )
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists", hint="choose another -o or pass --overwrite")
+    require_onnxruntime()  # the parity check needs it: say so before any work
     loaded = _load(model_path, card, arch)
     c = loaded.card
     source = "random pixel-range images"

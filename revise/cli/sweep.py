@@ -26,11 +26,26 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
     from revise.errors import UsageError
 
     grid: dict[str, list] = {}
+    texts: dict[str, list[str]] = {}  # as typed, for the hint
     for item in items:
         name, sep, values = item.partition("=")
-        if not sep or not name.strip() or not values.strip():
+        name = name.strip()
+        if not sep or not name or not values.strip():
             raise UsageError(f"--grid {item!r} is not name=v1,v2,...", hint=GRID_HELP)
-        grid[name.strip()] = [parse_scalar(v.strip()) for v in values.split(",")]
+        parts = [v.strip() for v in values.split(",")]
+        if "" in parts:
+            kept = ",".join(p for p in parts if p)
+            raise UsageError(
+                f"empty value in --grid {item}",
+                hint=f"did you mean --grid {name}={kept}?" if kept else GRID_HELP,
+            )
+        if name in texts:
+            raise UsageError(
+                f"--grid {name} given twice",
+                hint=f"give all values in one: --grid {name}={','.join(texts[name] + parts)}",
+            )
+        texts[name] = parts
+        grid[name] = [parse_scalar(v) for v in parts]
     return grid
 
 
@@ -51,6 +66,7 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
 @click.option(
     "-o", "--out", required=True, type=click.Path(path_type=Path), help="Folder for results."
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
 @click.option(
     "--concurrent",
     type=click.IntRange(min=1),
@@ -75,6 +91,7 @@ def sweep_cmd(
     settings,
     reference,
     out,
+    overwrite,
     concurrent,
     cache,
     device,
@@ -85,12 +102,16 @@ def sweep_cmd(
 
     from revise._io import atomic_dir, write_json_atomic
     from revise.data import manifest as manifest_mod
+    from revise.errors import UsageError
     from revise.models.io import load_model
     from revise.pipeline import prepare
     from revise.sweep import sweep
 
     say = echo(ctx)
+    if out.exists() and not overwrite:  # before any work: a refused sweep costs nothing
+        raise UsageError(f"{out} already exists", hint="choose another -o or pass --overwrite")
     grid = parse_grid(grid_items)
+    fixed = parse_settings(settings)
     loaded = load_model(model_path, card=card, architecture=arch)
     ref = load_model(reference, card=loaded.card).module if reference else None
     data = prepare(manifest_mod.load(manifest_path), loaded.card, forget, cache_dir=cache)
@@ -104,7 +125,7 @@ def sweep_cmd(
         data,
         method=method,
         grid=grid,
-        fixed=parse_settings(settings),
+        fixed=fixed,
         reference=ref,
         device=device,
         seed=seed,
@@ -112,7 +133,7 @@ def sweep_cmd(
         on_run=report,
     )
     table = pd.DataFrame(result.table())
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         table.to_csv(tmp / "results.csv", index=False)
         write_json_atomic(
             tmp / "sweep.json",
@@ -120,7 +141,7 @@ def sweep_cmd(
                 "method": method,
                 "criterion": result.criterion,
                 "grid": grid,
-                "fixed": parse_settings(settings),
+                "fixed": fixed,
                 "reference_accuracy": result.reference,
                 "wall_clock_s": result.wall_clock_s,
                 "concurrent": result.concurrent,

@@ -106,6 +106,7 @@ def validate_cmd(
     from revise.data import manifest as manifest_mod
     from revise.data.split import partition
     from revise.export.bundle import attach_validation, is_bundle
+    from revise.export.onnx import require_onnxruntime
     from revise.models.io import load_model
     from revise.pipeline import decode_sets
     from revise.validate.api import check_onnx_matches, validate, write_report
@@ -121,6 +122,8 @@ def validate_cmd(
     bundle = model_path if is_bundle(model_path) else None
     if bundle is not None and onnx_path is None:
         onnx_path = bundle / "model.onnx"  # a bundle is validated with the ONNX file it ships
+    if onnx_path is not None:
+        require_onnxruntime()  # the parity check needs it: say so before any work
     gates = load_criteria(criteria)  # a wrong criteria file stops here, before any work
     have = ["original"] + (["reference"] if reference else []) + (["onnx"] if onnx_path else [])
     check_models(gates, have)

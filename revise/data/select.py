@@ -427,11 +427,24 @@ def _explain(leaf: Comparison, ctx: _Context) -> str | None:
     counts = ctx.view(leaf.column, "text").value_counts()
     if counts.empty:
         return f"{_format(leaf)} matches {alone} rows; {leaf.column} is empty in every row"
+    if leaf.column in _identifying_columns():  # file paths can carry patient names
+        return (
+            f"{_format(leaf)} matches {alone} rows; {leaf.column} has {len(counts)} distinct "
+            "values (not listed: they may identify patients)"
+        )
     wanted = [v for v in ctx.values_of(leaf) if isinstance(v, str)]
     existing = _suggest(wanted, [str(v) for v in counts.index])
     listed = ", ".join(_quote(v) for v in existing)
     more = f" ({len(counts)} distinct)" if len(counts) > len(existing) else ""
     return f"{_format(leaf)} matches {alone} rows; existing {leaf.column} values: {listed}{more}"
+
+
+def _identifying_columns() -> set[str]:
+    """Columns whose values an error never lists: ``path`` and every column a validation
+    report refuses to group by."""
+    from revise.validate.criteria import FORBIDDEN_COLUMNS  # here: only an error needs it
+
+    return {"path", *FORBIDDEN_COLUMNS}
 
 
 def _explain_patient(leaf: Comparison, ctx: _Context) -> str | None:

@@ -125,6 +125,21 @@ def _torch_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return out.detach().to("cpu", torch.float32).numpy()
 
 
+def require_onnxruntime() -> Any:
+    """The onnxruntime module, or an ExportError saying how to install it (the bare install,
+    without the cpu or gpu extra, has none)."""
+    try:
+        import onnxruntime
+    except ImportError as exc:  # a missing package, or one that cannot load
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime"
+        what = "is not installed" if missing else f"cannot be imported ({exc})"
+        raise ExportError(
+            f"ONNX Runtime (onnxruntime) {what}; the ONNX parity check needs it",
+            hint='install it: pip install -e ".[cpu]", or ".[gpu]" for onnxruntime-gpu on a GPU',
+        ) from None
+    return onnxruntime
+
+
 def check_parity(
     model: nn.Module,
     onnx_path: str | os.PathLike,
@@ -139,8 +154,7 @@ def check_parity(
     ``passed`` needs ``np.allclose(onnx, torch, rtol, atol)`` and identical argmax for every
     sample. ``max_rel_diff`` is ``max |onnx - torch| / max(|torch|, 1e-12)``.
     """
-    import onnxruntime as ort
-
+    ort = require_onnxruntime()
     samples = torch.as_tensor(samples).detach().to("cpu", torch.float32)
     if samples.ndim != 4 or len(samples) == 0:
         raise ExportError(

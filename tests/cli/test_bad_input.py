@@ -216,3 +216,205 @@ def test_export_to_a_file_name_ending_in_onnx_says_the_bundle_is_a_folder(cli, d
     line = cli.one_line_error(result)
     assert "the bundle is a folder" in line and str(tmp_path / "model" / "model.onnx") in line
     _assert_nothing_written(cli, tmp_path, out)
+
+
+# --- outputs that exist already ----------------------------------------------------------------
+
+
+def _sweep_args(demo_site, out: Path, *grid: str) -> list[object]:
+    grid_args = [arg for item in grid or ("gamma=0",) for arg in ("--grid", item)]
+    return [
+        "sweep",
+        "--model",
+        demo_site.model,
+        "--data",
+        demo_site.manifest,
+        "--forget",
+        f'device == "{FORGET_DEVICE}"',
+        *grid_args,
+        "--set",
+        "epochs=1",
+        "-o",
+        out,
+        "--device",
+        "cpu",
+    ]
+
+
+def test_sweep_refuses_an_existing_out_folder_and_keeps_it(cli, demo_site, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("earlier results\n")
+    cache = tmp_path / "cache"
+    result = cli(*_sweep_args(demo_site, out), "--cache", cache, code=2)
+    line = cli.one_line_error(result)
+    assert f"{out} already exists" in line and "--overwrite" in line
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "earlier results\n"
+    assert not cache.exists(), "refused before any image was decoded"
+
+
+# --- options refused before any work -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grid", "expected"),
+    [
+        (
+            ("lr=1e-3", "lr=1e-4"),
+            "--grid lr given twice (give all values in one: --grid lr=1e-3,1e-4)",
+        ),
+        (("lr=1e-3,",), "empty value in --grid lr=1e-3,"),
+        (("lr=1e-3,,1e-4",), "did you mean --grid lr=1e-3,1e-4?"),
+    ],
+)
+def test_sweep_grid_repeated_or_with_an_empty_value(cli, demo_site, tmp_path, grid, expected):
+    out = tmp_path / "results"
+    result = cli(*_sweep_args(demo_site, out, *grid), code=2)
+    assert expected in cli.one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_to_group_by_file_path(cli, demo_site, tmp_path):
+    json_out = tmp_path / "metrics.json"
+    args = ["evaluate", "--model", demo_site.model, "--data", demo_site.manifest]
+    result = cli(*args, "--by", "path", "--json", json_out, "--device", "cpu", code=2)
+    line = cli.one_line_error(result)  # also: nothing on stdout, so no path was printed
+    assert "--by path" in line and "patients" in line
+    assert str(demo_site.dicom) not in result.output
+    assert not json_out.exists()
+
+
+def test_evaluate_unknown_by_column_suggests_the_close_one(cli, demo_site, tmp_path):
+    args = ["evaluate", "--model", demo_site.model, "--data", demo_site.manifest]
+    result = cli(*args, "--by", "devise", "--device", "cpu", code=2)
+    line = cli.one_line_error(result)
+    assert "--by devise: no such manifest column" in line and "(did you mean device," in line
+
+
+def test_select_on_path_matching_nothing_lists_no_file_paths(cli, demo_site):
+    result = cli("select", demo_site.manifest, 'path == "/x/Doe^John.dcm"', code=2)
+    line = cli.one_line_error(result)
+    assert "matched 0 of 1797 rows" in line
+    assert str(demo_site.dicom) not in line and ".dcm, " not in line
+    files = pd.read_parquet(demo_site.manifest)["path"].nunique()
+    assert f"path has {files} distinct values (not listed" in line
+
+
+def test_select_to_a_file_that_is_not_a_manifest_prints_and_writes_nothing(
+    cli, demo_site, tmp_path
+):
+    out = tmp_path / "rows.txt"
+    result = cli("select", demo_site.manifest, "label == 1", "-o", out, code=2)
+    line = cli.one_line_error(result)  # nothing selected on stdout before the error
+    assert f"-o {out}" in line and ".parquet or .csv" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--label-map", "HAND=0"], "--label-map needs --label-tag"),
+        (["--label-tag", "body_part", "--label-map", "HAND=x"], "'HAND=x' is not VALUE=CLASS"),
+        (["--label-tag", "body_part"], "--label-tag body_part needs --label-map"),
+        (["--label-tag", "Modality", "--label-map", "OT=0"], "did you mean modality?"),
+    ],
+)
+def test_index_label_options_are_checked_before_the_site_is_read(
+    cli, small_site, tmp_path, monkeypatch, options, expected
+):
+    import revise.data.index
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the site was indexed before the options were checked")
+
+    monkeypatch.setattr(revise.data.index, "index", must_not_run)
+    manifest, failures = tmp_path / "m.parquet", tmp_path / "f.csv"
+    args = ["index", small_site, "-o", manifest, "--failures", failures, *options]
+    result = cli(*args, code=2)
+    assert expected in cli.one_line_error(result)
+    _assert_nothing_written(cli, tmp_path, manifest, failures)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "unlearn", "sweep"])
+def test_device_that_is_not_a_device(cli, demo_site, tmp_path, command):
+    cache = tmp_path / "cache"
+    out = tmp_path / "out"
+    args = {
+        "evaluate": ["evaluate", "--model", demo_site.model, "--data", demo_site.manifest],
+        "unlearn": cli.unlearn_args(demo_site, out),
+        "sweep": _sweep_args(demo_site, out),
+    }[command]
+    result = cli(*args, "--cache", cache, "--device", "gpu", code=2)
+    line = cli.one_line_error(result)
+    assert "--device 'gpu' is not a device" in line and "cuda:N" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_device_cuda_without_a_gpu_is_refused_before_decoding(
+    cli, demo_site, tmp_path, monkeypatch, device
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cache = tmp_path / "cache"
+    args = ["evaluate", "--model", demo_site.model, "--data", demo_site.manifest]
+    result = cli(*args, "--cache", cache, "--device", device, code=2)
+    line = cli.one_line_error(result)
+    assert f"--device {device} was asked for but no CUDA device is available" in line
+    assert "--device cpu" in line
+    assert not cache.exists(), "refused before any image was decoded"
+
+
+def test_export_parity_samples_must_be_positive(cli, demo_site, tmp_path):
+    out = tmp_path / "bundle"
+    result = cli("export", demo_site.model, "-o", out, "--parity-samples", "0", code=2)
+    assert "--parity-samples" in result.stderr and "0 is not in the range x>=1" in result.stderr
+    _assert_nothing_written(cli, tmp_path, out)
+
+
+# --- onnxruntime missing (the bare install, without the cpu or gpu extra) ----------------------
+
+PARITY_GATE = "gates:\n  - metric: parity_label_agreement\n    at_least: 1.0\n"
+
+
+@pytest.mark.parametrize("command", ["export", "validate", "demo"])
+def test_commands_needing_onnxruntime_say_how_to_install_it(
+    cli, demo_site, tmp_path, monkeypatch, command
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "gates.yaml").write_text(PARITY_GATE)
+    (work / "model.onnx").write_bytes(b"\x08\x07")
+    out = tmp_path / "out"
+    args = {
+        "export": ["export", demo_site.model, "-o", out, "--data", demo_site.manifest],
+        "validate": [
+            "validate",
+            demo_site.model,
+            "--original",
+            demo_site.model,
+            "--data",
+            demo_site.manifest,
+            "--forget",
+            f'device == "{FORGET_DEVICE}"',
+            "--criteria",
+            work / "gates.yaml",
+            "--onnx",
+            work / "model.onnx",
+            "-o",
+            out,
+            "--device",
+            "cpu",
+        ],
+        "demo": ["demo", "-o", out, "--device", "cpu"],
+    }[command]
+    result = cli(*args, code=1)
+    line = cli.one_line_error(result)
+    assert "onnxruntime" in line and "is not installed" in line and "internal error" not in line
+    assert 'pip install -e ".[cpu]"' in line and ".[gpu]" in line
+    _assert_nothing_written(cli, tmp_path, out)

@@ -219,6 +219,14 @@ def test_unlearn_psg_run(cli, demo_site, psg_run):
         assert 0.0 <= stats["accuracy"] <= 1.0
         assert re.search(rf"^\s+{name}\s+n={stats['n']}\s", result.stdout, re.M), name
     assert set(record["metrics"]["forget"]["by"]["device"]) == {FORGET_DEVICE}
+    # the run forgot: the retired device's images are read worse than by the base model
+    from revise.evaluate import evaluate
+    from revise.pipeline import prepare
+
+    loaded = load_model(demo_site.model)
+    before = evaluate(loaded.module, loaded.card, prepare(manifest, loaded.card, cli.forget).sets)
+    assert record["metrics"]["forget"]["accuracy"] < before["forget"]["accuracy"] - 0.02
+    assert record["metrics"]["retain"]["accuracy"] > 0.5  # and kept the other device
 
 
 def test_unlearn_stdout_holds_only_results(psg_run):
