@@ -147,6 +147,7 @@ class DicomLoader:
                     "instance stored more than once); they share a sample_key",
                     int(dup.sum()),
                 )
+        _warn_about_missing_codecs(manifest)
         log.info(
             "dicom: %d rows from %d files; %d skipped, %d failed",
             len(manifest),
@@ -333,3 +334,26 @@ def _row_int(value: Any, default: int | None) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return default
+
+
+def _warn_about_missing_codecs(manifest: pd.DataFrame) -> None:
+    """Say at indexing, not only when decoding, which images no installed decoder can read
+    (compressed transfer syntaxes whose plugins, some GPL-licensed, are optional installs)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    if manifest.empty:
+        return
+    for uid, n in manifest["transfer_syntax"].value_counts().items():
+        try:
+            decoder = get_decoder(UID(str(uid)))
+        except (NotImplementedError, ValueError):
+            continue  # unsupported outright: decoding reports it per image
+        if not decoder.is_available:
+            log.warning(
+                "dicom: %d image(s) use %s, which no installed decoder reads (needs %s); they "
+                "will fail to decode",
+                n,
+                UID(str(uid)).name,
+                "; ".join(decoder.missing_dependencies) or "a decoder plugin",
+            )

@@ -469,3 +469,22 @@ def test_read_pixels_errors(manifest, tmp_path):
     broken = row_of(manifest, "JPEG2000-embedded-sequence-delimiter.dcm")
     with pytest.raises(DataError, match=r"JPEG2000-embedded-sequence-delimiter\.dcm"):
         loader.read_pixels(broken)
+
+
+def test_indexing_says_which_images_no_installed_decoder_can_read(tmp_path, caplog):
+    """JPEG Lossless needs gdcm or pylibjpeg-libjpeg (optional; GPL): said when indexing, with
+    the count and what to install, rather than only image by image when decoding."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLosslessSV1
+
+    for name in ("SC_rgb_jpeg_gdcm.dcm", "CT_small.dcm"):
+        shutil.copy(TEST_FILES / name, tmp_path / name)
+    with caplog.at_level("WARNING", logger="revise.data.dicom_loader"):
+        result = index_dicom(tmp_path, key=KEY)
+    assert len(result.manifest) == 2 and not result.failures  # headers index either way
+    warned = [r.getMessage() for r in caplog.records if "no installed decoder" in r.getMessage()]
+    if get_decoder(JPEGLosslessSV1).is_available:
+        assert warned == []
+    else:
+        (message,) = warned
+        assert message.startswith("dicom: 1 image(s) use JPEG Lossless") and "pylibjpeg" in message
