@@ -302,14 +302,7 @@ def _threshold(
 
 def check_models(criteria: Criteria, have: Sequence[str]) -> None:
     """Reject gates that need a model not given (``have``: "original", "reference", "onnx")."""
-    for number, gate in enumerate(criteria.gates, 1):
-        for need in ({METRICS[gate.metric].requires} | gate.baselines()) - {None, "original"}:
-            if need not in have:
-                flag = "--reference RETRAINED_MODEL" if need == "reference" else "--onnx FILE"
-                raise UsageError(
-                    f"{criteria.source}, gate {number} ({gate.name}) needs the {need} model",
-                    hint=f"pass {flag}",
-                )
+    _refuse(criteria, _model_problems(criteria, have))
 
 
 def check_inputs(
@@ -320,9 +313,10 @@ def check_inputs(
     class_names: Sequence[str],
 ) -> None:
     """Reject gates the inputs cannot answer: a missing reference/ONNX model, an unknown column,
-    a group absent from its set, an empty set. ``sets`` are the manifest rows of each set."""
-    check_models(criteria, have)
-    check_sets(criteria, sets, class_names=class_names)
+    a group absent from its set, an empty set. ``sets`` are the manifest rows of each set.
+    Every problem is reported at once."""
+    problems = _model_problems(criteria, have) + _set_problems(criteria, sets, class_names)
+    _refuse(criteria, problems)
 
 
 def check_sets(
@@ -330,38 +324,76 @@ def check_sets(
 ) -> None:
     """The part of :func:`check_inputs` about the rows of each set (run again after decoding,
     which can drop unreadable images)."""
+    _refuse(criteria, _set_problems(criteria, sets, class_names))
+
+
+def _refuse(criteria: Criteria, problems: list[str]) -> None:
+    """One error for all the problems: a site fixes its criteria or inputs in one go."""
+    if len(problems) == 1:
+        raise UsageError(problems[0])
+    if problems:
+        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        raise UsageError(f"{criteria.source}: {len(problems)} problems: {listed}")
+
+
+def _with_hint(message: str, hint: str | None) -> str:
+    return f"{message} ({hint})" if hint else message
+
+
+def _model_problems(criteria: Criteria, have: Sequence[str]) -> list[str]:
+    problems = []
+    for number, gate in enumerate(criteria.gates, 1):
+        for need in sorted(({METRICS[gate.metric].requires} | gate.baselines()) - {None}):
+            if need != "original" and need not in have:
+                flag = "--reference RETRAINED_MODEL" if need == "reference" else "--onnx FILE"
+                problems.append(
+                    _with_hint(
+                        f"{criteria.source}, gate {number} ({gate.name}) needs the {need} model",
+                        f"pass {flag}",
+                    )
+                )
+    return problems
+
+
+def _set_problems(
+    criteria: Criteria, sets: Mapping[str, pd.DataFrame], class_names: Sequence[str]
+) -> list[str]:
+    problems = []
     for number, gate in enumerate(criteria.gates, 1):
         label = f"{criteria.source}, gate {number} ({gate.name})"
-        spec = METRICS[gate.metric]
-        for alternatives in spec.needs:
-            names = alternatives.split("|")
-            if sum(len(sets.get(s, ())) for s in names) < spec.min_images:  # '|': pooled
-                have_n = " + ".join(f"{len(sets.get(s, ()))} in {s}" for s in names)
-                raise UsageError(
-                    f"{label}: {gate.metric} needs at least {spec.min_images} image(s) in "
-                    f"{alternatives.replace('|', ' or ')}; this data has {have_n}"
-                )
-        if gate.set is None:
-            continue
-        rows = sets.get(gate.set)
-        if rows is None or rows.empty:
-            held = gate.set.startswith("heldout")
-            raise UsageError(
-                f"{label}: the set {gate.set} is empty for this data and selection",
-                hint="held-out rows have split == heldout in the labels; or pass --heldout"
-                if held
-                else None,
+        problems += _gate_set_problems(label, gate, sets, class_names)
+    return problems
+
+
+def _gate_set_problems(
+    label: str, gate: Gate, sets: Mapping[str, pd.DataFrame], class_names: Sequence[str]
+) -> list[str]:
+    spec = METRICS[gate.metric]
+    problems = []
+    for alternatives in spec.needs:
+        names = alternatives.split("|")
+        if sum(len(sets.get(s, ())) for s in names) < spec.min_images:  # '|': pooled
+            have_n = " + ".join(f"{len(sets.get(s, ()))} in {s}" for s in names)
+            problems.append(
+                f"{label}: {gate.metric} needs at least {spec.min_images} image(s) in "
+                f"{alternatives.replace('|', ' or ')}; this data has {have_n}"
             )
-        for column in [c for c, _ in gate.where] + ([gate.per] if gate.per else []):
-            if column not in rows.columns:
-                raise UsageError(
-                    f"{label}: no manifest column {column!r}",
-                    hint=did_you_mean(column, list(rows.columns)),
-                )
-        selected = where_mask(gate, rows, class_names)
-        if not selected.any():
-            wanted = ", ".join(f"{c}={v}" for c, v in gate.where)
-            raise UsageError(f"{label}: no image of {gate.set} has {wanted}")
+    if gate.set is None:
+        return problems
+    rows = sets.get(gate.set)
+    if rows is None or rows.empty:
+        held = gate.set.startswith("heldout")
+        hint = "held-out rows have split == heldout in the labels; or pass --heldout"
+        message = f"{label}: the set {gate.set} is empty for this data and selection"
+        return [*problems, _with_hint(message, hint if held else None)]
+    for column in [c for c, _ in gate.where] + ([gate.per] if gate.per else []):
+        if column not in rows.columns:
+            message = f"{label}: no manifest column {column!r}"
+            problems.append(_with_hint(message, did_you_mean(column, list(rows.columns))))
+    if not problems and not where_mask(gate, rows, class_names).any():
+        wanted = ", ".join(f"{c}={v}" for c, v in gate.where)
+        problems.append(f"{label}: no image of {gate.set} has {wanted}")
+    return problems
 
 
 def label_value(value: str, class_names: Sequence[str]) -> str:

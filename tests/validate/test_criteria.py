@@ -155,3 +155,21 @@ def test_verdicts_on_estimates_intervals_and_relative_thresholds():
     outside = judge(band, Estimate(220, 0.60, None), {"reference": 0.47})
     assert not outside.passed and outside.margin == pytest.approx(-0.08)
     assert outside.as_dict()["threshold"] == [pytest.approx(0.42), pytest.approx(0.52)]
+
+
+def test_every_problem_of_the_criteria_is_reported_at_once():
+    empty = {**sets(), "heldout_forget": pd.DataFrame({"device": [], "label": []})}
+    criteria = parse_criteria(
+        "gates:\n"
+        "  - {metric: distance_to_reference, at_most: 0.1}\n"
+        "  - {metric: accuracy, set: heldout_forget, at_most: 0.5}\n"
+        "  - {metric: accuracy, set: retain, per: devise, at_least: 0.5}\n",
+        source="g.yaml",
+    )
+    with pytest.raises(UsageError) as err:
+        check_inputs(criteria, empty, have=["original"], class_names=CLASSES)
+    message = str(err.value)
+    assert message.startswith("g.yaml: 3 problems: (1) g.yaml, gate 1")
+    assert "needs the reference model (pass --reference RETRAINED_MODEL)" in message
+    assert "(2) g.yaml, gate 2" in message and "heldout_forget is empty" in message
+    assert "(3) g.yaml, gate 3" in message and "did you mean device?" in message
