@@ -197,6 +197,22 @@ def test_heldout_from_a_dicom_folder_matches_the_manifest_heldout_rows(
     assert report["inputs"]["heldout"]["dropped_as_training_images"] > 0
 
 
+def test_heldout_select_narrows_the_heldout_images(
+    cli, demo_site, run_folder, passing_report, tmp_path
+):
+    """--heldout-select keeps only the held-out images it matches: here the retired device's,
+    so the held-out retain side is empty and a gate on it cannot be judged."""
+    extra = ["--heldout", demo_site.dicom, "--heldout-labels", demo_site.labels]
+    extra += ["--heldout-select", 'device == "Borealis CR-7"']
+    gates = write(tmp_path, "gates:\n  - {metric: accuracy, set: heldout_forget, at_most: 1.0}\n")
+    out = tmp_path / "report"
+    cli(*args(demo_site, run_folder, gates, out, *extra), code=0)
+    report = json.loads((out / "revision_report.json").read_text())
+    reference = json.loads((passing_report[2] / "revision_report.json").read_text())
+    assert report["sets"]["heldout_forget"]["n"] == reference["sets"]["heldout_forget"]["n"]
+    assert report["sets"]["heldout_retain"]["n"] == 0
+
+
 def test_heldout_straight_from_a_pacs_end_to_end(
     cli, orthanc, demo_site, revised, passing_report, tmp_path
 ):

@@ -95,3 +95,15 @@ def test_atomic_outputs_get_the_modes_of_a_plain_write(tmp_path):
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     assert mode(tmp_path / "report.json") == mode(tmp_path / "plain") == _io.FILE_MODE
     assert mode(tmp_path / "run") == mode(tmp_path / "plain-dir") == _io.DIR_MODE
+
+
+def test_export_opset_option_sets_the_graphs_opset(export_site, tmp_path):
+    import onnx
+    from clirunner import invoke
+
+    out = tmp_path / "bundle17"
+    model = export_site.models[0]
+    result = invoke("export", model, "-o", out, "--data", export_site.manifest, "--opset", "17")
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(str(out / "model.onnx"))
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {17}

@@ -122,6 +122,16 @@ def test_cli_keygen_sign_verify(bundle, tmp_path):
     assert result.stdout.splitlines()[0] == "OK: 10 files verified"
 
 
+def test_cli_keygen_curve_p384(tmp_path):
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    result = invoke("keygen", "-o", tmp_path / "keys", "--curve", "P-384")
+    assert result.exit_code == 0, result.output
+    assert "(P-384," in result.stdout
+    key = load_pem_private_key((tmp_path / "keys/revise-signing.key").read_bytes(), None)
+    assert key.curve.name == "secp384r1"
+
+
 def test_model_signing_verifies_a_revise_signature(signed, keys):
     public = keys[1]
     assert library_verifies(signed, public)

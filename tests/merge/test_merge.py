@@ -277,6 +277,31 @@ def _folder_bytes(*folders) -> dict:
     return {p: p.read_bytes() for p in files}
 
 
+def test_merge_keep_bn_keeps_the_merged_statistics_and_reestimate_bn_replaces_them(
+    merge_site, tmp_path
+):
+    from revise.models.io import load_model
+
+    site = merge_site
+    args = ["merge", site.forgetting, site.retention, "--strengths", "0.5,0.5"]
+    args += ["--data", site.manifest, "--forget", site.forget, "--device", "cpu"]
+    stats = {}
+    for flag in ("--keep-bn", "--reestimate-bn"):
+        result = invoke(*args, flag, "-o", tmp_path / flag)
+        assert result.exit_code == 0, result.output
+        record = json.loads((tmp_path / flag / "run.json").read_text())["merge"]["batchnorm"]
+        assert (record["reestimated_layers"] > 0) == (flag == "--reestimate-bn"), record
+        state = load_model(tmp_path / flag).module.state_dict()
+        stats[flag] = {k: v for k, v in state.items() if k.endswith("running_mean")}
+    runs = [load_model(r).module.state_dict() for r in (site.forgetting, site.retention)]
+    for key, kept in stats["--keep-bn"].items():  # the strength merge of the statistics
+        base = load_model(site.base).module.state_dict()[key]
+        torch.testing.assert_close(
+            kept, base + 0.5 * (runs[0][key] - base) + 0.5 * (runs[1][key] - base)
+        )
+        assert not torch.allclose(stats["--reestimate-bn"][key], kept)
+
+
 def test_merge_cli_errors(merge_site, tmp_path):
     site = merge_site
     shared = _folder_bytes(site.forgetting, site.retention)
