@@ -707,14 +707,17 @@ def _selection_files(text: Any) -> list[Path]:
 
 
 def _names_patients(text: str) -> bool:
-    from revise.data.select import PATIENT, _leaves
+    """Whether a selection gives values describe() hides (patient IDs, file paths): its
+    fingerprint must then see them keyed, as the shown text no longer does."""
+    from revise.data.select import IDENTIFYING, _leaves
 
     tree = _selection_tree(text)
-    return tree is not None and any(leaf.column == PATIENT for leaf in _leaves(tree))
+    return tree is not None and any(leaf.column in IDENTIFYING for leaf in _leaves(tree))
 
 
 def shown_selection(text: Any) -> str:
-    """A selection as records and logs show it: values given for ``patient`` hidden."""
+    """A selection as records and logs show it: values given for ``patient`` and ``path``
+    hidden."""
     from revise.data.select import describe
 
     tree = _selection_tree(text)

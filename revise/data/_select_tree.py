@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from revise.data.manifest import ALIASES
 
 PATIENT = "patient"
+# Columns whose values identify a person: hidden by describe(). File paths are there because
+# sites name folders after patients (DOE^JOHN/...).
+IDENTIFYING = (PATIENT, "path")
 
 Value = str | int | float | bool | dt.date
 
@@ -73,7 +76,8 @@ class IsEmpty(Comparison):
 
 
 def _format(node: Expr, *, redact: bool = False) -> str:
-    """Canonical text of a tree; ``redact`` hides values given for ``patient`` (for messages)."""
+    """Canonical text of a tree; ``redact`` hides values given for ``patient`` and ``path``
+    (for records and messages)."""
     if isinstance(node, Or):
         return " or ".join(_wrapped(child, (Or,), redact) for child in node.operands)
     if isinstance(node, And):
@@ -82,7 +86,7 @@ def _format(node: Expr, *, redact: bool = False) -> str:
         return "not " + _wrapped(node.operand, (Or, And), redact)
     if not isinstance(node, Comparison):
         raise TypeError(f"not a selection node: {node!r}")
-    hidden = redact and node.column == PATIENT
+    hidden = redact and node.column in IDENTIFYING
     if isinstance(node, Compare):
         value = "<identifier>" if hidden else _literal(node.value)
         return f"{node.column} {node.op} {value}"

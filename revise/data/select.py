@@ -78,6 +78,7 @@ from revise.data._select_parser import MAX_DEPTH as MAX_DEPTH
 from revise.data._select_parser import Token as Token
 from revise.data._select_parser import _regex, parse
 from revise.data._select_tree import (
+    IDENTIFYING,
     PATIENT,
     And,
     Compare,
@@ -99,6 +100,7 @@ from revise.errors import SelectionError
 from revise.phi import key_fingerprint, pseudonym, site_key
 
 __all__ = [
+    "IDENTIFYING",
     "And",
     "Compare",
     "Comparison",
@@ -127,7 +129,8 @@ def _as_expr(expr: str | Expr) -> Expr:
 
 
 def describe(expr: str | Expr) -> str:
-    """Canonical text safe for records and logs: values given for ``patient`` are hidden."""
+    """Canonical text safe for records and logs: values given for ``patient`` and ``path`` are
+    hidden."""
     return _format(_as_expr(expr), redact=True)
 
 

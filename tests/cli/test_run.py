@@ -291,3 +291,18 @@ def test_a_gate_needing_a_reference_points_to_the_recipe_key(cli, demo_site, tmp
     message = cli("run", path, code=2).stderr
     assert "validate.criteria:" in message and "set validate.reference" in message
     assert "--reference" not in message
+
+
+def test_a_changed_hidden_path_in_the_selection_still_changes_the_stage_fingerprint(tmp_path):
+    """Records show `path == <identifier>`; the fingerprint must still see which path (keyed),
+    or an edited selection would be taken for the stage already done."""
+    from revise.recipe import Stage, _fingerprint
+
+    def fingerprint(forget: str) -> str:
+        args = ["unlearn", "--forget", forget, "-o", str(tmp_path / "run")]
+        return _fingerprint(Stage("unlearn", args, tmp_path / "run"), {})
+
+    one, other = 'path == "/site/A/1.dcm"', 'path == "/site/B/1.dcm"'
+    assert Stage("x", ["--forget", one], tmp_path).shown() == ["--forget", "path == <identifier>"]
+    assert fingerprint(one) != fingerprint(other)
+    assert fingerprint(one) == fingerprint(one)

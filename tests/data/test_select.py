@@ -209,6 +209,14 @@ def test_describe_hides_patient_values_but_keeps_the_rest():
     assert "2 identifiers" in text and '"Cirrus 800 FA"' in text
 
 
+def test_describe_hides_file_paths_which_can_name_patients():
+    from revise.data.select import describe
+
+    text = describe('path == "/site/DOE^JOHN/1.dcm" or path ~= "^/site/ROE" or label == 2')
+    assert "DOE" not in text and "ROE" not in text
+    assert text == "path == <identifier> or path ~= <identifier> or label == 2"
+
+
 @pytest.mark.parametrize(
     "expr",
     [
