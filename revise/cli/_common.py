@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,40 +12,13 @@ import yaml
 
 from revise.errors import UsageError
 
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
-_CUDA_INDEX = re.compile(r"cuda:(\d+)")
-
 
 def check_device(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
-    """A --device value the run can use, refused (exit 2) before any work when it is not:
-    a name torch does not know, or a CUDA/MPS device this machine does not have."""
-    name = value.strip().lower()
-    if name in ("auto", "cpu"):
-        return name
-    if name != "cuda" and not _CUDA_INDEX.fullmatch(name) and name != "mps":
-        raise UsageError(f"--device {value!r} is not a device", hint=f"use {DEVICES}")
-    import torch
+    """--device: refused (exit 2) before any work when this machine cannot run it."""
+    from revise.models.pixel import resolve_device
 
-    if name == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(
-                "--device mps was asked for but no MPS (Apple GPU) device is available",
-                hint="use --device cpu or auto",
-            )
-        return name
-    if not torch.cuda.is_available():
-        raise UsageError(
-            f"--device {name} was asked for but no CUDA device is available",
-            hint="use --device cpu or auto",
-        )
-    match = _CUDA_INDEX.fullmatch(name)
-    count = torch.cuda.device_count()
-    if match and int(match.group(1)) >= count:
-        raise UsageError(
-            f"--device {name}: this machine has {count} CUDA device(s)",
-            hint=f"use cuda:0 to cuda:{count - 1}",
-        )
-    return name
+    resolve_device(value)
+    return value.strip().lower()
 
 
 device_option = click.option(
@@ -54,7 +26,7 @@ device_option = click.option(
     default="auto",
     show_default=True,
     callback=check_device,
-    help=f"{DEVICES} (auto: CUDA when present).",
+    help="auto, cpu, cuda, cuda:N or mps (auto: CUDA when present).",
 )
 model_option = click.option(
     "--model",

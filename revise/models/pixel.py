@@ -8,6 +8,8 @@ so the deployed input contract never changes.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -29,15 +31,41 @@ class PixelSpaceModel(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+_CUDA_INDEX = re.compile(r"cuda:(\d+)")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is a usage error."""
+    """``auto`` picks CUDA when present. Anything else must be a device this machine has: an
+    unknown name, or CUDA/MPS asked for where there is none, is a usage error (the CLI checks
+    ``--device`` with this before any work)."""
+    from revise.errors import UsageError
+
+    name = name.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from revise.errors import UsageError
-
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(
+                "--device mps was asked for but no MPS (Apple GPU) device is available",
+                hint="use --device cpu or auto",
+            )
+        return torch.device("mps")
+    match = _CUDA_INDEX.fullmatch(name)
+    if name != "cuda" and match is None:
+        raise UsageError(f"--device {name!r} is not a device", hint=f"use {DEVICES}")
+    if not torch.cuda.is_available():
         raise UsageError(
-            "--device cuda was asked for but no CUDA device is available", hint="use --device cpu"
+            f"--device {name} was asked for but no CUDA device is available",
+            hint="use --device cpu or auto",
+        )
+    count = torch.cuda.device_count()
+    if match and int(match.group(1)) >= count:
+        raise UsageError(
+            f"--device {name}: this machine has {count} CUDA device(s)",
+            hint=f"use cuda:0 to cuda:{count - 1}",
         )
     return torch.device(name)
 

@@ -52,20 +52,6 @@ def test_text_file_named_dcm_is_reported_and_left_out(cli, demo_site, small_site
     assert cli.leftovers(tmp_path) == []
 
 
-def test_folder_of_only_bad_files_fails(cli, tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "a.dcm").write_text("not DICOM")
-    (site / "b.dcm").write_bytes(b"\x00\x01\x02" * 50)
-    manifest, failures = tmp_path / "m.parquet", tmp_path / "f.csv"
-    result = cli("index", site, "-o", manifest, "--failures", failures, code=1)
-    line = cli.one_line_error(result)
-    assert str(site) in line and "2 unreadable" in line
-    _assert_nothing_written(cli, tmp_path, manifest)
-    # the failures file says why, even though nothing was indexed
-    assert sorted(pd.read_csv(failures)["path"]) == [str(site / "a.dcm"), str(site / "b.dcm")]
-
-
 @pytest.mark.parametrize("cut", ["half", "pixels"])
 def test_truncated_dicom_is_reported_and_the_run_goes_on(cli, small_site, tmp_path, cut):
     files = _dicoms(small_site)

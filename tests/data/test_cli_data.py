@@ -24,6 +24,7 @@ def test_failures_file_is_written_when_every_file_failed(tmp_path):
     # The error names the first files and why, and points at the full list.
     assert f"{site / 'a.dcm'}: not a DICOM file (a text file)" in errors[0]
     assert f"{site / 'b.dcm'}: not a DICOM file" in errors[0] and str(failures) in errors[0]
+    assert str(site) in errors[0] and "2 unreadable" in errors[0]
     table = pd.read_csv(failures)
     assert table.columns.tolist() == ["path", "reason"]
     assert table["path"].tolist() == [str(site / "a.dcm"), str(site / "b.dcm")]

@@ -445,3 +445,19 @@ def test_monai_like_bundle(tmp_path, model, x):
     assert loaded.format == "monai_bundle"
     assert loaded.card.class_names == ["x", "y", "z"] and loaded.card.input_size == (16, 16)
     _same(model, loaded.module, x)
+
+
+def test_resolve_device_refuses_what_this_machine_cannot_run():
+    """The one check behind --device and the Python API's device= arguments."""
+    from revise.errors import UsageError
+    from revise.models.pixel import resolve_device
+
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    with pytest.raises(UsageError, match="'gpu' is not a device"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA device is available"):
+            resolve_device("cuda:1")
+    else:
+        with pytest.raises(UsageError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
