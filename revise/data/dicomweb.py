@@ -279,7 +279,7 @@ class _Server:
     def __init__(self, url: str, timeout: float) -> None:
         from dicomweb_client.api import DICOMwebClient
 
-        self.url = _redact(url.rstrip("/"))  # for messages and logs: no credentials
+        self.url = redact_url(url.rstrip("/"))  # for messages and logs: no credentials
         self.cache_name = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         self.timeout = timeout
         try:
@@ -481,7 +481,7 @@ def _describe(exc: requests.exceptions.RequestException, timeout: float) -> tupl
     return f"failed: {type(exc).__name__}", "check the URL and the server's log"
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without user name and password."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:

@@ -181,8 +181,10 @@ MAX_LISTED_FAILURES = 5
 @contextlib.contextmanager
 def _pydicom_tracebacks_off() -> Iterator[None]:
     """pydicom logs a failing decoder's exception with its traceback before raising it; each
-    failure is reported once, by load_tensors, with its file and reason. (Set per call: importing
-    pydicom's config resets its logger's level.)"""
+    failure is reported once, by load_tensors, with its file and reason. (pydicom's config is
+    imported first: importing it resets its logger's level.)"""
+    import pydicom.config  # noqa: F401
+
     logger = logging.getLogger("pydicom")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -243,6 +245,9 @@ def load_tensors(
         bar = Progress(transient=True, console=Console(stderr=True))  # stdout holds results
         bar.start()
         task = bar.add_task("decoding", total=len(records))
+    # once for the whole loop: setting a logger level clears every logger's cache
+    quiet = contextlib.ExitStack()
+    quiet.enter_context(_pydicom_tracebacks_off())
     try:
         for (loader_name, path), members in groups.items():
             try:
@@ -263,8 +268,7 @@ def load_tensors(
                     if loader_name not in loaders:
                         loaders[loader_name] = get_loader(loader_name)
                     try:
-                        with _pydicom_tracebacks_off():
-                            pixels = loaders[loader_name].read_pixels(row, voi=voi)
+                        pixels = loaders[loader_name].read_pixels(row, voi=voi)
                         arr = to_model_input(pixels, card)
                     except Exception as exc:  # any decode problem: count it, go on
                         fail(i, _reason(exc))
@@ -278,6 +282,7 @@ def load_tensors(
                 if bar is not None:
                     bar.advance(task)
     finally:
+        quiet.close()
         if bar is not None:
             bar.stop()
 

@@ -362,10 +362,11 @@ def check_onnx_matches(candidate: LoadedModel, onnx_path: str | Path) -> None:
     from revise.export.onnx import read_metadata
 
     exported_from = read_metadata(onnx_path).get("revise.weights_sha256")
-    if exported_from and exported_from != _digest(candidate):
+    mine = _digest(candidate) if exported_from else ""
+    if exported_from and exported_from != mine:
         raise UsageError(
             f"{onnx_path} was exported from other weights (sha256 {exported_from[:12]}...) than "
-            f"the model validated, {candidate.path} ({_digest(candidate)[:12]}...)",
+            f"the model validated, {candidate.path} ({mine[:12]}...)",
             hint="pass the model.onnx of this model's bundle (revise export)",
         )
 

@@ -30,10 +30,10 @@ class HeldoutData:
     fetched: int = 0  # DICOMweb: instances downloaded now (the rest came from the cache)
 
     def describe(self) -> dict[str, Any]:
-        from revise.data.dicomweb import _redact  # a server URL may carry credentials
+        from revise.data.dicomweb import redact_url  # a server URL may carry credentials
 
         out = {
-            "source": _redact(self.source) if is_dicomweb(self.source) else self.source,
+            "source": redact_url(self.source) if is_dicomweb(self.source) else self.source,
             "kind": self.kind,
             "digest": manifest_mod.digest(self.rows),
             "rows": len(self.rows),
