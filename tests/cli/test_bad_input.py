@@ -1,7 +1,7 @@
 """Bad input through the CLI: one clear line on stderr naming the file or field, the right exit
 code, and no partial output (no -o target, no stray ``*.part`` files beside it).
 
-Small sites are copies of one patient folder of the shared demo site (tests/cli/conftest.py).
+Small sites are copies of one patient folder of the shared demo site (tests/cli_site.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The `revise` command line end to end, in-process (click's CliRunner), on the demo DICOM site.
 
-The shared site, manifest, deployed model and psg run come from tests/cli/conftest.py; tests
+The shared site, manifest, deployed model and psg run come from tests/cli_site.py; tests
 only read them and write into their own ``tmp_path``.
 """
 

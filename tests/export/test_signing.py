@@ -1,6 +1,6 @@
 """Signing and verifying a revision bundle: real bundles (`revise export` + `revise validate`,
-see conftest.py), real EC keys, real model-signing signatures, and model-signing's own verifier
-(API and command line) as the independent check."""
+see tests/export_site.py), real EC keys, real model-signing signatures, and model-signing's own
+verifier (API and command line) as the independent check."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""Shared set-up for the CLI tests: one demo site, indexed, with a deployed model, per session.
+"""Shared set-up for the CLI tests (a pytest plugin of tests/conftest.py): one demo site, indexed,
+with a deployed model, per session.
 
 Building the demo site writes 1,797 DICOM files (a few seconds), so it happens once. The site,
 its manifest, the model and the psg run folder are shared read-only by every test: a test that
 needs to change one of them copies it into its own ``tmp_path`` first.
 
-Test modules reach the helpers through the ``cli`` fixture (conftest modules are not meant to be
-imported): ``cli(*args, code=0)`` runs ``revise`` in-process and checks the exit code.
+Test modules reach the helpers through the ``cli`` fixture (fixture modules are not meant
+to be imported): ``cli(*args, code=0)`` runs ``revise`` in-process and checks the exit code.
 """
 
 from __future__ import annotations
