@@ -12,7 +12,7 @@ ENV VIRTUAL_ENV=/opt/revise PATH=/opt/revise/bin:$PATH PIP_NO_CACHE_DIR=1
 RUN python3 -m venv $VIRTUAL_ENV
 
 # CUDA torch first, then the project with the GPU extra (onnxruntime-gpu, never the CPU package).
-RUN pip install --index-url https://download.pytorch.org/whl/cu128 "torch>=2.4"
+RUN pip install --index-url https://download.pytorch.org/whl/cu128 "torch>=2.7"
 COPY pyproject.toml README.md /src/
 COPY revise /src/revise
 RUN pip install "/src[gpu]"

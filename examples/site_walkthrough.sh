@@ -8,13 +8,14 @@ work="${1:-revise-walkthrough}"
 revise demo -o "$work/demo" >/dev/null          # builds the site and the deployed model
 site="$work/demo/site"
 forget='device == "Borealis CR-7"'
-revise index "$site/dicom" -o "$work/manifest.parquet" --labels "$site/labels.csv" --site demo
+revise index "$site/dicom" -o "$work/manifest.parquet" --labels "$site/labels.csv" --site demo \
+  --overwrite
 revise select "$work/manifest.parquet" "$forget"
 revise unlearn --model "$work/demo/original" --data "$work/manifest.parquet" --forget "$forget" \
   --set lr=0.001 --set phi=2 --set epochs=10 --set freeze_bn=true \
   --cache "$work/cache" -o "$work/run" --overwrite
 revise evaluate --model "$work/run" --data "$work/manifest.parquet" --forget "$forget" \
-  --cache "$work/cache" --json "$work/metrics.json"
+  --cache "$work/cache" --json "$work/metrics.json" --overwrite
 revise export "$work/run" -o "$work/bundle" --data "$work/manifest.parquet" --cache "$work/cache" \
   --overwrite
 # Validate the bundle (its model.onnx is checked for parity) against the acceptance criteria the

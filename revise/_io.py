@@ -1,16 +1,40 @@
-"""Atomic outputs and digests: an output is either complete or absent, never half-written."""
+"""Outputs and digests. Every output is atomic: complete or absent, never half-written.
+
+The rules every command that writes follows, checked by :func:`check_output` before any work:
+
+* an output never replaces one of the command's inputs: not the same file, not a folder that
+  holds one (paths compared as given and with symlinks resolved, and by inode);
+* an existing output, file or folder alike, is replaced only with ``--overwrite``;
+* ``--overwrite`` replaces only what revise wrote (:func:`written_by_revise`): an empty folder,
+  a folder holding one of the files revise writes in each kind of output folder it makes
+  (:data:`MARKERS`: run.json, bundle.json, ...), or a file whose content is in a format revise
+  writes (a manifest, an index failure list, a metrics JSON). No marker file is added, so a
+  signed bundle's file set stays exactly what bundle.json lists and the signature covers.
+
+A writer killed mid-write leaves a hidden temporary beside its output, named
+``.NAME.<pid>-<host>.<random>.part``: the first write of a later process into that folder
+removes those whose process is gone (never one of a running process: torchrun workers write
+concurrently), and :func:`check_finished` keeps readers from taking one for a model or a
+manifest. A write that fails on a full or read-only file system raises one
+:class:`OutputError` naming the output and the fix.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from revise.errors import RevisionError, UsageError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -37,6 +61,242 @@ _UMASK = _process_umask()
 FILE_MODE = 0o666 & ~_UMASK
 DIR_MODE = 0o777 & ~_UMASK
 
+# -- what revise wrote ---------------------------------------------------------------------------
+
+# A file that each kind of output folder revise makes holds (the folders are written atomically,
+# but for the demo's and the recipe's, which hold theirs once the first run got that far).
+MARKERS = (
+    "run.json",  # a run folder: revise unlearn, revise merge (and a bundle)
+    "bundle.json",  # revise export
+    "revision_report.json",  # revise validate
+    "sweep.json",  # revise sweep
+    "demo_report.json",  # revise demo
+    "recipe.resolved.yaml",  # the workdir of revise run (written before any stage)
+)
+MANIFEST_HEAD = ("sample_key", "path")  # a manifest's first columns (revise.data.manifest)
+FAILURES_HEAD = ("path", "reason")  # `revise index --failures`
+MAX_RECOGNISED_BYTES = 64 << 20  # a larger JSON is no metrics file of revise's
+
+
+def _csv_head(path: Path) -> bool:
+    with open(path, "rb") as f:
+        header = f.readline(4096).decode("utf-8").lstrip("\ufeff").strip()
+    columns = tuple(header.split(","))
+    return columns[:2] == MANIFEST_HEAD or columns == FAILURES_HEAD
+
+
+def _parquet_head(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return tuple(pq.read_schema(path).names[:2]) == MANIFEST_HEAD
+
+
+def _metrics_json(path: Path) -> bool:
+    """`revise evaluate --json`: {set: {n, accuracy, by}} (evaluate.evaluate's result)."""
+    if path.stat().st_size > MAX_RECOGNISED_BYTES:
+        return False
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(doc, dict) and all(
+        isinstance(stats, dict) and {"n", "accuracy"} <= stats.keys() for stats in doc.values()
+    )
+
+
+_FILE_FORMATS: dict[str, Callable[[Path], bool]] = {
+    ".csv": _csv_head,
+    ".parquet": _parquet_head,
+    ".json": _metrics_json,
+}
+
+
+def written_by_revise(path: str | os.PathLike) -> bool:
+    """Whether ``--overwrite`` may replace ``path``: an empty folder, a folder holding one of
+    :data:`MARKERS`, or a file in a format revise writes (recognised by its content)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            empty = next(path.iterdir(), None) is None
+            return empty or any((path / name).is_file() for name in MARKERS)
+        recognise = _FILE_FORMATS.get(path.suffix.lower())
+        return recognise is not None and recognise(path)
+    except (OSError, ValueError):  # unreadable, or not the format: not something revise wrote
+        return False
+
+
+def _replaces(target: Path, source: Path) -> bool:
+    """Whether writing ``target`` would replace ``source``: the same path or a folder above it,
+    as given or with symlinks resolved, or the same file under another name (a hard link)."""
+    pairs = ((Path(os.path.abspath(target)), Path(os.path.abspath(source))),)
+    pairs += ((target.resolve(), source.resolve()),)
+    if any(t == s or t in s.parents for t, s in pairs):
+        return True
+    try:
+        return os.path.samefile(target, source)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    option: str | None = None,
+) -> None:
+    """Refuse, before any work, an output that would destroy an input or a file revise did not
+    write (the rules are in this module's docstring). ``inputs`` are the paths the command
+    reads (None for options not given); ``option`` is how the user named the output (-o)."""
+    target = Path(path)
+    named = f"{option} {target}" if option else f"output {target}"
+    elsewhere = f"choose another {option}" if option else "write it elsewhere"
+    for source in inputs:
+        if source is not None and _replaces(target, Path(source)):
+            raise UsageError(f"{named} would replace the input {source}", hint=elsewhere)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
+        raise UsageError(f"{named} already exists", hint=f"{elsewhere} or pass --overwrite")
+    if not written_by_revise(target):
+        raise UsageError(
+            f"{named} does not look like revise's output: revise replaces only its own outputs",
+            hint=f"{elsewhere}, or move {target} away yourself",
+        )
+
+
+# -- temporaries of interrupted writers ----------------------------------------------------------
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# .NAME.<pid>-<host>.<random>.part (a temporary file or folder) or .old (a replaced folder)
+_TEMPORARY = re.compile(
+    r"\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})\.[a-z0-9_]{8}\.(?P<kind>part|old)"
+)
+_UNFINISHED = re.compile(r"\..+\.[a-z0-9_]{8}\.(part|old)")  # also the names before the tag
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-{_HOST}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing the same output
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, run by another user
+        return True
+    return True
+
+
+_SWEPT: set[str] = set()  # folders this process has already cleared of stale temporaries
+
+
+def _remove_stale(folder: Path) -> None:
+    """Remove, once per process and folder, the temporaries that writers which are gone left in
+    ``folder``: a ``.old`` copy only once its output is back in place (otherwise it is the
+    previous output's only copy). Those of running processes and of other machines stay."""
+    key = os.path.abspath(folder)
+    if key in _SWEPT:
+        return  # once: a folder may hold a cache of many thousand files
+    _SWEPT.add(key)
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            found = _TEMPORARY.fullmatch(entry.name)
+            if not found or found["host"] != _HOST or _alive(int(found["pid"])):
+                continue
+            if found["kind"] == "old" and not (folder / found["name"]).exists():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def check_finished(path: str | os.PathLike, what: str) -> None:
+    """Refuse to read an unfinished output as a model or manifest: a writer's hidden temporary
+    (``.NAME....part``, or the ``.old`` copy of a replaced folder), or anything inside one."""
+    given = Path(path)
+    if any(
+        _UNFINISHED.fullmatch(part) for part in (*given.absolute().parts, *given.resolve().parts)
+    ):
+        raise UsageError(
+            f"{what} {given} is an unfinished output (the temporary of an interrupted or running "
+            "write), not a finished one",
+            hint="use the finished output beside it, or run the command that writes it again",
+        )
+
+
+# -- full and read-only file systems -------------------------------------------------------------
+
+_SPACE_HINT = "free space there or write to another disk"
+_REASONS = {  # errno -> (what happened, what to do)
+    errno.ENOSPC: ("no space left on its file system", _SPACE_HINT),
+    errno.EDQUOT: ("the disk quota is exceeded", _SPACE_HINT),
+    errno.EFBIG: ("the file is too large for its file system", "write to another disk"),
+    errno.EROFS: ("its file system is read-only", "write to a writable folder instead"),
+}
+FULL_BELOW_BYTES = 1 << 20  # a file system with less free space than this counts as full
+
+
+class OutputError(RevisionError, OSError):
+    """A write failed because its file system is full or read-only (exit 1). Also an OSError:
+    code that carries on without an optional output (a cache entry) still catches it."""
+
+    def __init__(self, message: str, *, hint: str, code: int) -> None:
+        super().__init__(message, hint=hint)
+        self.errno = code
+
+
+def _full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < FULL_BELOW_BYTES
+
+
+def write_error(exc: BaseException, target: str | os.PathLike | None = None) -> OutputError | None:
+    """The one-line error for a write that failed because the file system is full or
+    read-only, naming ``target`` (else the file the OSError names); None for other failures.
+
+    Some writers hide the errno (safetensors, torch.save): their failure counts as "no space
+    left" when ``target``'s file system has (almost) none left."""
+    if isinstance(exc, RevisionError) or not isinstance(exc, Exception):
+        return None
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code not in _REASONS and target is not None and _full(Path(target).parent):
+        code = errno.ENOSPC
+    if code not in _REASONS:
+        return None
+    what, hint = _REASONS[code]
+    where = _finished_name(target if target is not None else getattr(exc, "filename", None))
+    return OutputError(f"cannot write {where}: {what}", hint=hint, code=code)
+
+
+def _finished_name(path: str | os.PathLike | None) -> str:
+    """``path`` as the user knows it: a temporary folder in it shown as the output it becomes."""
+    if path is None:
+        return "a file"
+    parts = [(_TEMPORARY.fullmatch(part) or {"name": part})["name"] for part in Path(path).parts]
+    return str(Path(*parts))
+
+
+@contextlib.contextmanager
+def _reported(target: Path) -> Iterator[None]:
+    """A write that fails on a full or read-only file system, as one RevisionError naming
+    ``target``."""
+    try:
+        yield
+    except Exception as exc:
+        error = write_error(exc, target)
+        if error is None:
+            raise
+        raise error from exc
+
+
+# -- atomic writers ------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -45,13 +305,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file has the umask's usual mode from the start; a block that writes a secret narrows it
     (os.chmod) before writing."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.fchmod(fd, FILE_MODE)
-    os.close(fd)
+    with _reported(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".part", dir=target.parent)
+        os.fchmod(fd, FILE_MODE)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        with _reported(target):  # before the finally: a failed write's space is still taken
+            yield tmp_path
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -78,20 +341,20 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     A failed or interrupted run leaves no folder at ``path`` that looks complete. With
     ``overwrite`` an existing folder is first renamed aside (in the same parent), the new one
     renamed in, and only then the old one deleted: if the swap fails the old folder is put
-    back, so ``path`` always holds either the old or the new folder, never neither.
+    back, so ``path`` always holds either the old or the new folder, never neither. Whether
+    ``overwrite`` may replace what is there is the caller's check (:func:`check_output`).
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        from revise.errors import UsageError
-
-        raise UsageError(
-            f"output folder {target} already exists", hint="choose another -o or remove it"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
-    tmp.chmod(DIR_MODE)
+    if not overwrite:
+        check_output(target)
+    with _reported(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(target.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".part", dir=target.parent))
+        tmp.chmod(DIR_MODE)
     try:
-        yield tmp
+        with _reported(target):
+            yield tmp
         _swap_in(tmp, target)
     finally:
         if tmp.exists():
@@ -105,7 +368,7 @@ def _swap_in(new: Path, target: Path) -> None:
         return
     # A fresh name beside the target (same file system: the renames are atomic); mkdtemp
     # reserves it, and renaming a folder over an empty folder is allowed.
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".old", dir=target.parent))
     is_dir = target.is_dir() and not target.is_symlink()
     try:
         if not is_dir:

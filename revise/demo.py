@@ -222,7 +222,7 @@ def _validate(out: Path, data, device: str):
     models = {  # as saved: the report records their files and digests
         name: load_model(out / folder)
         for name, folder in (
-            ("candidate", "revised"),
+            ("candidate", "bundle"),  # the bundle as signed: the report binds its files
             ("original", "original"),
             ("reference", "retrained"),
         )

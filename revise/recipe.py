@@ -16,6 +16,13 @@ validate: {criteria: gates.yaml, reference: retrained/}            # any `revise
 sign: {key: keys/revise-signing.key, password_env: REVISE_KEY_PASSWORD}
 ```
 
+Checked before anything runs, every problem reported in one numbered message (exit 2): the
+recipe's keys and values, and its inputs opened as their stages will open them - the device,
+the deployed and reference models loaded, the manifest read and the forget selection applied
+to it (every ``@file`` read), a held-out manifest, the merge criteria, the signing key opened
+with its password - so that nothing fails hours later. Run and bundle names are letters,
+digits, '-' and '_' only (folder names inside the workdir).
+
 Each stage is the CLI command of the same name run in-process, so a recipe does exactly what
 the commands do. A stage whose output exists and whose fingerprint (its arguments, the
 fingerprints of the stages it reads, the digests of its input files and folders) is unchanged is
@@ -49,8 +56,8 @@ from typing import Any
 import click
 import yaml
 
-from revise._io import sha256_file, write_json_atomic, write_text_atomic
-from revise.errors import DataError, UsageError
+from revise._io import check_output, sha256_file, write_json_atomic, write_text_atomic
+from revise.errors import DataError, RevisionError, SelectionError, UsageError
 from revise.registry import did_you_mean
 
 TOP_LEVEL = (
@@ -141,20 +148,30 @@ class Plan:
 
 
 class _Problems:
-    """Collects every mistake of a recipe so that all are reported at once."""
+    """Collects every mistake of a recipe so that all are reported at once, numbered on one
+    line (as the acceptance criteria's check reports them)."""
 
     def __init__(self, source: Path) -> None:
         self.source = source
         self.items: list[str] = []
 
     def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}")
+        self.items.append(" ".join(f"{where}: {message}".split()))  # one line, whatever it quotes
+
+    def check(self, where: str, check: Callable[[], object]) -> None:
+        """Run ``check``, the library call a stage makes on one of its inputs (loading the
+        model, the manifest, the key): what it refuses is a problem of ``where`` now, not a
+        failure when that stage runs, hours later."""
+        try:
+            check()
+        except RevisionError as exc:
+            self.add(where, str(exc))
 
     def raise_if_any(self) -> None:
         if self.items:
-            lines = "\n".join(f"  - {item}" for item in self.items)
+            listed = "; ".join(f"({i}) {item}" for i, item in enumerate(self.items, 1))
             raise UsageError(
-                f"{self.source} has {len(self.items)} problem(s); nothing was run:\n{lines}"
+                f"{self.source} has {len(self.items)} problem(s); nothing was run: {listed}"
             )
 
 
@@ -174,6 +191,7 @@ class _Build:
     seed: int
     cache: Path
     stages: list[Stage] = field(default_factory=list)
+    arch: str | None = None  # the recipe's arch:, for the stages that load the deployed model
 
     def runtime(self) -> list[str]:
         """--device, --seed, --cache: what every computing stage takes from the recipe."""
@@ -189,14 +207,23 @@ class _Build:
         given = [self.manifest] if not any(s.name == "index" for s in self.stages) else []
         return [*given, *_selection_files(self.forget), *self.card]
 
+    def check_model(self, where: str, model: Path | None, *, with_card: bool = True) -> None:
+        """Load ``model`` as its stage will (with the recipe's card and arch where the stage
+        passes them): a file that is not what its name says is a problem now. A missing path
+        (or card) is reported already."""
+        from revise.models.io import load_model
+
+        if model is None or not model.exists() or not all(c.exists() for c in self.card):
+            return
+        card = self.card[0] if self.card and with_card else None
+        arch = self.arch if with_card else None
+        self.problems.check(where, lambda: load_model(model, card=card, architecture=arch))
+
 
 def load_plan(recipe: str | Path) -> Plan:
     """Parse and check the whole recipe; every problem found is reported in one UsageError."""
     recipe = Path(recipe).resolve()
-    try:
-        doc = yaml.safe_load(recipe.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read recipe {recipe}: {exc}") from exc
+    doc = _read_recipe(recipe)
     problems = _Problems(recipe)
     if not isinstance(doc, Mapping):
         raise UsageError(f"{recipe}: a recipe is a YAML mapping (see `revise run --help`)")
@@ -222,8 +249,8 @@ def load_plan(recipe: str | Path) -> Plan:
     cache = path("cache", doc.get("cache"), must_exist=False) or workdir / "cache"
     device = str(doc.get("device", "auto"))
     seed = _int(problems, "seed", doc.get("seed", 0))
-    every = _int(problems, "checkpoint_every", doc.get("checkpoint_every", 50))
-    workers = _int(problems, "nproc_per_node", doc.get("nproc_per_node", 1))
+    every = _int(problems, "checkpoint_every", doc.get("checkpoint_every", 50), minimum=0)
+    workers = _int(problems, "nproc_per_node", doc.get("nproc_per_node", 1), minimum=1)
     # torchrun workers for each unlearning run (one per GPU), as `revise unlearn` launches them
     every_args = ["--checkpoint-every", str(every)]
     every_args += ["--nproc-per-node", str(workers)] if workers > 1 else []
@@ -250,11 +277,15 @@ def load_plan(recipe: str | Path) -> Plan:
         seed,
         cache,
         stages,
+        arch=None if doc.get("arch") is None else str(doc.get("arch")),
     )
+    _check_runtime(b)
     runs = _unlearn_stages(b, doc.get("unlearn"), every_args)
     candidate = _merge_stage(b, doc.get("merge"), runs)
     bundle = workdir / "bundle"
     export = _section(problems, "export", doc.get("export"), _command("export"), path)
+    if export.get("name") is not None:  # the bundle's triton/<name>/ folder
+        _check_name(problems, "export.name", str(export["name"]))
     args = [
         "export",
         str(candidate),
@@ -279,6 +310,25 @@ def load_plan(recipe: str | Path) -> Plan:
     return Plan(recipe, workdir, resolved, stages)
 
 
+def _read_recipe(recipe: Path) -> Any:
+    """The recipe's YAML document; a file that is not UTF-8 text or not YAML is a UsageError
+    on one line."""
+    try:
+        text = recipe.read_text(encoding="utf-8-sig")  # a byte-order mark is harmless
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"recipe {recipe} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#x})",
+            hint="save it as UTF-8, e.g. iconv -f latin1 -t utf-8",
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read recipe {recipe}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        said = " ".join(str(exc).split())  # PyYAML's message spans lines
+        raise UsageError(f"recipe {recipe} is not valid YAML: {said}") from None
+
+
 def run_plan(
     plan: Plan,
     *,
@@ -290,6 +340,10 @@ def run_plan(
     signed), 1 when validation failed (the bundle is left unsigned)."""
     from revise.cli import cli
 
+    # new, empty or a recipe's own (its resolved recipe is written first): never a folder of
+    # the user's files, nor one holding an input, which the stages would write over
+    inputs = [plan.recipe, *(path for stage in plan.stages for path in stage.inputs)]
+    check_output(plan.workdir, overwrite=True, inputs=inputs, option="workdir")
     plan.workdir.mkdir(parents=True, exist_ok=True)
     state = {} if restart else _read_state(plan.state_path())
     done, started = state.setdefault("done", {}), state.setdefault("started", {})
@@ -365,6 +419,81 @@ def _validation_outcome(stage: Stage, bundle: Path, code: int) -> int:
     )
 
 
+# -- inputs, checked as the stages read them ----------------------------------------------------
+
+
+def _check_runtime(b: _Build) -> None:
+    """What every computing stage reads: the device, the deployed model (with the card and
+    arch), the manifest and the forget selection on it."""
+    from revise.models.pixel import resolve_device
+
+    b.problems.check("device", lambda: resolve_device(b.device))
+    b.check_model("model", b.model)
+    _check_data(b)
+
+
+def _check_data(b: _Build) -> None:
+    """The manifest loaded and the forget selection applied as the stages do it (partition:
+    its @files read, a selection that matches no labelled training row refused). With an index
+    stage the manifest does not exist yet: only the selection's @files are read."""
+    from revise.data import manifest as manifest_mod
+    from revise.data.split import partition
+
+    if any(s.name == "index" for s in b.stages) or not b.manifest.exists():
+        _check_list_files(b.problems, "forget", b.forget)
+        return
+    try:
+        df = manifest_mod.load(b.manifest)
+    except RevisionError as exc:
+        b.problems.add("data.manifest", str(exc))
+        return
+    if b.forget is None or _selection_tree(b.forget) is None:
+        return  # missing or not parsing: reported already
+    try:
+        partition(df, str(b.forget))
+    except SelectionError as exc:
+        b.problems.add("forget", str(exc))
+    except RevisionError as exc:  # e.g. no labelled row
+        b.problems.add("data.manifest", str(exc))
+
+
+def _check_list_files(problems: _Problems, where: str, text: Any) -> None:
+    """Read every @file of a selection as the stages will: a missing or unreadable one is a
+    problem now."""
+    from revise.data.select import InFile, _leaves, _read_list
+
+    tree = _selection_tree(text) if text is not None else None
+    for leaf in _leaves(tree) if tree is not None else []:
+        if isinstance(leaf, InFile):
+            problems.check(where, lambda leaf=leaf: _read_list(leaf.path, None))
+
+
+def _check_heldout(problems: _Problems, heldout: Any, selection: Any) -> None:
+    """A held-out manifest loaded and narrowed by the selection as `revise validate` does; a
+    folder or a DICOMweb server is read only when validation runs, so only the selection's
+    @files are read now."""
+    from revise.data import manifest as manifest_mod
+    from revise.data.select import select
+
+    manifest = isinstance(heldout, Path) and heldout.suffix in (".parquet", ".csv")
+    if not (manifest and heldout.is_file()):
+        _check_list_files(problems, "validate.heldout_select", selection)
+        return
+    try:
+        rows = manifest_mod.load(heldout)
+    except RevisionError as exc:
+        problems.add("validate.heldout", str(exc))
+        return
+    if selection is not None and _selection_tree(selection) is not None:
+        problems.check("validate.heldout_select", lambda: select(rows, str(selection)))
+
+
+def _check_name(problems: _Problems, where: str, name: str) -> None:
+    from revise.export.bundle import check_name
+
+    problems.check(where, lambda: check_name(name, "name"))
+
+
 # -- stages -----------------------------------------------------------------------------------
 
 
@@ -412,8 +541,7 @@ def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
                 problems.add(f"{where}.{key}", f"unknown key{_hint(str(key), RUN_KEYS)}")
         method = str(run["method"])
         name = str(run.get("name") or method)
-        if not name.replace("_", "").replace("-", "").isalnum():
-            problems.add(f"{where}.name", f"{name!r}: letters, digits, '-' and '_' only")
+        _check_name(problems, f"{where}.name", name)
         if name in out:
             problems.add(f"{where}.name", f"{name!r} is used twice; give each run a name:")
         settings = run.get("settings") or {}
@@ -467,6 +595,13 @@ def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
     if len(runs) < 2:
         b.problems.add("merge", "merging needs at least two unlearning runs")
     options = _section(b.problems, "merge", merge, _command("merge"), b.path)
+    for key in ("reference", "base_path"):  # `revise merge` loads them without a card
+        b.check_model(f"merge.{key}", options.get(key), with_card=False)
+    criteria = options.get("criteria")
+    if criteria is not None and criteria.is_file():
+        from revise.validate.criteria import load_criteria
+
+        b.problems.check("merge.criteria", lambda: load_criteria(criteria))
     names = list(runs)
     for key in ("backbone", "head"):  # runs are named in the recipe, folders in the command
         if key in options and str(options[key]) in runs:
@@ -506,6 +641,8 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
     held_select = options.get("heldout_select")
     if held_select is not None:
         _check_selection(problems, str(held_select), "validate.heldout_select")
+    _check_heldout(problems, options.get("heldout"), held_select)
+    b.check_model("validate.reference", reference)
     if criteria is not None and criteria.exists():
         from revise.validate.criteria import check_models, load_criteria
 
@@ -558,9 +695,16 @@ def _sign_stage(problems, sign, path, bundle: Path, validate, stages: list[Stage
     key = path("sign.key", sign.get("key"))
     if key is None:
         problems.add("sign.key", "missing: the private key (make one with `revise keygen`)")
-    env = sign.get("password_env")
+    env = None if sign.get("password_env") is None else str(sign["password_env"])
     if env is not None and env not in os.environ:
         problems.add("sign.password_env", f"the environment variable {env} is not set")
+    elif env is not None and not os.environ[env]:
+        problems.add("sign.password_env", f"the environment variable {env} is empty")
+    elif key is not None and key.is_file():  # as `revise sign` loads it: a key, the password
+        from revise.export.signing import load_private_key
+
+        password = os.environ[env].encode("utf-8") if env else None
+        problems.check("sign.key", lambda: load_private_key(key, password))
     allow = bool(sign.get("allow_unvalidated", False))
     if validate is None and not allow:
         problems.add("sign", "signing needs a validate: section (or allow_unvalidated: true)")
@@ -647,12 +791,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _int(problems, where: str, value: Any) -> int:
+def _int(problems, where: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an integer (at least ``minimum``); otherwise a problem, and ``minimum``."""
+    least = "" if minimum is None else f" >= {minimum}"
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
-        problems.add(where, f"{value!r} is not an integer")
-        return 0
+        number = None
+    if number is None or (minimum is not None and number < minimum):
+        problems.add(where, f"{value!r} is not an integer{least}")
+        return minimum or 0
+    return number
 
 
 def _hint(name: str, known) -> str:

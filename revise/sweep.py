@@ -34,6 +34,10 @@ from revise.unlearn.api import make_config
 
 log = logging.getLogger(__name__)
 
+# Each grid point is a whole unlearning run: a grid larger than this is a typo or a job for
+# several sweeps, and is refused before anything is built or run.
+MAX_GRID_POINTS = 4096
+
 
 @dataclass
 class SweepRow:
@@ -67,6 +71,31 @@ class SweepResult:
                 flat["error"] = row.record["error"]
             out.append(flat)
         return out
+
+
+def grid_size(grid: Mapping[str, Sequence[Any]]) -> int:
+    """The number of points of ``grid`` (the product of its value counts), without building it."""
+    return math.prod(len(values) for values in grid.values())
+
+
+def sweep_points(
+    method: str, grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The grid's points and each point's config, with every problem refused (UsageError)
+    before any run: a grid of more than MAX_GRID_POINTS points (counted, not built), a setting
+    given both in the grid and fixed, a value outside its bound."""
+    size = grid_size(grid)
+    if size > MAX_GRID_POINTS:
+        counts = " x ".join(f"{len(values)} {name}" for name, values in grid.items())
+        raise UsageError(
+            f"the grid has {size} points ({counts}); a sweep runs at most {MAX_GRID_POINTS}",
+            hint="give fewer values, or split the grid over several sweeps",
+        )
+    overlap = set(grid) & set(fixed or {})
+    if overlap:
+        raise UsageError(f"{', '.join(sorted(overlap))} given both as --grid and --set")
+    points = expand_grid(grid)
+    return points, [make_config(method, {**(fixed or {}), **point}) for point in points]
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -111,13 +140,10 @@ def sweep(
 
     ``concurrent`` runs go at once, each in its own thread (and CUDA stream): a small model
     leaves most of a large GPU idle between kernel launches, and other runs fill the gaps. Every
-    run is the one a sequential sweep makes (same seed, same batches).
+    run is the one a sequential sweep makes (same seed, same batches). A grid of more than
+    MAX_GRID_POINTS points is refused before anything runs.
     """
-    points = expand_grid(grid)
-    overlap = set(grid) & set(fixed or {})
-    if overlap:
-        raise UsageError(f"{', '.join(sorted(overlap))} given both as --grid and --set")
-    configs = [make_config(method, {**(fixed or {}), **point}) for point in points]  # fail early
+    points, configs = sweep_points(method, grid, fixed)  # every problem before any run
     ref_acc: dict[str, float] = {}
     if reference is not None:
         ref_metrics = evaluate(reference, card, data.sets, by=(), device=device)

@@ -14,11 +14,13 @@ import sys
 import click
 
 from revise import __version__
+from revise._io import write_error
 from revise.errors import RevisionError
 
 
 class ReviseGroup(click.Group):
-    """Maps RevisionError to a one-line message and its exit code."""
+    """Maps RevisionError, and an OSError of a full or read-only file system met outside the
+    atomic writers, to a one-line message and its exit code."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -38,6 +40,10 @@ class ReviseGroup(click.Group):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            error = write_error(exc)  # e.g. a full disk met outside the atomic writers
+            if error is not None:
+                click.echo(f"error: {error}", err=True)
+                ctx.exit(error.exit_code)
             click.echo(
                 f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True
             )

@@ -21,6 +21,13 @@ def check_device(ctx: click.Context | None, param: click.Parameter | None, value
     return value.strip().lower()
 
 
+def check_opset(ctx: click.Context | None, param: click.Parameter | None, value: int) -> int:
+    """--opset: refused (exit 2) before any work when revise cannot export that opset."""
+    from revise.export.onnx import check_opset as supported
+
+    return supported(value, "--opset")
+
+
 device_option = click.option(
     "--device",
     default="auto",

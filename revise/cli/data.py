@@ -40,9 +40,13 @@ if TYPE_CHECKING:
     type=click.Path(path_type=Path),
     help="Write unreadable files and reasons to this CSV.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing manifest (and --failures).")
 @click.pass_context
-def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failures_out) -> None:
+def index_cmd(
+    ctx, root, out, labels, label_tag, label_map, site, loader, failures_out, overwrite
+) -> None:
     """Index images under ROOT (headers only) into a manifest; unreadable files are reported."""
+    from revise._io import check_output
     from revise.data import manifest as manifest_mod
     from revise.data.index import apply_label_rule, index
 
@@ -50,6 +54,11 @@ def index_cmd(ctx, root, out, labels, label_tag, label_map, site, loader, failur
     # every option is checked before the site is read (indexing a site can take long)
     if out.suffix not in (".parquet", ".csv"):
         raise UsageError(f"-o {out}: a manifest is .parquet or .csv")
+    check_output(out, overwrite=overwrite, inputs=[root, labels], option="-o")
+    if failures_out:
+        if failures_out.resolve() == out.resolve():
+            raise UsageError(f"--failures {failures_out} is the -o manifest too; name another")
+        check_output(failures_out, overwrite=overwrite, inputs=[root, labels], option="--failures")
     mapping = _label_rule(root, loader, label_tag, label_map)
     result = index(root, loader=loader, site=site, labels=labels)
     if failures_out:  # written first: it is what explains a run where every file failed
@@ -111,7 +120,7 @@ def _label_rule(
 
 
 def _write_failures(path: Path, failures: list[IndexFailure]) -> None:
-    """The --failures CSV (path, reason), rewritten every run: header only when none failed."""
+    """The --failures CSV (path, reason): only its header when none failed."""
     import pandas as pd
 
     from revise._io import atomic_path
@@ -147,9 +156,11 @@ def _nothing_indexed(root: Path, result: IndexResult, failures_out: Path | None)
 @click.option(
     "-o", "--out", type=click.Path(path_type=Path), help="Write the selected rows as a manifest."
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing -o manifest.")
 @click.pass_context
-def select_cmd(ctx, manifest, expression, out) -> None:
+def select_cmd(ctx, manifest, expression, out, overwrite) -> None:
     """Show what EXPRESSION selects in MANIFEST, e.g. 'device == "Cirrus 800 FA"'."""
+    from revise._io import check_output
     from revise.data import manifest as manifest_mod
     from revise.data.select import describe, select
 
@@ -157,6 +168,8 @@ def select_cmd(ctx, manifest, expression, out) -> None:
         raise UsageError(
             f"-o {out}: a manifest is .parquet or .csv", hint=f"e.g. -o {out.stem}.csv"
         )
+    if out is not None:
+        check_output(out, overwrite=overwrite, inputs=[manifest], option="-o")
     df = manifest_mod.load(manifest)
     chosen = select(df, expression)
     # describe() hides values given for patient: a clear patient ID never reaches the console.

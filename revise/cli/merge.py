@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -117,6 +118,7 @@ def merge_cmd(
     Strengths:    revise merge A B --strengths 0.7,0.5 --data M --forget SEL -o merged
                   revise merge A B --search-strengths --data M --forget SEL -o merged
     """
+    from revise._io import check_output
     from revise.merge import load_run, merge_runs
     from revise.merge.arithmetic import parse_override, parse_strengths
     from revise.merge.compose import parse_rule
@@ -126,10 +128,8 @@ def merge_cmd(
     if as_json:
         ctx.obj["quiet"] = True
     say = echo(ctx)
-    if out.exists() and not overwrite:
-        raise UsageError(
-            f"run folder {out} already exists", hint="choose another -o or pass --overwrite"
-        )
+    inputs = [*runs, base_path, manifest_path, reference, criteria]
+    check_output(out, overwrite=overwrite, inputs=inputs, option="-o")
     if forget is not None and manifest_path is None:
         raise UsageError("--forget needs --data")
     loaded = [load_run(path) for path in runs]
@@ -138,6 +138,10 @@ def merge_cmd(
     fixed = [parse_override(text, n) for text in overrides]
     given = parse_strengths(strengths, n) if strengths else None
     values = _grid(grid)
+    if search_strengths:  # before the base model and the data are read
+        from revise.merge.search import check_search_size
+
+        check_search_size(len(values), n)
     weighting = given is not None or search_strengths or fixed
     base = None
     if weighting:
@@ -214,6 +218,8 @@ def _grid(text: str) -> tuple[float, ...]:
         raise UsageError(f"--grid {text!r}: not comma-separated numbers") from None
     if not values:
         raise UsageError("--grid is empty")
+    if not all(math.isfinite(v) for v in values):  # a nan strength makes a model of nans
+        raise UsageError(f"--grid {text!r}: every strength must be a finite number")
     return values
 
 

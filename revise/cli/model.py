@@ -14,6 +14,7 @@ from revise.cli._common import (
     arch_option,
     cache_option,
     card_option,
+    check_opset,
     data_option,
     device_option,
     echo,
@@ -64,6 +65,12 @@ def _load(model_path: Path, card: Path | None, arch: str | None):
     from revise.models.io import load_model
 
     return load_model(model_path, card=card, architecture=arch)
+
+
+def _load_manifest(path: Path):
+    from revise.data import manifest as manifest_mod
+
+    return manifest_mod.load(path)
 
 
 @click.command("unlearn")
@@ -137,8 +144,7 @@ def unlearn_cmd(
     The run is built in <out>.partial/ and moved to <out> when complete; with --checkpoint-every
     N a killed run can be continued with --resume and ends as the uninterrupted run would.
     """
-    from revise.data import manifest as manifest_mod
-    from revise.errors import UsageError
+    from revise._io import check_output
     from revise.models.io import weights_digest
     from revise.pipeline import prepare, run_unlearning
     from revise.unlearn.api import (
@@ -151,10 +157,7 @@ def unlearn_cmd(
     if as_json:
         ctx.obj["quiet"] = True  # stdout carries the JSON alone
     say = echo(ctx)
-    if out.exists() and not overwrite:
-        raise UsageError(
-            f"run folder {out} already exists", hint="choose another -o or pass --overwrite"
-        )
+    check_output(out, overwrite=overwrite, inputs=[model_path, card, manifest_path], option="-o")
     config = make_config(method, parse_settings(settings))  # bad settings fail before any work
     launcher = nproc_per_node > 1 and not distributed.launched_by_torchrun()
     if not launcher and _first_worker():  # the run's own process, or rank 0 of torchrun's
@@ -164,7 +167,7 @@ def unlearn_cmd(
     loaded = _load(model_path, card, arch)
     quiet = bool(ctx.obj.get("quiet"))
     data = prepare(
-        manifest_mod.load(manifest_path), loaded.card, forget, cache_dir=cache, progress=not quiet
+        _load_manifest(manifest_path), loaded.card, forget, cache_dir=cache, progress=not quiet
     )
     say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
     try:
@@ -196,7 +199,12 @@ def unlearn_cmd(
         "format": loaded.format,
         "sha256": loaded.card.source_sha256,
     }
-    save_run(result, out, overwrite=overwrite)
+    try:
+        save_run(result, out, overwrite=overwrite)
+    except BaseException:
+        if not overwrite or out.exists():  # else the previous run may wait in the partial folder
+            discard_partial(out)  # e.g. a full disk: no half-written run is left behind
+        raise
     metrics = result.record["metrics"]
     if as_json:
         summary = {key: result.record.get(key) for key in SUMMARY_KEYS}
@@ -235,12 +243,14 @@ def unlearn_cmd(
 @click.option(
     "--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON."
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
 @cache_option
 @device_option
-def evaluate_cmd(model_path, card, arch, manifest_path, forget, by, json_out, cache, device):
+def evaluate_cmd(
+    model_path, card, arch, manifest_path, forget, by, json_out, overwrite, cache, device
+):
     """Accuracy on forget / retain / held-out sets, per device and per class."""
-    from revise._io import write_json_atomic
-    from revise.data import manifest as manifest_mod
+    from revise._io import check_output, write_json_atomic
     from revise.evaluate import evaluate
     from revise.pipeline import prepare
     from revise.registry import did_you_mean
@@ -248,12 +258,15 @@ def evaluate_cmd(model_path, card, arch, manifest_path, forget, by, json_out, ca
 
     if json_out is not None and json_out.is_dir():
         raise UsageError(f"--json {json_out} is a folder; give a file name")
+    if json_out is not None:
+        inputs = [model_path, card, manifest_path]
+        check_output(json_out, overwrite=overwrite, inputs=inputs, option="--json")
     bad = [column for column in by if column in FORBIDDEN_COLUMNS]
     if bad:  # its values would be printed and written to --json
         raise UsageError(
             f"--by {bad[0]}: file paths may identify patients; group by another column"
         )
-    manifest = manifest_mod.load(manifest_path)
+    manifest = _load_manifest(manifest_path)
     unknown = [column for column in by if column not in manifest.columns]
     if unknown:
         raise UsageError(
@@ -301,7 +314,14 @@ def evaluate_cmd(model_path, card, arch, manifest_path, forget, by, json_out, ca
     type=click.IntRange(1),
     help="Images for the parity check.",
 )
-@click.option("--opset", default=18, show_default=True, help="ONNX opset.")
+@click.option(
+    "--opset",
+    default=18,
+    show_default=True,
+    type=int,
+    callback=check_opset,
+    help="ONNX opset: 7 up to the newest the installed onnx knows.",
+)
 @click.option(
     "--recipe",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -330,6 +350,7 @@ def export_cmd(
     weights, card, run record, validation report, Triton model repository."""
     import torch
 
+    from revise._io import check_output
     from revise.export.bundle import write_bundle
     from revise.export.onnx import require_onnxruntime
     from revise.models.pixel import normalize
@@ -340,8 +361,8 @@ def export_cmd(
             f"-o {out}: the bundle is a folder (its ONNX file is model.onnx inside it)",
             hint=f"e.g. -o {out.with_suffix('')}; then use {out.with_suffix('') / 'model.onnx'}",
         )
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists", hint="choose another -o or pass --overwrite")
+    inputs = [model_path, card, manifest_path, validation, recipe]
+    check_output(out, overwrite=overwrite, inputs=inputs, option="-o")
     require_onnxruntime()  # the parity check needs it: say so before any work
     loaded = _load(model_path, card, arch)
     c = loaded.card
@@ -379,10 +400,9 @@ def export_cmd(
 def _heldout_samples(manifest_path: Path, card, n: int, cache):
     """Images for the parity check: the held-out rows of the manifest, or its first rows
     (training images) when it has none; and the words saying which were used."""
-    from revise.data import manifest as manifest_mod
     from revise.data.tensors import load_tensors
 
-    df = manifest_mod.load(manifest_path)
+    df = _load_manifest(manifest_path)
     heldout = df[df["split"].astype("string").fillna("").str.lower() == "heldout"]
     if len(heldout):
         rows, source = heldout.head(n), "held-out images"

@@ -18,7 +18,8 @@ from revise.cli._common import echo
 def run_cmd(ctx: click.Context, recipe: Path, dry_run: bool, restart: bool) -> None:
     """Run RECIPE: index, unlearn, merge, export, validate and sign as one resumable job.
 
-    The whole recipe is checked before anything runs (every problem reported at once). Run it
+    The whole recipe is checked before anything runs, its models, data, selections and key
+    opened as the stages will open them (every problem reported at once, exit 2). Run it
     again after an interruption or an edit: finished stages whose inputs did not change are
     skipped, and an interrupted unlearning run continues from its checkpoint. Exit 0 when the
     bundle is complete, 1 when the validation gates failed (the bundle is then left unsigned).

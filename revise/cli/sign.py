@@ -80,8 +80,10 @@ def sign_cmd(ctx, bundle, key_path, password_env, allow_unvalidated) -> None:
     """Sign every file of BUNDLE; writes BUNDLE/signing.json and BUNDLE/revise.sig.
 
     Only the bundle as exported and validated is signed: its files must be exactly those
-    bundle.json lists, unchanged, and hold the model the report validated. Signing a signed
-    bundle again (e.g. with a new key) replaces both files.
+    bundle.json lists, unchanged, and hold the model the report validated; every file but
+    bundle.json and the report must be the one `revise validate BUNDLE` recorded (a report of
+    the model folder is no verdict on the bundle). Signing a signed bundle again (e.g. with a
+    new key) replaces both files.
     """
     from revise.export.signing import SIGNATURE_NAME, sign_bundle
 

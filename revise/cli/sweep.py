@@ -19,7 +19,10 @@ from revise.cli._common import (
     seed_option,
 )
 
-GRID_HELP = "name=v1,v2,... (repeatable); e.g. --grid gamma=0,1e-4,0.1 --grid lam=0,1e-3"
+GRID_HELP = (
+    "name=v1,v2,... (repeatable; at most 4096 points in all); e.g. --grid gamma=0,1e-4,0.1 "
+    "--grid lam=0,1e-3"
+)
 
 
 def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
@@ -100,18 +103,18 @@ def sweep_cmd(
     """Run a grid of hyperparameters on data prepared once; rank the runs; write a CSV."""
     import pandas as pd
 
-    from revise._io import atomic_dir, write_json_atomic
+    from revise._io import atomic_dir, check_output, write_json_atomic
     from revise.data import manifest as manifest_mod
-    from revise.errors import UsageError
     from revise.models.io import load_model
     from revise.pipeline import prepare
-    from revise.sweep import sweep
+    from revise.sweep import sweep, sweep_points
 
     say = echo(ctx)
-    if out.exists() and not overwrite:  # before any work: a refused sweep costs nothing
-        raise UsageError(f"{out} already exists", hint="choose another -o or pass --overwrite")
+    inputs = [model_path, card, manifest_path, reference]  # before any work: refusing is free
+    check_output(out, overwrite=overwrite, inputs=inputs, option="-o")
     grid = parse_grid(grid_items)
     fixed = parse_settings(settings)
+    sweep_points(method, grid, fixed)  # a huge grid or a bad value: refused before any loading
     loaded = load_model(model_path, card=card, architecture=arch)
     ref = load_model(reference, card=loaded.card).module if reference else None
     data = prepare(manifest_mod.load(manifest_path), loaded.card, forget, cache_dir=cache)

@@ -103,6 +103,7 @@ def validate_cmd(
     Exit codes: 0 every gate passed, 1 a gate failed (or the data could not be read), 2 the
     command or criteria are wrong.
     """
+    from revise._io import check_finished, check_output
     from revise.data import manifest as manifest_mod
     from revise.data.split import partition
     from revise.export.bundle import attach_validation, is_bundle
@@ -119,6 +120,11 @@ def validate_cmd(
     from revise.validate.heldout import load_heldout, with_heldout
 
     say = echo(ctx)
+    named = {"MODEL": model_path, "--original": original, "--reference": reference}
+    named["--data"] = manifest_path
+    for what, path in named.items():
+        if path is not None:
+            check_finished(path, what)
     bundle = model_path if is_bundle(model_path) else None
     if bundle is not None and onnx_path is None:
         onnx_path = bundle / "model.onnx"  # a bundle is validated with the ONNX file it ships
@@ -127,10 +133,9 @@ def validate_cmd(
     gates = load_criteria(criteria)  # a wrong criteria file stops here, before any work
     have = ["original"] + (["reference"] if reference else []) + (["onnx"] if onnx_path else [])
     check_models(gates, have)
-    if out.exists() and not overwrite:
-        raise UsageError(
-            f"report folder {out} already exists", hint="choose another -o or --overwrite"
-        )
+    local = heldout if heldout and "://" not in heldout else None  # a folder or manifest
+    inputs = [*named.values(), criteria, onnx_path, local, heldout_labels, card]
+    check_output(out, overwrite=overwrite, inputs=inputs, option="-o")
     if heldout_labels and not heldout:
         raise UsageError("--heldout-labels needs --heldout")
     bad = [column for column in by if column in FORBIDDEN_COLUMNS]

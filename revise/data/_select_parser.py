@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import numpy as np
+import re2
 
 from revise.data._select_tree import (
     _BARE_PATH,
@@ -262,8 +263,8 @@ class _Parser:
                 self.fail("'~=' needs a quoted regular expression", value_token)
             try:
                 _regex(value)
-            except re.error as exc:
-                self.fail(f"invalid regular expression: {exc.msg}", value_token)
+            except ValueError as exc:
+                self.fail(f"invalid regular expression: {exc}", value_token)
         elif isinstance(value, bool) and op not in ("==", "!="):
             self.fail("true and false can only be compared with == or !=", op_token)
         return Compare(column, op, value)
@@ -381,17 +382,48 @@ def parse(text: str) -> Expr:
     return _Parser(text, tokens).parse()
 
 
-# ``re`` has no time limit and ``~=`` runs on every row: refuse what can backtrack for ages.
-MAX_PATTERN = 200
-# A repeated group holding a repeat, e.g. (a+)+ or (\d*x)*: catastrophic backtracking.
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]")
+# What RE2 leaves out on purpose (it needs backtracking), as RE2's error reads, with the rewrite.
+_UNSUPPORTED = (
+    (re.compile(r"escape sequence: \\[1-9gk]|operator: \(\?P$"), "backreferences"),
+    (re.compile(r"operator: \(\?<[=!]"), "lookbehinds"),
+    (re.compile(r"operator: \(\?[=!]"), "lookaheads"),
+    (re.compile(r"operator: \(\?>|repetition operator: [*+?]\+"), "atomic groups"),
+)
+_REWRITE = {
+    "backreferences": "spell the repeated text out",
+    "lookbehinds": "combine ~= comparisons with and / not instead",
+    "lookaheads": "combine ~= comparisons with and / not instead",
+    "atomic groups": "use plain groups and repeats: RE2 never backtracks anyway",
+}
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its own line (with the pattern) on stderr
+    return options
+
+
+_OPTIONS = _re2_options()
 
 
 @functools.lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern[str]:
-    """Compile a ``~=`` pattern once; the pattern is data for :mod:`re`, never Python code."""
-    if len(pattern) > MAX_PATTERN:
-        raise re.error(f"longer than {MAX_PATTERN} characters")
-    if _NESTED_QUANTIFIER.search(pattern):
-        raise re.error("a repeated group holds a repeat, e.g. (a+)+; it can run for hours")
-    return re.compile(pattern)
+def _regex(pattern: str) -> re2._Regexp:
+    """Compile a ``~=`` pattern once, with RE2: its matching time is linear in the text whatever
+    the pattern, so no pattern can make a selection hang (:mod:`re` backtracks, exponentially
+    on e.g. ``(a|a)*b``). Raises ValueError saying what is wrong and how to fix it."""
+    try:
+        return re2.compile(pattern, _OPTIONS)
+    except re2.error as exc:
+        raise ValueError(_problem(exc)) from None
+
+
+def _problem(exc: re2.error) -> str:
+    reason = exc.args[0] if exc.args else ""
+    reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+    for construct, name in _UNSUPPORTED:
+        if construct.search(reason):
+            return (
+                f"{name} are not supported: ~= matches with RE2, which runs in linear time and "
+                f"has no {name}; rewrite the pattern without them ({_REWRITE[name]})"
+            )
+    return f"{reason} (~= uses RE2 syntax)"

@@ -76,8 +76,8 @@ class IsEmpty(Comparison):
 
 
 def _format(node: Expr, *, redact: bool = False) -> str:
-    """Canonical text of a tree; ``redact`` hides values given for ``patient`` and ``path``
-    (for records and messages)."""
+    """Canonical text of a tree; ``redact`` hides values given for ``patient`` and ``path``, and
+    every ``@file`` path (for records and messages)."""
     if isinstance(node, Or):
         return " or ".join(_wrapped(child, (Or,), redact) for child in node.operands)
     if isinstance(node, And):
@@ -96,7 +96,9 @@ def _format(node: Expr, *, redact: bool = False) -> str:
             return f"{node.column} {keyword} [{len(node.values)} identifiers]"
         return f"{node.column} {keyword} [{', '.join(_literal(v) for v in node.values)}]"
     if isinstance(node, InFile):
-        return f"{node.column} {keyword} @{_path_literal(node.path)}"
+        # Any column: the path itself can name a patient (a folder per patient).
+        path = "<list file>" if redact else _path_literal(node.path)
+        return f"{node.column} {keyword} @{path}"
     assert isinstance(node, IsEmpty)
     return f"{node.column} is {'not ' if node.negated else ''}empty"
 

@@ -27,12 +27,16 @@ the result and the rest goes on. Logs and errors name UIDs and counts, never pat
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import hashlib
 import itertools
 import logging
 import os
 import re
+import socket
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from revise._io import atomic_path
 from revise.data._dicom_header import _one_line
@@ -69,6 +74,7 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _MODALITY = re.compile(r"[A-Z0-9_ ]{1,16}")  # CS characters; no QIDO wildcard * or ?
 PAGE = 100  # QIDO page size: at or below every common server's cap on results per answer
 MAX_QUERIES = 16  # pushed-down `in` lists multiply the queries; beyond this, filter locally
+MAX_TIMEOUT = 86400  # seconds per request; e.g. inf overflows the socket and timer clocks
 MAX_CONSECUTIVE_DROPS = 3  # connection failures in a row while retrieving: the server is gone
 
 
@@ -102,14 +108,18 @@ def index_dicomweb(
 ) -> DicomwebFetch:
     """Index the instances a selection names on a DICOMweb server (retrieving uncached ones).
 
-    ``url`` is the DICOMweb root (e.g. ``http://pacs:8042/dicom-web``); ``timeout`` bounds the
-    connect and each read of every request, in seconds. ``cache_dir`` defaults to
+    ``url`` is the DICOMweb root (e.g. ``http://pacs:8042/dicom-web``); ``timeout`` bounds each
+    request, from connecting to the last byte of the answer, in seconds. ``cache_dir`` defaults to
     :func:`cache_root`. ``labels``, ``site`` and ``key`` mean what they mean for
     :func:`revise.data.index.index`. The result's manifest holds exactly the rows the selection
     matches; matching none is an error unless ``allow_empty``.
     """
-    if not timeout > 0:
-        raise UsageError(f"timeout must be positive, not {timeout!r}")
+    if not 0 < timeout <= MAX_TIMEOUT:  # nan compares false too
+        raise UsageError(
+            f"timeout must be a positive number of seconds, at most {MAX_TIMEOUT} (a day), "
+            f"not {timeout!r}",
+            hint="e.g. --timeout 30",
+        )
     key = site_key() if key is None else key
     expr = None if selection is None else parse(selection)
     if expr is not None:  # unknown columns and missing @files fail before any traffic
@@ -283,7 +293,9 @@ class _Server:
         self.cache_name = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         self.timeout = timeout
         try:
-            self.client = DICOMwebClient(url.rstrip("/"), timeout=(timeout, timeout))
+            self.client = DICOMwebClient(
+                url.rstrip("/"), session=_DeadlineSession(timeout), timeout=(timeout, timeout)
+            )
         except ValueError as exc:
             raise DataError(
                 f"{self.url} is not a DICOMweb URL: {exc}",
@@ -449,12 +461,129 @@ class _Server:
             ds.save_as(tmp, enforce_file_format=True)
 
 
+# --------------------------------------------------------------------------------------------
+# A deadline per request
+# --------------------------------------------------------------------------------------------
+
+
+class _Overdue(requests.exceptions.Timeout):
+    """A request, answer included, did not end by its deadline; ``answered``: whether the
+    answer's headers had come."""
+
+    def __init__(self, *args: Any, answered: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answered = answered
+
+
+_active = threading.local()  # the deadline of the request this thread is sending
+
+
+class _Deadline:
+    """Shuts the sockets of one request down when its time is up: a read waiting on a socket
+    that is shut down ends at once (closing it would not wake the read)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self.answered = False  # the answer's headers have come
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Mixed into urllib3's connection classes: the socket a response is read from is handed
+    to the deadline of the request in flight."""
+
+    sock: socket.socket | None
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = getattr(_active, "deadline", None)
+        if deadline is not None and self.sock is not None:
+            deadline.watch(self.sock)
+        response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        if deadline is not None:
+            deadline.answered = True
+        return response
+
+
+@functools.cache
+def _watched(cls: type) -> type:
+    return type(f"Watched{cls.__name__}", (_Watched, cls), {})
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """Plain, TLS, proxy and SOCKS connections alike get the :class:`_Watched` mixin."""
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        if not issubclass(pool.ConnectionCls, _Watched):
+            pool.ConnectionCls = _watched(pool.ConnectionCls)
+        return pool
+
+
+class _DeadlineSession(requests.Session):
+    """A session whose every request ends within ``seconds``, the whole answer included.
+
+    requests' timeout bounds the connect and each single read: a server that trickles a byte
+    every few seconds keeps each read short and the request alive for hours.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        adapter = _WatchedAdapter()
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if getattr(_active, "deadline", None) is not None:  # a redirect: the first deadline holds
+            return super().send(request, **kwargs)
+        kwargs["stream"] = False  # the answer is read here, within the deadline
+        deadline = _active.deadline = _Deadline(self.seconds)
+        try:
+            response = super().send(request, **kwargs)
+        except Exception:
+            if deadline.expired:  # whatever the shut-down socket raised
+                raise _Overdue(request=request, answered=deadline.answered) from None
+            raise
+        finally:
+            deadline.cancel()
+            _active.deadline = None
+        if deadline.expired:  # the answer may have been cut short
+            raise _Overdue(request=request, answered=deadline.answered)
+        return response
+
+
 def _describe(exc: requests.exceptions.RequestException, timeout: float) -> tuple[str, str]:
     """(what happened, what to check) for a failed request; no URL query, no answer body."""
     retry = "is the server overloaded or the URL wrong? if it is only slow, raise --timeout"
+    if isinstance(exc, _Overdue) and exc.answered:
+        return f"did not send its whole answer within {timeout:g} s", retry
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return f"did not accept a connection within {timeout:g} s", retry
-    if isinstance(exc, requests.exceptions.ReadTimeout):
+    if isinstance(exc, (requests.exceptions.ReadTimeout, _Overdue)):
         return f"accepted the connection but sent no answer within {timeout:g} s", retry
     if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
         status = exc.response.status_code

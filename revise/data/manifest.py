@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from revise._io import atomic_path, sha256_bytes
-from revise.errors import DataError
+from revise._io import atomic_path, check_finished, sha256_bytes
+from revise.errors import DataError, UsageError
 
 # name -> meaning. Order is the column order written to disk.
 COLUMNS: dict[str, str] = {
@@ -93,6 +94,7 @@ def save(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
+    check_finished(path, "manifest")  # never an interrupted write's temporary
     if not path.exists():
         raise DataError(
             f"manifest {path} does not exist", hint="create it with `revise index DIR -o ...`"
@@ -108,6 +110,8 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
             )
     except DataError:
         raise
+    except UnicodeDecodeError:
+        raise not_utf8(path, "manifest") from None
     except Exception as exc:  # pyarrow/pandas raise many types for a broken file
         raise DataError(
             f"manifest {path} is unreadable: {exc}", hint="re-create it with `revise index`"
@@ -118,7 +122,58 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
             f"manifest {path} lacks column(s) {', '.join(missing)}",
             hint="re-create it with `revise index`",
         )
+    _check_keys(df, path)
     return normalize(df)
+
+
+def _check_keys(df: pd.DataFrame, path: Path) -> None:
+    """Every row needs a sample_key of its own: results are joined back to rows by key, so a
+    repeated key mixes rows up silently (every key the same: one row's answer for all)."""
+    keys = df["sample_key"]
+    empty = np.flatnonzero((keys.astype("string").str.strip().fillna("") == "").to_numpy(bool))
+    if len(empty):
+        more = f" ({len(empty) - 1} more such rows)" if len(empty) > 1 else ""
+        raise DataError(
+            f"manifest {path} {_rows(path, empty[0])}: sample_key is empty{more}",
+            hint="re-create the manifest with `revise index`",
+        )
+    repeated = keys.duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return
+    first = int(np.argmax(repeated))
+    second = int(np.flatnonzero(repeated & (keys == keys.iloc[first]).to_numpy())[1])
+    others = int(repeated.sum()) - 2
+    more = f"{others} more rows repeat a key; " if others else ""
+    raise DataError(
+        f"manifest {path} {_rows(path, first, second)}: the same sample_key ({more}every row needs "
+        "its own key)",
+        hint="re-create the manifest with `revise index`, which keys copies of an image apart",
+    )
+
+
+def _rows(path: Path, *positions: int) -> str:
+    """Rows as messages name them (from 0-based positions): CSV lines (the header is line 1),
+    or rows counted from 1."""
+    offset, unit = (2, "line") if path.suffix == ".csv" else (1, "row")
+    numbers = " and ".join(str(int(p) + offset) for p in positions)
+    return f"{unit}{'s' if len(positions) > 1 else ''} {numbers}"
+
+
+def not_utf8(path: str | os.PathLike, what: str, kind: type[UsageError] = UsageError) -> UsageError:
+    """The error (of ``kind``) for a text file that is not UTF-8: its first bad line, never the
+    bytes (they may spell a patient's name)."""
+    where = ""
+    try:
+        Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        where = f" line {line}"
+    except OSError:
+        pass
+    return kind(
+        f"{what} {path}{where} is not UTF-8 text",
+        hint="save it as UTF-8 (e.g. 'CSV UTF-8' in Excel) and run again",
+    )
 
 
 def digest(df: pd.DataFrame) -> str:
@@ -143,6 +198,8 @@ def join_labels(
     try:
         # Blank lines kept as rows, so that row i is line i + 2 of the file in messages.
         table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except UnicodeDecodeError:
+        raise not_utf8(labels_csv, "label file") from None
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"label file {labels_csv} is unreadable: {exc}") from exc
     if "label" not in table.columns:
@@ -165,7 +222,9 @@ def join_labels(
         table[key] = table[key].map(lambda p: str((base / p).resolve()))
         keys = out["path"].map(lambda p: str(Path(p).resolve()))
     else:
+        table[key] = table[key].str.strip()  # UIDs and sample keys hold no blanks
         keys = out[key].astype(str)
+    _refuse_conflicts(table, key, labels_csv)
     table = table.drop_duplicates(subset=key, keep="last").set_index(key)
     matched = keys.isin(table.index)
     if not matched.any():
@@ -219,6 +278,32 @@ def _checked_labels(table: pd.DataFrame, source: str | os.PathLike) -> pd.DataFr
         )
         table["split"] = split
     return table
+
+
+def _refuse_conflicts(table: pd.DataFrame, key: str, source: str | os.PathLike) -> None:
+    """Two rows for one image that disagree on its label or split are an error: which is right
+    cannot be guessed (the last row used to win, silently). Rows that repeat each other are
+    harmless (either gives the same result; concatenated label exports repeat rows): kept."""
+    meaning = {
+        "label": lambda c: pd.to_numeric(c.mask(c == ""), errors="coerce"),  # "1" is "1.0"
+        "split": lambda c: c.mask(c == "", "train"),  # an empty split means training
+    }
+    for column, value in meaning.items():
+        if column not in table.columns:
+            continue
+        values = value(table[column])
+        differs = values.groupby(table[key]).transform("nunique", dropna=False) > 1
+        if not differs.any():
+            continue
+        first = differs.idxmax()
+        same = table.index[differs & (table[key] == table.at[first, key])]
+        others = table.loc[differs, key].nunique() - 1
+        more = f" ({others} more such {key}s)" if others else ""
+        raise DataError(
+            f"label file {source} lines {int(first) + 2} and {int(same[1]) + 2}: the same {key} "
+            f"with different {column}{more}",
+            hint=f"keep one row per image: which {column} is right cannot be guessed",
+        )
 
 
 def _refuse(

@@ -35,10 +35,11 @@ Semantics:
 * The literal decides how cells are compared: numbers numerically (cells coerced with
   ``pd.to_numeric``), dates as dates (cells in ISO ``YYYY-MM-DD`` or DICOM ``YYYYMMDD``), strings
   as text (exact and case-sensitive, after stripping the blank padding DICOM adds), ``true`` and
-  ``false`` as booleans. ``~=`` is a regular-expression search (:func:`re.search`) on the text;
-  patterns longer than 200 characters or with a repeated group that holds a repeat (``(a+)+``)
-  are refused, since :mod:`re` has no time limit. A number compared with a date column
-  (``study_date``, or a column of dates) is an error: it could never match.
+  ``false`` as booleans. ``~=`` is a regular-expression search on the text in RE2 syntax
+  (google-re2): its time is linear in the text whatever the pattern, so no pattern can hang a
+  selection; backreferences and lookaround, which RE2 does not have, are refused with the
+  rewrite. A number compared with a date column (``study_date``, or a column of dates) is an
+  error: it could never match.
 * Missing cells (NA or blank) and cells that cannot be read as the literal's type never match a
   comparison, not even ``!=`` or ``not in``; only ``is empty`` finds them. ``not`` in front of a
   comparison is plain logical negation, so ``not label in [1]`` keeps unlabelled rows while
@@ -46,7 +47,8 @@ Semantics:
 * ``@file`` names a UTF-8 text file with one value per line (surrounding blanks stripped; blank
   lines and lines starting with ``#`` ignored), resolved against ``base_dir`` (default: the
   current directory). Its entries are compared as text; ``not in`` an empty file matches every
-  row with a value.
+  row with a value. Records and logs show every ``@file`` as ``@<list file>`` (see
+  :func:`describe`): sites name folders after patients.
 
 Patient identifiers: the manifest's ``patient`` column only ever holds keyed pseudonyms (see
 :mod:`revise.phi`). A value compared with ``patient`` (a literal, a list entry or a line of an
@@ -95,7 +97,7 @@ from revise.data._select_tree import (
     _quote,
     resolve_column,
 )
-from revise.data.manifest import ALIASES
+from revise.data.manifest import ALIASES, not_utf8
 from revise.errors import SelectionError
 from revise.phi import key_fingerprint, pseudonym, site_key
 
@@ -130,7 +132,7 @@ def _as_expr(expr: str | Expr) -> Expr:
 
 def describe(expr: str | Expr) -> str:
     """Canonical text safe for records and logs: values given for ``patient`` and ``path`` are
-    hidden."""
+    hidden, and so is every ``@file`` path (as ``@<list file>``)."""
     return _format(_as_expr(expr), redact=True)
 
 
@@ -271,7 +273,9 @@ def _read_list(path_text: str, base_dir: Path | None) -> tuple[str, ...]:
             f"selection: list file {path} (from @{path_text}) does not exist",
             hint=f"relative paths after @ are resolved against {base}",
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise not_utf8(path, "selection: list file", SelectionError) from None
+    except OSError as exc:
         raise SelectionError(f"selection: cannot read list file {path}: {exc}") from exc
     lines = (line.strip() for line in content.splitlines())
     return tuple(line for line in lines if line and not line.startswith("#"))
@@ -427,19 +431,20 @@ def _explain(leaf: Comparison, ctx: _Context) -> str | None:
     if is_numeric_dtype(column.dtype) or is_datetime64_any_dtype(column.dtype):
         return None
     alone = int(_evaluate(leaf, ctx).sum())
+    shown = _format(leaf, redact=True)  # e.g. a path or an @file may name a patient
     counts = ctx.view(leaf.column, "text").value_counts()
     if counts.empty:
-        return f"{_format(leaf)} matches {alone} rows; {leaf.column} is empty in every row"
+        return f"{shown} matches {alone} rows; {leaf.column} is empty in every row"
     if leaf.column in _identifying_columns():  # file paths can carry patient names
         return (
-            f"{_format(leaf)} matches {alone} rows; {leaf.column} has {len(counts)} distinct "
+            f"{shown} matches {alone} rows; {leaf.column} has {len(counts)} distinct "
             "values (not listed: they may identify patients)"
         )
     wanted = [v for v in ctx.values_of(leaf) if isinstance(v, str)]
     existing = _suggest(wanted, [str(v) for v in counts.index])
     listed = ", ".join(_quote(v) for v in existing)
     more = f" ({len(counts)} distinct)" if len(counts) > len(existing) else ""
-    return f"{_format(leaf)} matches {alone} rows; existing {leaf.column} values: {listed}{more}"
+    return f"{shown} matches {alone} rows; existing {leaf.column} values: {listed}{more}"
 
 
 def _identifying_columns() -> set[str]:

@@ -17,6 +17,10 @@ A bundle is also a model folder: ``load_model(bundle)`` reads model.safetensors 
 Metadata goes into the ONNX files before anything signs them; attaching a validation report
 to an existing bundle rewrites the folder atomically and drops any signature (it no longer
 covers the bundle).
+
+`revise validate BUNDLE` records in its report the digest of every file of the bundle but those
+written after validation (bundle.json, the report files, the signature files), see
+:func:`validated_files`; `revise sign` refuses a bundle whose files differ from that record.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 import torch
 
 from revise._io import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
-from revise.errors import ExportError, UsageError
+from revise.errors import DataError, ExportError, UsageError
 from revise.export.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -51,6 +55,10 @@ SCHEMA = "revise.bundle/1"
 BUNDLE_FILE = "bundle.json"
 REPORT_FILES = ("revision_report.json", "report.html")
 SIGNATURE_FILES = ("signing.json", "revise.sig")
+# Written once the model is validated: the only files a validation report cannot bind.
+AFTER_VALIDATION = (BUNDLE_FILE, *REPORT_FILES, *SIGNATURE_FILES)
+# The ONNX metadata that attaching a report writes (checked against the report on their own).
+VALIDATION_PROPS = ("revise.validation_verdict", "revise.criteria_sha256")
 DEFAULT_OPSET = 18  # what the dynamo exporter writes best; ONNX Runtime >= 1.14 runs it
 # fp16 rounds every activation: small logit differences and a rare flip of a near tie are
 # expected, so the variant has its own gate instead of the fp32 one (rtol 1e-3, atol 1e-5,
@@ -73,6 +81,13 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / BUNDLE_FILE).is_file()
 
 
+def check_name(name: str, what: str) -> None:
+    """Run and bundle names become folder names (runs/<name>, triton/<name>): letters, digits,
+    '-' and '_' only, so that none reaches outside its folder (Triton's rule)."""
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise UsageError(f"{what} {name!r}: use letters, digits, '-' and '_' (Triton's rule)")
+
+
 def write_bundle(
     model: LoadedModel,
     out: str | Path,
@@ -90,8 +105,7 @@ def write_bundle(
     ``samples`` are *normalised* held-out images for the parity gates. ``validation`` is a
     report folder from `revise validate` of this very model (checked by weights digest);
     ``recipe`` the resolved recipe text of `revise run`."""
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise UsageError(f"bundle name {name!r}: use letters, digits, '-' and '_' (Triton's rule)")
+    check_name(name, "bundle name")
     digest = weights_digest(model.module)
     report = _read_report(validation, digest) if validation else None
     run = _run_record(model.path)
@@ -155,6 +169,7 @@ def attach_validation(bundle: str | Path, validation: str | Path) -> Bundle:
     current = load_bundle(bundle)
     report = _read_report(validation, current.manifest["weights_sha256"])
     _check_parity_graph(report, current.manifest["onnx"]["variants"]["model.onnx"])
+    check_validated_files(current.path, report)  # a report of this bundle as it is now
     summary = _validation_summary(report)
     with atomic_dir(current.path, overwrite=True) as tmp:
         shutil.copytree(current.path, tmp, dirs_exist_ok=True)
@@ -173,6 +188,85 @@ def attach_validation(bundle: str | Path, validation: str | Path) -> Bundle:
 
 
 # -- parts ------------------------------------------------------------------------------------
+
+
+def validated_files(folder: str | Path) -> dict[str, str]:
+    """sha256 of every file of a bundle that bears on what its model outputs or means - all
+    files but AFTER_VALIDATION - as a validation report records them. An ONNX file is digested
+    without the VALIDATION_PROPS in its metadata: attaching the report rewrites those."""
+    folder = Path(folder)
+    digests = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name not in AFTER_VALIDATION:
+            onnx_file = path.suffix.lower() == ".onnx"
+            digests[name] = _onnx_content_digest(path) if onnx_file else sha256_file(path)
+    return digests
+
+
+def validation_record(folder: str | Path) -> dict[str, Any]:
+    """What a validation report of the bundle ``folder`` records of it (``inputs.bundle``)."""
+    files = validated_files(folder)
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode("utf-8")).hexdigest()
+    return {"path": str(folder), "sha256": digest, "files": files}
+
+
+def check_validated_files(folder: str | Path, report: dict[str, Any]) -> bool:
+    """Whether ``report`` records the files of the bundle ``folder`` (False: it validated a
+    model folder, or was written before revise recorded them). Raises DataError naming the
+    first file changed, added or removed since."""
+    folder = Path(folder)
+    recorded = ((report.get("inputs") or {}).get("bundle") or {}).get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        return False
+    actual = validated_files(folder)
+    differ = sorted(n for n in set(actual) | set(recorded) if actual.get(n) != recorded.get(n))
+    if not differ:
+        return True
+    name = differ[0]
+    uncovered = f"the verdict of {REPORT_FILES[0]} does not cover it"
+    if name not in recorded:
+        what = f"was added after validation: {uncovered}"
+    elif name not in actual:
+        what = "was validated but is missing: the bundle is not the one validated"
+    else:
+        what = (
+            f"changed after validation (sha256 {actual[name][:12]}..., validated "
+            f"{str(recorded[name])[:12]}...): {uncovered}"
+        )
+    more = f" ({len(differ) - 1} more file(s) differ)" if len(differ) > 1 else ""
+    raise DataError(
+        f"{folder / name} {what}{more}",
+        hint="edit nothing after validation; validate the bundle again: revise validate BUNDLE ...",
+    )
+
+
+def validation_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What bundle.json records of the validation ``report`` (its ``validation`` entry)."""
+    return _validation_summary(report) or {}
+
+
+def validation_props(report: dict[str, Any] | None) -> dict[str, str]:
+    """The VALIDATION_PROPS that a bundle's ONNX files carry for ``report`` (None: no report)."""
+    return _validation_props(_validation_summary(report))
+
+
+def _onnx_content_digest(path: Path) -> str:
+    """sha256 of an ONNX model as serialised without the VALIDATION_PROPS (the graph, the
+    weights and every other metadata entry: the card, the provenance)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError and friends: protobuf's errors share no base class
+        raise DataError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__})",
+            hint="re-export the bundle",
+        ) from exc
+    kept = [p for p in proto.metadata_props if p.key not in VALIDATION_PROPS]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _read_report(folder: str | Path, digest: str) -> dict[str, Any]:

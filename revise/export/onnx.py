@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from revise._io import atomic_path, sha256_file
-from revise.errors import ExportError
+from revise.errors import ExportError, UsageError
 from revise.models.card import ModelCard
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 LEGACY_MAX_OPSET = 20
+MIN_OPSET = 7  # the oldest opset ONNX Runtime runs
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
@@ -80,12 +81,21 @@ class ExportResult:
         return data
 
 
+# Loggers of the exporter that speak of what revise reports itself: a warning for every
+# torchvision op it cannot register, and (below opset 18) the exporter raising the opset and
+# failing to convert back, with a traceback; export_onnx then says that it fell back.
+_EXPORTER_LOGGERS = (
+    "torch.onnx._internal.exporter._registration",
+    "torch.onnx._internal.exporter._compat",
+    "onnxscript.version_converter",
+)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    # The exporter also logs a warning for every torchvision op it cannot register.
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    levels = {logging.getLogger(name): logging.getLogger(name).level for name in _EXPORTER_LOGGERS}
+    for logger in levels:
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -93,7 +103,42 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
-        registration.setLevel(level)
+        for logger, level in levels.items():
+            logger.setLevel(level)
+
+
+def max_opset() -> int:
+    """The newest ONNX opset the installed onnx package knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: Any, name: str = "opset") -> int:
+    """``opset`` if revise can export it; otherwise a UsageError stating the supported range
+    (``name``: what the caller calls it, e.g. the ``--opset`` option)."""
+    top = max_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= top:
+        raise UsageError(
+            f"{name} {opset} is not an ONNX opset revise can export",
+            hint=f"give {MIN_OPSET} to {top}: ONNX Runtime runs opsets from {MIN_OPSET}, and "
+            f"{top} is the newest the installed onnx knows",
+        )
+    return opset
+
+
+def _load_proto(path: str | os.PathLike, *, external_data: bool = True) -> Any:
+    """The ONNX model at ``path``, or an ExportError naming the file."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except Exception as exc:
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ExportError(
+            f"{path} is not a readable ONNX model: {first}",
+            hint="give the model.onnx of a bundle from `revise export`, copied whole",
+        ) from None
 
 
 @contextlib.contextmanager
@@ -165,7 +210,8 @@ def check_parity(
     try:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
+        first = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {first}") from exc
     in_name = session.get_inputs()[0].name
     outputs = [o.name for o in session.get_outputs()]
     out_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
@@ -305,6 +351,7 @@ def export_onnx(
     (as JSON under ``revise.card``) and ``metadata`` are merged into the model's metadata_props.
     """
     path = Path(path)
+    opset = check_opset(opset)
     x = _example_input(card, samples)
     src = model if _device(model).type == "cpu" else copy.deepcopy(model).to("cpu")
     exporter, reason = "dynamo", ""
@@ -356,13 +403,8 @@ def export_onnx(
 
 def set_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> dict[str, str]:
     """Merge ``metadata`` into an ONNX file's metadata_props (existing keys kept), atomically."""
-    import onnx
-
     path = Path(path)
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:
-        raise ExportError(f"{path} is not a readable ONNX model: {exc}") from exc
+    proto = _load_proto(path)
     merged = _merge_props(proto, metadata)
     data = _serialize_one_file(proto)
     with atomic_path(path) as tmp:
@@ -376,16 +418,12 @@ def graph_digest(path: str | os.PathLike) -> str:
     a validation verdict is added, changes with any change to the graph or the weights."""
     import hashlib
 
-    import onnx
-
-    proto = onnx.load(str(path))
+    proto = _load_proto(path)
     del proto.metadata_props[:]
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata_props of an ONNX file."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = _load_proto(path, external_data=False)
     return {p.key: p.value for p in proto.metadata_props}

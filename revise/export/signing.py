@@ -8,9 +8,13 @@ into ``signing.json``, which is written *before* signing and so is covered too.
 Before signing, the bundle must be the one exported and validated: exactly the files bundle.json
 lists (the exporter and `revise validate` record every file they write there, the report
 included), each with its recorded sha256; the weights, ONNX graphs and the report all naming the
-same model. model-signing hashes files only, so a folder holding no file (an empty
-``triton/<name>/2/`` that Triton would try to load as version 2) is refused when signing and
-reported as added when verifying::
+same model. A verdict counts only for the files it was reached on: `revise validate BUNDLE`
+records the digest of every file but bundle.json, the report files and the signature files, and
+each must still be the one validated (a report of the model folder, `export --validation`, saw
+none of the bundle's card.json, Triton files or ONNX metadata: no verdict on the bundle).
+model-signing hashes files only, so a folder holding no file (an empty ``triton/<name>/2/``
+that Triton would try to load as version 2) is refused when signing and reported as added when
+verifying::
 
     sign_bundle(bundle, "keys/revise-signing.key")      # refuses unvalidated or failed bundles
     verify_bundle(bundle, "keys/revise-signing.pub")    # VerifyResult(ok, changed, added, removed)
@@ -136,7 +140,8 @@ def _password_bytes(password: bytes | str | None) -> bytes | None:
     return password.encode("utf-8") if isinstance(password, str) else password
 
 
-def _load_private_key(path: Path, password: bytes | None) -> ec.EllipticCurvePrivateKey:
+def load_private_key(path: Path, password: bytes | None) -> ec.EllipticCurvePrivateKey:
+    """The EC private key at ``path`` (PEM), or a SignatureError/UsageError saying what to do."""
     if not path.is_file():
         raise UsageError(f"signing key {path} does not exist", hint=_KEY_HINT)
     data = path.read_bytes()
@@ -209,20 +214,15 @@ def sign_bundle(
     bundle = _bundle_folder(bundle)
     key_path = Path(private_key)
     password = _password_bytes(password)
-    key = _load_private_key(key_path, password)
+    key = load_private_key(key_path, password)
     _check_signable(bundle)
     verdict = _validation_verdict(bundle)
     _check_contents(bundle)
+    unbound = not _check_validated_files(bundle)
+    if unbound:  # the report judged a model folder: no verdict on the bundle's own files
+        verdict = None
     if verdict != "pass" and not allow_unvalidated:
-        why = (
-            "failed its acceptance gates (revision_report.json: verdict 'fail')"
-            if verdict == "fail"
-            else "was never validated (no revision_report.json)"
-        )
-        raise UsageError(
-            f"refusing to sign {bundle}: it {why}",
-            hint="pass --allow-unvalidated to sign anyway; signing.json records that choice",
-        )
+        _refuse_unvalidated(bundle, verdict, unbound)
     ms = _model_signing()
     record = {
         "schema": SCHEMA,
@@ -255,6 +255,21 @@ def sign_bundle(
             raise SignatureError(f"model-signing could not sign {bundle}: {exc}") from exc
         _write_public(bundle / SIGNATURE_NAME, staged.read_bytes())
     return record
+
+
+def _refuse_unvalidated(bundle: Path, verdict: str | None, unbound: bool) -> None:
+    hint = "pass --allow-unvalidated to sign anyway; signing.json records that choice"
+    if unbound:
+        why = (
+            f"its {REPORT_FILE} validated a model folder, not this bundle's files (card.json, "
+            "the Triton files, the ONNX metadata)"
+        )
+        hint = "validate the bundle itself: revise validate BUNDLE ...; or " + hint
+    elif verdict == "fail":
+        why = f"it failed its acceptance gates ({REPORT_FILE}: verdict 'fail')"
+    else:
+        why = f"it was never validated (no {REPORT_FILE})"
+    raise UsageError(f"refusing to sign {bundle}: {why}", hint=hint)
 
 
 def _write_public(path: Path, data: bytes) -> None:
@@ -464,14 +479,60 @@ def _check_contents(bundle: Path) -> None:
             f"({checked[:12]}...) than the bundle's model.onnx",
             hint="validate the bundle itself: revise validate BUNDLE ...",
         )
-    claimed = (manifest.get("validation") or {}).get("report_sha256")
-    if report and claimed:
-        digest = hashlib.sha256(json.dumps(report, sort_keys=True).encode("utf-8")).hexdigest()
-        if digest != claimed:
+    if report:
+        _check_summary(manifest_path, manifest.get("validation") or {}, report)
+
+
+def _check_summary(manifest_path: Path, claimed: dict[str, Any], report: dict[str, Any]) -> None:
+    """bundle.json's validation summary is the one its report gives, every entry of it."""
+    from revise.export.bundle import validation_summary
+
+    expected = validation_summary(report)
+    if claimed.get("report_sha256") != expected["report_sha256"]:
+        raise DataError(
+            f"{manifest_path.parent / REPORT_FILE} is not the report {manifest_path} records",
+            hint="validate the bundle again: revise validate BUNDLE ...",
+        )
+    for key, value in expected.items():
+        if claimed.get(key) != value:
             raise DataError(
-                f"{bundle / REPORT_FILE} is not the report {manifest_path} records",
-                hint="validate the bundle again: revise validate BUNDLE ...",
+                f"{manifest_path} records validation {key} {claimed.get(key)!r} but "
+                f"{REPORT_FILE} gives {value!r}",
+                hint="the bundle was edited after validation; validate it again",
             )
+
+
+def _check_validated_files(bundle: Path) -> bool:
+    """Every file of the bundle that bears on what the model outputs or means is the one its
+    report validated (DataError naming the first that is not), and every ONNX file's metadata
+    states the report's verdict and criteria. False: there is a report, but it records no files
+    of this bundle (it validated a model folder)."""
+    from revise.export.bundle import check_validated_files, validation_props
+    from revise.export.onnx import read_metadata
+
+    report = _read_json(bundle / REPORT_FILE) if (bundle / REPORT_FILE).is_file() else None
+    bound = report is None or check_validated_files(bundle, report)
+    expected = validation_props(report)
+    files, _, _ = _walk(bundle)
+    for path in [bundle / name for name in files if name.lower().endswith(".onnx")]:
+        try:
+            stated = read_metadata(path)
+        except Exception as exc:  # protobuf's DecodeError and friends share no base class
+            raise DataError(
+                f"{path} is not a readable ONNX model ({type(exc).__name__})",
+                hint="re-export the bundle",
+            ) from exc
+        for key, wanted in expected.items():
+            if stated.get(key) != wanted:
+                source = (
+                    f"{REPORT_FILE} says {wanted!r}" if report else f"there is no {REPORT_FILE}"
+                )
+                what = key.removeprefix("revise.").replace("_", " ")
+                raise DataError(
+                    f"{path} says {what} {stated.get(key)!r} in its metadata but {source}",
+                    hint="validate the bundle again: revise validate BUNDLE ...",
+                )
+    return bound
 
 
 def _weights_digest(path: Path) -> str:

@@ -43,9 +43,32 @@ def load_run(folder: str | Path) -> RunInput:
             f"{folder} is not a run folder: run.json is missing",
             hint="give folders written by `revise unlearn` or `revise merge`",
         )
+    record = read_record(record_path)
     loaded = load_model(folder)
-    record = json.loads(record_path.read_text())
     return RunInput(folder.name, loaded.module, loaded.card, record, folder)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A run folder's run.json as merging needs it: a JSON object with the base model's
+    digest, and the base model's path (if recorded) as an object with a text ``path``. A
+    damaged file is a ModelError naming it and the fix."""
+    fix = "the run folder is damaged: write it again with `revise unlearn` (or restore it)"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path} is not UTF-8 text (byte {exc.start})", hint=fix) from None
+    except ValueError as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc})", hint=fix) from None
+    if not isinstance(record, dict):
+        kind = type(record).__name__
+        raise ModelError(f"{path} is not a JSON object (it holds a {kind})", hint=fix)
+    digest = record.get("base_model_digest")
+    if not isinstance(digest, str) or not digest:
+        raise ModelError(f"{path} has no base_model_digest (the base model's digest)", hint=fix)
+    base = record.get("base_model", {})
+    if not isinstance(base, dict) or not isinstance(base.get("path", ""), str):
+        raise ModelError(f"{path}: base_model is not an object with a text path", hint=fix)
+    return record
 
 
 def resolve(ref: str | int, runs: Sequence[RunInput]) -> int:

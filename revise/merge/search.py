@@ -40,6 +40,18 @@ class StrengthSearch:
     gates_failed: int | None = None  # by the best candidate, when gates were judged
 
 
+def check_search_size(values: int, runs: int) -> None:
+    """Refuse a search of more than MAX_CANDIDATES candidates (``values`` per run, every
+    combination), counted without building them."""
+    n_candidates = values**runs
+    if n_candidates > MAX_CANDIDATES:
+        raise UsageError(
+            f"{values} values for {runs} runs are {n_candidates} candidates "
+            f"(at most {MAX_CANDIDATES})",
+            hint="use a smaller --grid or fewer runs",
+        )
+
+
 def search_strengths(
     template: nn.Module,
     card: ModelCard,
@@ -66,12 +78,7 @@ def search_strengths(
         raise UsageError("the strength grid is empty")
     if "retain" not in sets or "forget" not in sets:
         raise UsageError("searching strengths needs the forget and retain sets")
-    n_candidates = len(grid) ** len(states)
-    if n_candidates > MAX_CANDIDATES:
-        raise UsageError(
-            f"{len(grid)} values for {len(states)} runs are {n_candidates} candidates",
-            hint="use a smaller --grid or fewer runs",
-        )
+    check_search_size(len(grid), len(states))
     net = copy.deepcopy(template).cpu()
     retain = sets["retain"].data
     rows: list[tuple[int, float, tuple[float, ...], dict[str, float]]] = []

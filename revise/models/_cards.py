@@ -104,11 +104,14 @@ def _monai_card(folder: Path, architecture: str) -> ModelCard | None:
     kwargs: dict[str, Any] = {}
     if len(spatial) == 2 and all(spatial):
         kwargs["input_size"] = tuple(spatial)
-    return ModelCard(
-        architecture=architecture,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        class_names=names,
-        description=str(meta.get("name") or meta.get("description") or "MONAI bundle"),
-        **kwargs,
-    )
+    try:
+        return ModelCard(
+            architecture=architecture,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            class_names=names,
+            description=str(meta.get("name") or meta.get("description") or "MONAI bundle"),
+            **kwargs,
+        )
+    except ModelError as exc:  # say which file the values came from
+        raise ModelError(f"{folder / 'configs' / 'metadata.json'}: {exc}") from None

@@ -5,14 +5,12 @@ from so that save_model can ship it again, and checking (or inferring) their car
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import types
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from torch import nn
 from revise._io import atomic_path, sha256_file
 from revise.errors import ModelError
 from revise.models._cards import _with_source
+from revise.models._pt2 import load_program
 from revise.models._sniff import _sniff, _wrong_claim
 from revise.models.card import ModelCard
 
@@ -83,69 +82,13 @@ def _fixed_mode_eval(self: nn.Module) -> nn.Module:
     return _fixed_mode_train(self, False)
 
 
-# Parts of a .pt2 archive that torch.export.load would unpickle or run as native code. A plain
-# torch.export.save() of a model stores weights and constants as raw tensor bytes described by
-# JSON configs; anything else is refused before torch sees the file.
-_NATIVE_CODE_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia")
-_PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
-
-
-def _refuse_unsafe_pt2(path: Path) -> None:
-    """Raise ModelError if loading ``path`` would unpickle data or load compiled code.
-
-    torch.export.load unpickles weights saved with use_pickle, custom and opaque objects, and
-    legacy whole-state-dict files, and loads AOTInductor shared libraries; a site must be able
-    to open a model file from a vendor without running code from it."""
-
-    def refuse(part: str, why: str) -> ModelError:
-        return ModelError(
-            f"{path}: refusing to load a torch.export archive whose {part} {why}",
-            hint="re-export with torch.export.save() from plain tensors (no custom objects, no "
-            "AOTInductor package), or hand over ONNX or safetensors + architecture",
-        )
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            for name in names:
-                inner = name.split("/", 1)[1] if "/" in name else name
-                if inner.startswith(_NATIVE_CODE_DIRS):
-                    raise refuse(inner, "is compiled code")
-                if inner.startswith(("data/weights/", "data/constants/")) and inner.endswith(".pt"):
-                    raise refuse(inner, "is a pickled (legacy format) state dict")
-                if inner.endswith(("_weights_config.json", "_constants_config.json")):
-                    _check_payload_config(archive, name, inner, refuse)
-    except zipfile.BadZipFile:
-        raise ModelError(
-            f"{path} is not a readable torch.export archive (not a zip file)",
-            hint="re-export it with torch.export.save()",
-        ) from None
-
-
-def _check_payload_config(
-    archive: zipfile.ZipFile, name: str, inner: str, refuse: Callable[[str, str], ModelError]
-) -> None:
-    try:
-        entries = json.loads(archive.read(name)).get("config", {})
-    except (ValueError, AttributeError):
-        raise refuse(inner, "cannot be read as JSON") from None
-    for fqn, meta in entries.items():
-        if not isinstance(meta, dict):
-            raise refuse(f"{inner} entry {fqn!r}", "is malformed")
-        if meta.get("use_pickle"):
-            raise refuse(f"tensor {fqn!r}", "is pickled (use_pickle)")
-        if str(meta.get("path_name", "")).startswith(_PICKLED_OBJECT_PREFIXES):
-            raise refuse(f"constant {fqn!r}", "is a pickled Python object")
-
-
 def _load_torch_export(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     kind = _sniff(path)
     if kind != "torch_export":
         raise _wrong_claim(path, ("torch_export",), kind)
-    _refuse_unsafe_pt2(path)
+    program = load_program(path)  # reads only what runs no code from the file
     try:
         with _quiet():
-            program = torch.export.load(str(path))
             module = program.module()
     except Exception as exc:
         raise ModelError(
@@ -168,22 +111,25 @@ def _load_torch_export(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     return module, shape
 
 
+def _trial_run(module: nn.Module, batch: int, shape: tuple[int, ...]) -> Any:
+    """``module``'s output on a zero batch, or the exception it raised."""
+    try:
+        with torch.no_grad(), _quiet():
+            return module(torch.zeros(batch, *shape))
+    except Exception as exc:
+        return exc
+
+
 def _trial_classes(module: nn.Module, shape: tuple[int, int, int], path: Path) -> int:
-    """Run a zero batch through ``module``; its output must be (N, num_classes) logits."""
-    out: Any = None
-    error: Exception | None = None
-    for batch in (2, 1):
-        try:
-            with torch.no_grad(), _quiet():
-                out = module(torch.zeros(batch, *shape))
-            error = None
-            break
-        except Exception as exc:
-            error = exc
-    if error is not None:
+    """Run zero batches of 2 and 3 images through ``module``: its output must be
+    (N, num_classes) logits for any N, since revise feeds batches of any size."""
+    out = _trial_run(module, 2, shape)
+    if isinstance(out, Exception):
+        if not isinstance(_trial_run(module, 1, shape), Exception):
+            raise _fixed_batch(path, 1, 2)
         raise ModelError(
             f"{path}: the model fails on a zero input of shape (N, {', '.join(map(str, shape))}): "
-            f"{' '.join(str(error).split())[:300]}",
+            f"{' '.join(str(out).split())[:300]}",
             hint="check in_channels and input_size in the card (--card CARD.json)",
         )
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
@@ -192,7 +138,19 @@ def _trial_classes(module: nn.Module, shape: tuple[int, int, int], path: Path) -
             f"{path}: the model returns {got}, not (N, num_classes) logits",
             hint="revise handles image classifiers whose output is one logits tensor",
         )
+    more = _trial_run(module, 3, shape)
+    if out.shape[0] != 2 or not isinstance(more, torch.Tensor) or more.shape != (3, out.shape[1]):
+        raise _fixed_batch(path, 2, 3)
     return int(out.shape[1])
+
+
+def _fixed_batch(path: Path, runs: int, fails: int) -> ModelError:
+    return ModelError(
+        f"{path}: the model takes a batch of {runs} image(s) but not of {fails}: it was exported "
+        "with a fixed batch size, and revise feeds batches of any size",
+        hint="export it again with a dynamic batch dimension (torch.export: dynamic_shapes="
+        "{0: Dim('batch')}; torch.onnx: dynamic_axes)",
+    )
 
 
 def _opaque_card(

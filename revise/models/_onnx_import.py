@@ -30,7 +30,7 @@ def _import_onnx2torch() -> Any:
         def _needs_torchvision(*args: Any, **kwargs: Any) -> Any:
             raise ModelError(
                 "this ONNX graph uses a torchvision operator (NMS / RoIAlign)",
-                hint="install torchvision, or provide safetensors + --architecture",
+                hint="install torchvision, or provide safetensors + --arch",
             )
 
         tv = types.ModuleType("torchvision")
@@ -47,7 +47,7 @@ def _import_onnx2torch() -> Any:
     except ImportError as exc:
         raise ModelError(
             f"loading ONNX needs onnx2torch, which is not importable: {exc}",
-            hint="pip install --no-deps onnx2torch, or provide safetensors + --architecture",
+            hint="pip install --no-deps onnx2torch, or provide safetensors + --arch",
         ) from None
     finally:
         # The stub served onnx2torch's own imports; leave no fake torchvision behind for others.
@@ -174,7 +174,7 @@ def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
         ) from None
     o2t = _import_onnx2torch()
     fix = "export with opset <= 16 (torch.onnx.export(..., dynamo=False, opset_version=16)) or "
-    fix += "provide safetensors weights + --architecture"
+    fix += "provide safetensors weights + --arch"
     proto = _for_onnx2torch(proto)
     missing = _unsupported_onnx_ops(proto)
     if missing:

@@ -45,7 +45,7 @@ def _read_torch_save(path: Path) -> dict[str, torch.Tensor]:
             raise ModelError(
                 f"{path} holds pickled Python objects (probably a whole model), which revise will "
                 "not unpickle: loading them could run arbitrary code",
-                hint="save model.state_dict() (or safetensors) and pass --architecture/--card, "
+                hint="save model.state_dict() (or safetensors) and pass --arch/--card, "
                 "or export TorchScript / torch.export / ONNX",
             ) from None
         raise ModelError(
@@ -103,7 +103,7 @@ def _fit_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], source
         raise ModelError(
             f"weights in {source} do not fit {what}: {'; '.join(parts)}",
             hint="check the card's architecture, in_channels, num_classes and arch_kwargs "
-            "(or pass --architecture)",
+            "(or pass --arch)",
         )
     full = dict(state)
     for k, v in expected.items():
@@ -124,8 +124,7 @@ def _weights_module(
         if architecture is None:
             raise ModelError(
                 f"{path} holds weights only; revise needs to know the architecture",
-                hint=f"pass --card CARD.json, put {path.stem}.card.json beside it, "
-                "or pass --architecture",
+                hint=f"pass --card CARD.json, put {path.stem}.card.json beside it, or pass --arch",
             )
         card = _infer_card_from_state(state, architecture)
     if architecture is not None:
@@ -133,7 +132,7 @@ def _weights_module(
     if card.architecture in OPAQUE_ARCHITECTURES:
         raise ModelError(
             f"{path} holds weights only, but its card names a {card.architecture} graph",
-            hint="pass --architecture with a registered architecture",
+            hint="pass --arch with a registered architecture",
         )
     card = _with_source(card, source_format, sha)
     module = build(card)

@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from revise._io import write_json_atomic
 from revise.errors import ModelError
+
+# Bounds on what a card may ask for, so that a card cannot make revise allocate without limit:
+# each side of the input, the values of one input image (channels x height x width: 256 MiB as
+# float32), and the number of classes.
+MAX_INPUT_SIDE = 4096
+MAX_INPUT_VALUES = 4 * 4096 * 4096
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -19,6 +27,9 @@ class ModelCard:
 
     The model consumes ``(pixels - mean) / std`` where pixels lie in ``pixel_range`` (per
     channel); the boundary attack works in pixel space, so the normalisation must be known.
+    Sizes are bounded (``MAX_INPUT_SIDE`` pixels per side, ``MAX_INPUT_VALUES`` values per
+    image, ``MAX_CLASSES`` classes), and class names are one line of printable text each: they
+    become the lines of a Triton labels file.
     """
 
     architecture: str  # registry name, or "torchscript" / "onnx" for opaque graphs
@@ -41,11 +52,10 @@ class ModelCard:
     description: str = ""
 
     def __post_init__(self) -> None:
-        self.num_classes = _whole("num_classes", self.num_classes, minimum=1)
+        self.num_classes = _whole("num_classes", self.num_classes, minimum=1, maximum=MAX_CLASSES)
         self.in_channels = _whole("in_channels", self.in_channels, minimum=1)
         self.input_size = _numbers("input_size", self.input_size, 2, whole=True)  # type: ignore[assignment]
-        if min(self.input_size) < 1:
-            raise ModelError(f"model card: input_size must be positive, not {self.input_size}")
+        _check_input_size(self.in_channels, self.input_size)
         self.pixel_range = _numbers("pixel_range", self.pixel_range, 2)  # type: ignore[assignment]
         if not self.pixel_range[0] < self.pixel_range[1]:
             raise ModelError(
@@ -77,6 +87,8 @@ class ModelCard:
             raise ModelError(
                 f"model card: {len(self.class_names)} class names for {self.num_classes} classes"
             )
+        for i, name in enumerate(self.class_names):
+            _check_class_name(i, name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,12 +126,44 @@ class ModelCard:
             raise ModelError(f"{path}: {exc}") from None
 
 
-def _whole(name: str, value: Any, *, minimum: int) -> int:
+def _whole(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
         raise ModelError(f"model card: {name} must be a whole number, not {value!r}")
     if value < minimum:
         raise ModelError(f"model card: {name} must be at least {minimum}, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise ModelError(f"model card: {name} must be at most {maximum}, not {value!r}")
     return int(value)
+
+
+def _check_input_size(channels: int, size: tuple[int, int]) -> None:
+    if min(size) < 1:
+        raise ModelError(f"model card: input_size must be positive, not {list(size)}")
+    if max(size) > MAX_INPUT_SIDE:
+        raise ModelError(
+            f"model card: input_size must be at most {MAX_INPUT_SIDE} pixels per side, not "
+            f"{list(size)}",
+            hint="give the size the network takes; revise resizes each image to it",
+        )
+    values = channels * size[0] * size[1]
+    if values > MAX_INPUT_VALUES:
+        raise ModelError(
+            f"model card: in_channels x input_size must be at most {MAX_INPUT_VALUES:,} values "
+            f"per image (256 MiB as float32), not {channels}x{size[0]}x{size[1]} = {values:,}",
+            hint="check in_channels and input_size",
+        )
+
+
+def _check_class_name(index: int, name: Any) -> None:
+    """One line of text: a line break or control character would shift every label after it
+    in a line-based file (Triton's labels.txt)."""
+    if not isinstance(name, str):
+        raise ModelError(f"model card: class_names[{index}] must be text, not {name!r}")
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        raise ModelError(
+            f"model card: class_names[{index}] {name!r} holds a line break or control character",
+            hint="class names become the lines of a labels file: use one line of printable text",
+        )
 
 
 def _numbers(

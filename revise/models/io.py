@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from revise._io import atomic_path, sha256_file
+from revise._io import atomic_path, check_finished, sha256_file
 from revise.errors import ModelError, RevisionError
 from revise.models._cards import CARD_FILE, _as_card, _card_beside, _monai_card
 from revise.models._graphs import (
@@ -168,7 +168,7 @@ def _load_monai_bundle(
         if card is not None and not card.architecture and architecture is None:
             raise ModelError(
                 f"{pt} holds weights only; revise needs to know the architecture",
-                hint="pass --architecture or --card",
+                hint="pass --arch or --card",
             )
         module, card = _weights_module(state, pt, card, architecture, "monai_bundle", sha)
         return module, card, pt
@@ -196,6 +196,7 @@ def load_model(
     ``(channels, height, width)`` lets a graph without a card be probed for its class count.
     """
     path = Path(path)
+    check_finished(path, "model")  # never an interrupted write's temporary
     given = _as_card(card)
     if not path.exists():
         raise ModelError(f"model {path} does not exist", hint="check the path")
@@ -240,7 +241,7 @@ def load_model(
 
     module, graph_shape = _load_graph(path, kind)
     if architecture is not None:
-        log.warning("%s is a %s graph; --architecture %s is ignored", path, kind, architecture)
+        log.warning("%s is a %s graph; --arch %s is ignored", path, kind, architecture)
     out_card = _opaque_card(
         module, path, kind, given or _card_beside(path), graph_shape, input_shape, sha
     )

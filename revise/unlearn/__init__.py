@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_NOT_METHODS = {"api", "base", "checkpoint"}
+_NOT_METHODS = {"api", "base", "checkpoint", "settings"}
 
 
 def load_builtin_methods() -> None:

@@ -36,6 +36,7 @@ from revise.unlearn.base import (
     freeze,
     synchronize,
 )
+from revise.unlearn.settings import check_settings
 
 log = logging.getLogger(__name__)
 load_builtin_methods()
@@ -51,7 +52,8 @@ class UnlearnResult:
 
 
 def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The method's hyperparameter dataclass with ``overrides`` applied (unknown keys rejected)."""
+    """The method's hyperparameter dataclass with ``overrides`` applied: unknown keys, values
+    of the wrong type and values outside a field's bound rejected (UsageError)."""
     config_type = METHODS.get(method).config_type
     fields = {f.name: f for f in dataclasses.fields(config_type)}
     overrides = dict(overrides or {})
@@ -68,7 +70,9 @@ def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
             raise UsageError(f"{method}.{name} must be true or false, not {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             overrides[name] = _number(f"{method}.{name}", value, whole=isinstance(default, int))
-    return config_type(**overrides)
+    config = config_type(**overrides)
+    check_settings(method, config)
+    return config
 
 
 def _number(what: str, value: Any, *, whole: bool) -> int | float:
@@ -117,6 +121,8 @@ def unlearn(
     spec = METHODS.get(method)
     if config is None or isinstance(config, Mapping):
         config = make_config(method, config)
+    else:
+        check_settings(method, config)  # a config built in Python meets the same bounds
     if checkpoint_every < 0:
         raise UsageError(f"checkpoint_every must be >= 0, not {checkpoint_every}")
     if (checkpoint_every or resume) and checkpoint_dir is None:

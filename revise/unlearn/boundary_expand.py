@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from revise.errors import ModelError, UsageError
+from revise.errors import ModelError
 from revise.models.architectures import head_module_name
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+from revise.unlearn.settings import setting
 
 FORGET_STREAM = 1  # batch stream of the forget images
 SHADOW_STREAM = 3  # random stream that initialises the shadow output
@@ -35,24 +36,14 @@ SHADOW_STREAM = 3  # random stream that initialises the shadow output
 class BoundaryExpandConfig:
     """Defaults from the authors' setting, shared with Boundary Shrink (SGD lr 1e-5, 10 epochs)."""
 
-    epochs: int = 10  # passes over the forget set (authors: 10)
-    batch_size: int = 64  # forget images per step (authors: 64)
-    lr: float = 1e-5  # authors' SGD learning rate for a converged model
-    momentum: float = 0.9  # authors' SGD momentum
-    weight_decay: float = 0.0  # none: decay would also pull retained knowledge
+    epochs: int = setting(10, "[1, inf)")  # passes over the forget set (authors: 10)
+    batch_size: int = setting(64, "[1, inf)")  # forget images per step (authors: 64)
+    lr: float = setting(1e-5, "(0, inf)")  # authors' SGD learning rate for a converged model
+    momentum: float = setting(0.9, "[0, 1)")  # authors' SGD momentum
+    weight_decay: float = setting(0.0, "[0, inf)")  # none: it would pull retained knowledge too
     # Keep BatchNorm statistics fixed. The authors train in train mode (the default); with
     # forget-only batches the statistics then drift toward D_f.
     freeze_bn: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
-            (self.momentum >= 0 and self.weight_decay >= 0, "momentum, weight_decay >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(f"boundary_expand: {message}")
 
 
 def widen(head: nn.Module, generator: torch.Generator | None = None) -> nn.Module:

@@ -14,7 +14,6 @@ original's; stateless layers such as dropout train as usual.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from revise.errors import UsageError
 from revise.unlearn._structure import frozen_modules, hold_in_eval, last_blocks, train_only
 from revise.unlearn.base import UnlearnContext, register, run_steps, steps_per_pass
+from revise.unlearn.settings import setting
 
 RETAIN_STREAM = 1  # batch stream of the retain images
 
@@ -33,24 +33,13 @@ class CFKConfig:
     """Fine-tune recipe of the seed paper's Fine-tune baseline (lr 0.04, 10 epochs, method.md),
     otherwise the project's training recipe (SGD momentum 0.9, batch 64, cosine decay)."""
 
-    epochs: int = 10  # passes over the retain set (seed paper's fine-tune baseline: 10)
-    batch_size: int = 64  # retain images per step (project training recipe)
-    lr: float = 0.04  # seed paper's fine-tune learning rate
-    momentum: float = 0.9  # SGD momentum of the training recipe
-    weight_decay: float = 1e-4  # training recipe's decay, on the trained blocks only
-    k: int = 1  # blocks before the head that are trained (0: the head alone; Goel et al.: k=1..)
+    epochs: int = setting(10, "[1, inf)")  # passes over the retain set (seed paper's FT: 10)
+    batch_size: int = setting(64, "[1, inf)")  # retain images per step (training recipe)
+    lr: float = setting(0.04, "(0, inf)")  # seed paper's fine-tune learning rate
+    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
+    weight_decay: float = setting(1e-4, "[0, inf)")  # training recipe's, trained blocks only
+    k: int = setting(1, "[0, inf)")  # blocks before the head that are trained (0: head alone)
     cosine: bool = True  # cosine decay of lr to 0: a stable end point in few epochs
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
-            (self.k >= 0, "k must be >= 0"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
-            (self.momentum >= 0 and self.weight_decay >= 0, "momentum, weight_decay >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(f"{type(self).__name__}: {message}")
 
 
 def fit_last_blocks(ctx: UnlearnContext, config: CFKConfig, names: list[str]) -> dict[str, Any]:

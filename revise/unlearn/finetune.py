@@ -11,8 +11,7 @@ that the two draw identical batches under the same seed.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from revise.errors import UsageError
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+from revise.unlearn.settings import setting
 
 # Stream numbers of ctx.batch (batches) and ctx.generator (random labels), fixed per role so
 # that methods sharing a role (the retain batches of finetune, l1_sparse, neggrad_plus and
@@ -34,30 +34,12 @@ LABEL_STREAM = 3
 class FinetuneConfig:
     """Defaults: the seed paper's FT baseline (method.md); optimizer as in the training recipe."""
 
-    epochs: int = 10  # passes over the retain set (seed paper: 10)
-    batch_size: int = 64  # retain images per step (the training recipe's batch size)
-    lr: float = 0.04  # seed paper's FT rate: high enough for D_r to overwrite D_f's traces
-    momentum: float = 0.9  # SGD momentum of the training recipe
-    weight_decay: float = (
-        5e-4  # the usual FT choice (Golatkar et al.); decays weights D_r leaves idle
-    )
-
-    def __post_init__(self) -> None:
-        check_sgd_config("finetune", self)
-
-
-def check_sgd_config(method: str, config: Any, extra: Iterable[tuple[bool, str]] = ()) -> None:
-    """The checks every SGD-based baseline shares, plus the method's own ``extra`` ones."""
-    checks = [
-        (config.epochs >= 1 and config.batch_size >= 1, "epochs and batch_size must be >= 1"),
-        (math.isfinite(config.lr) and config.lr > 0, f"lr must be > 0 and finite, not {config.lr}"),
-        (0 <= config.momentum < 1, "momentum must be in [0, 1)"),
-        (config.weight_decay >= 0, "weight_decay must be >= 0"),
-        *extra,
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(f"{method}: {message}")
+    epochs: int = setting(10, "[1, inf)")  # passes over the retain set (seed paper: 10)
+    batch_size: int = setting(64, "[1, inf)")  # retain images per step (training recipe's)
+    lr: float = setting(0.04, "(0, inf)")  # seed paper's FT rate: D_r overwrites D_f's traces
+    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
+    # the usual FT choice (Golatkar et al.); decays weights D_r leaves idle
+    weight_decay: float = setting(5e-4, "[0, inf)")
 
 
 def require_retain(ctx: UnlearnContext, method: str) -> None:

@@ -19,22 +19,20 @@ from typing import Any
 import torch
 
 from revise.unlearn.base import UnlearnContext, register
-from revise.unlearn.finetune import check_sgd_config, finetune_on_retain
+from revise.unlearn.finetune import finetune_on_retain
+from revise.unlearn.settings import setting
 
 
 @dataclass
 class L1SparseConfig:
     """Defaults: the paper's l1-sparse MU setting (10 epochs, lr 0.01, gamma 5e-4)."""
 
-    epochs: int = 10  # passes over the retain set (paper: 10, as its FT baseline)
-    batch_size: int = 64  # retain images per step (the training recipe's batch size)
-    lr: float = 0.01  # paper's unlearning rate for l1-sparse
-    momentum: float = 0.9  # SGD momentum of the training recipe
-    weight_decay: float = 5e-4  # as the finetune baseline, so gamma = 0 reproduces it exactly
-    gamma: float = 5e-4  # l1 strength at the first step; decays linearly to 0 at the last
-
-    def __post_init__(self) -> None:
-        check_sgd_config("l1_sparse", self, [(self.gamma >= 0, "gamma must be >= 0")])
+    epochs: int = setting(10, "[1, inf)")  # passes over the retain set (paper: 10, as FT)
+    batch_size: int = setting(64, "[1, inf)")  # retain images per step (training recipe's)
+    lr: float = setting(0.01, "(0, inf)")  # paper's unlearning rate for l1-sparse
+    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
+    weight_decay: float = setting(5e-4, "[0, inf)")  # as finetune: gamma = 0 reproduces it
+    gamma: float = setting(5e-4, "[0, inf)")  # l1 strength at step 0; linearly to 0 at the end
 
 
 def l1_strength(gamma: float, step: int, steps: int) -> float:

@@ -18,29 +18,25 @@ import torch
 import torch.nn.functional as F
 
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
-from revise.unlearn.finetune import FORGET_STREAM, RETAIN_STREAM, check_sgd_config, require_retain
+from revise.unlearn.finetune import FORGET_STREAM, RETAIN_STREAM, require_retain
+from revise.unlearn.settings import setting
 
 
 @dataclass
 class NegGradPlusConfig:
     """Defaults: the seed paper's NegGrad+ baseline (method.md)."""
 
-    epochs: int = 5  # passes over the retain set (seed paper: 5); forget batches are cycled
-    batch_size: int = 64  # retain images per step; forget batches use the same size
-    lr: float = 0.01  # seed paper's NegGrad+ learning rate
-    momentum: float = 0.9  # SGD momentum of the training recipe
-    weight_decay: float = 5e-4  # as the finetune baseline, so alpha = 1 reproduces it exactly
+    epochs: int = setting(5, "[1, inf)")  # passes over the retain set (seed paper: 5)
+    batch_size: int = setting(64, "[1, inf)")  # retain images per step; forget batches alike
+    lr: float = setting(0.01, "(0, inf)")  # seed paper's NegGrad+ learning rate
+    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
+    weight_decay: float = setting(5e-4, "[0, inf)")  # as finetune: alpha = 1 reproduces it
     # Weight of the retain loss; 1 - alpha weighs the forget ascent. Small 1 - alpha keeps the
     # unbounded ascent term from blowing up the model. alpha = 1 is plain fine-tuning.
-    alpha: float = 0.9999
+    alpha: float = setting(0.9999, "[0, 1]")
     # Keep BatchNorm statistics fixed: forget-only forward passes otherwise pull the running
     # statistics toward D_f at every step (the authors leave BatchNorm in train mode).
     freeze_bn: bool = False
-
-    def __post_init__(self) -> None:
-        check_sgd_config(
-            "neggrad_plus", self, [(0.0 <= self.alpha <= 1.0, "alpha must be in [0, 1]")]
-        )
 
 
 @register(

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from revise.distributed import all_sum, is_main_process, shard, shard_size
-from revise.errors import UsageError
 from revise.models.pixel import PixelSpaceModel
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+from revise.unlearn.settings import setting
 
 FORGET_STREAM = 1  # batch stream of the forget images
 RETAIN_STREAM = 2  # batch stream of the retain images (phi > 0)
@@ -32,6 +32,7 @@ NOISE_STREAM = 3  # random stream of the search noise
 NOISES = ("gaussian", "laplace", "cauchy", "uniform")
 LAMBDA_SCHEDULES = ("constant", "inverse", "exponential", "linear")
 TARGETS = ("hard", "soft", "topk")
+RETAIN_LOSSES = ("ce", "distill")
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +41,31 @@ log = logging.getLogger(__name__)
 class PSGConfig:
     """Defaults follow the authors' released runs (method.md)."""
 
-    epochs: int = 10  # passes over the forget set (authors: 10)
-    batch_size: int = 64  # forget images per step; retain batches use the same size
-    lr: float = 1e-5  # authors' SGD learning rate for a converged model
-    momentum: float = 0.9  # authors' SGD momentum
-    weight_decay: float = 0.0  # authors use none: decay would also pull retained knowledge
+    epochs: int = setting(10, "[1, inf)")  # passes over the forget set (authors: 10)
+    batch_size: int = setting(64, "[1, inf)")  # forget images per step; retain batches alike
+    lr: float = setting(1e-5, "(0, inf)")  # authors' SGD learning rate for a converged model
+    momentum: float = setting(0.9, "[0, 1)")  # authors' SGD momentum
+    weight_decay: float = setting(0.0, "[0, inf)")  # none: decay would also pull retained knowledge
     # eps, eta, gamma and lam are in [0, 1] pixel units: fractions of the card's pixel range
     # (eps = 0.1 is 25.5 grey levels on a (0, 255) card), so a setting means the same whatever
     # range the model consumes.
-    eps: float = 0.1  # L-inf radius of the boundary search
-    eta: float = 0.1  # step of the sign-gradient search (eta = eps: one step reaches the rim)
-    steps: int = 1  # inner search steps T (authors: 1)
-    gamma: float = 1e-4  # noise scale: more exploration of neighbouring classes
+    eps: float = setting(0.1, "[0, 1]")  # L-inf radius of the boundary search
+    eta: float = setting(0.1, "[0, 1]")  # step of the sign-gradient search (eta = eps: one step)
+    steps: int = setting(1, "[1, inf)")  # inner search steps T (authors: 1)
+    gamma: float = setting(1e-4, "[0, inf)")  # noise scale: more exploration of other classes
     # Closeness pull toward x: more retention, less forgetting. It acts from the second inner
     # step on (at t = 0 the search point is x itself), so it needs steps >= 2: with the
     # default steps = 1 it changes nothing (a warning says so).
-    lam: float = 0.0
-    lam_schedule: str = "constant"  # how lam changes over inner steps
-    noise: str = "gaussian"  # distribution of the perturbation z
+    lam: float = setting(0.0, "[0, inf)")
+    lam_schedule: str = setting("constant", LAMBDA_SCHEDULES)  # how lam changes over steps
+    noise: str = setting("gaussian", NOISES)  # distribution of the perturbation z
     early_stop: bool = False  # freeze a sample once the original model's label flips
-    phi: float = 0.0  # weight of the retain loss (0: forget-only, as the paper's base runs)
-    retain_loss: str = "ce"  # "ce" on retain labels, or "distill" to the original's outputs
-    target: str = "hard"  # forget target: hard nearest label, soft probabilities, or top-k soft
-    topk: int = 3  # classes kept for target="topk"
+    phi: float = setting(0.0, "[0, inf)")  # weight of the retain loss (0: forget-only)
+    # "ce" on retain labels, or "distill" to the original's outputs
+    retain_loss: str = setting("ce", RETAIN_LOSSES)
+    # forget target: hard nearest label, soft probabilities, or top-k soft
+    target: str = setting("hard", TARGETS)
+    topk: int = setting(3, "[1, inf)")  # classes kept for target="topk"
     # Take the nearest *other* class as the target even where the search did not cross the
     # boundary; otherwise (the authors' rule) such an image is trained on its own label, which
     # holds class forgetting back. Off by default: for scattered samples the own label can be
@@ -72,37 +75,6 @@ class PSGConfig:
     # (the default here); when the forget set is a whole device, forget-only batches drag the
     # statistics toward it and retention collapses (demo: retain 0.66 vs 0.96 frozen).
     freeze_bn: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.noise in NOISES, f"noise must be one of {NOISES}"),
-            (
-                self.lam_schedule in LAMBDA_SCHEDULES,
-                f"lam_schedule must be one of {LAMBDA_SCHEDULES}",
-            ),
-            (self.target in TARGETS, f"target must be one of {TARGETS}"),
-            (self.retain_loss in ("ce", "distill"), "retain_loss must be ce or distill"),
-            (self.eps >= 0 and self.eta >= 0, "eps and eta must be >= 0"),
-            (
-                self.steps >= 1 and self.epochs >= 1 and self.batch_size >= 1,
-                "steps, epochs, batch_size >= 1",
-            ),
-            (self.gamma >= 0 and self.lam >= 0 and self.phi >= 0, "gamma, lam, phi must be >= 0"),
-            (self.topk >= 1, f"topk must be >= 1 (classes kept for target=topk), not {self.topk}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), not {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}"),
-            (
-                all(
-                    math.isfinite(v)
-                    for v in (self.eps, self.eta, self.gamma, self.lam, self.phi, self.weight_decay)
-                ),
-                "eps, eta, gamma, lam, phi and weight_decay must be finite",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(f"psg: {message}")
 
 
 def lambda_at(lam: float, schedule: str, t: int) -> float:
@@ -251,18 +223,16 @@ def psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
     return run_psg(ctx, config)
 
 
+_SHRINK_FIXES = "boundary_shrink fixes gamma = lam = phi = 0; use psg to change them"
+
+
 @dataclass
 class BoundaryShrinkConfig(PSGConfig):
     """psg with no noise, no closeness pull and no retain term (Chen et al. 2023)."""
 
-    gamma: float = 0.0  # fixed: Boundary Shrink has no noise
-    lam: float = 0.0  # fixed: no closeness term
-    phi: float = 0.0  # fixed: forget loss only
-
-    def __post_init__(self) -> None:
-        if self.gamma or self.lam or self.phi:
-            raise UsageError("boundary_shrink fixes gamma = lam = phi = 0; use psg to change them")
-        super().__post_init__()
+    gamma: float = setting(0.0, "[0, 0]", hint=_SHRINK_FIXES)  # no noise
+    lam: float = setting(0.0, "[0, 0]", hint=_SHRINK_FIXES)  # no closeness term
+    phi: float = setting(0.0, "[0, 0]", hint=_SHRINK_FIXES)  # forget loss only
 
 
 @register(

@@ -28,7 +28,8 @@ from revise.unlearn.base import (
     sgd,
     steps_per_pass,
 )
-from revise.unlearn.finetune import LABEL_STREAM, check_sgd_config
+from revise.unlearn.finetune import LABEL_STREAM
+from revise.unlearn.settings import setting
 
 UNION_STREAM = 1  # batch stream over D_f + D_r
 
@@ -37,19 +38,16 @@ UNION_STREAM = 1  # batch stream over D_f + D_r
 class RandomLabelConfig:
     """Defaults: SalUn's RL baseline setting (10 epochs, lr in its 0.01-0.1 range, low end)."""
 
-    epochs: int = 10  # passes over the union D_f + D_r (SalUn's RL: 10)
-    batch_size: int = 64  # images per step, drawn from the union
-    lr: float = 0.01  # low end of SalUn's RL range: wrong labels need no large steps to take
-    momentum: float = 0.9  # SGD momentum of the training recipe
-    weight_decay: float = 5e-4  # as the finetune baseline
+    epochs: int = setting(10, "[1, inf)")  # passes over the union D_f + D_r (SalUn's RL: 10)
+    batch_size: int = setting(64, "[1, inf)")  # images per step, drawn from the union
+    lr: float = setting(0.01, "(0, inf)")  # low end of SalUn's RL range: wrong labels take fast
+    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
+    weight_decay: float = setting(5e-4, "[0, inf)")  # as the finetune baseline
     # Draw each forget sample's wrong label once (a relabelled D_f, as in SalUn); False redraws
     # it at every visit, which pushes the forget outputs toward uniform over the other classes.
     fixed_labels: bool = True
     # Keep BatchNorm statistics fixed during the update (the authors leave them in train mode).
     freeze_bn: bool = False
-
-    def __post_init__(self) -> None:
-        check_sgd_config("random_label", self)
 
 
 @register(

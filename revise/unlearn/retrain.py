@@ -23,22 +23,20 @@ from torch import nn
 
 from revise.errors import UsageError
 from revise.unlearn.base import UnlearnContext, register, seeded_global_rng
-from revise.unlearn.finetune import check_sgd_config, finetune_on_retain, require_retain
+from revise.unlearn.finetune import finetune_on_retain, require_retain
+from revise.unlearn.settings import setting
 
 
 @dataclass
 class RetrainConfig:
     """Defaults: the training recipe of the deployed models (revise.train.TrainConfig)."""
 
-    epochs: int = 15  # passes over the retain set (the seed paper's training recipe: 15)
-    batch_size: int = 64  # the training recipe's batch size
-    lr: float = 0.01  # the training recipe's learning rate (from scratch, not a fine-tune)
-    momentum: float = 0.9  # the training recipe's SGD momentum
-    weight_decay: float = 1e-4  # the training recipe's weight decay
+    epochs: int = setting(15, "[1, inf)")  # passes over the retain set (seed paper: 15)
+    batch_size: int = setting(64, "[1, inf)")  # the training recipe's batch size
+    lr: float = setting(0.01, "(0, inf)")  # the training recipe's rate (from scratch)
+    momentum: float = setting(0.9, "[0, 1)")  # the training recipe's SGD momentum
+    weight_decay: float = setting(1e-4, "[0, inf)")  # the training recipe's weight decay
     cosine: bool = True  # cosine decay to 0 over the run, as the training recipe
-
-    def __post_init__(self) -> None:
-        check_sgd_config("retrain", self)
 
 
 def _resettable(model: nn.Module) -> list[nn.Module]:

@@ -14,7 +14,6 @@ Weight Saliency in Both Image Classification and Generation", ICLR 2024 (arXiv:2
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from revise.unlearn.base import (
     sgd,
     steps_per_pass,
 )
+from revise.unlearn.settings import setting
 
 UNION_STREAM = 1  # batch stream over D_f + D_r
 LABEL_STREAM = 2  # random stream of the forget images' random labels
@@ -42,26 +42,15 @@ LABEL_STREAM = 2  # random stream of the forget images' random labels
 class SalUnConfig:
     """Defaults from the authors' released CIFAR-10 runs (RL + mask at 50%, 10 epochs, lr 0.013)."""
 
-    epochs: int = 10  # passes over D_f u D_r (authors: 10)
-    batch_size: int = 256  # images per step, forget and retain mixed (authors: 256)
-    lr: float = 0.013  # authors' SGD learning rate for SalUn's random-label stage
-    momentum: float = 0.9  # authors' SGD momentum
-    weight_decay: float = 5e-4  # authors' weight decay (applies to the masked weights only)
-    mask_ratio: float = 0.5  # fraction of all weights that may change (authors: 0.5)
+    epochs: int = setting(10, "[1, inf)")  # passes over D_f u D_r (authors: 10)
+    batch_size: int = setting(256, "[1, inf)")  # images per step, D_f and D_r mixed (256)
+    lr: float = setting(0.013, "(0, inf)")  # authors' SGD rate for the random-label stage
+    momentum: float = setting(0.9, "[0, 1)")  # authors' SGD momentum
+    weight_decay: float = setting(5e-4, "[0, inf)")  # authors' (on the masked weights only)
+    mask_ratio: float = setting(0.5, "(0, 1]")  # fraction of weights that may change (0.5)
     # Keep BatchNorm statistics fixed (they are buffers, outside the mask). The authors train in
     # train mode, which lets the statistics move with the mixed batches.
     freeze_bn: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
-            (0 < self.mask_ratio <= 1, "mask_ratio must be in (0, 1]"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
-            (self.momentum >= 0 and self.weight_decay >= 0, "momentum, weight_decay >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(f"salun: {message}")
 
 
 def forget_gradients(

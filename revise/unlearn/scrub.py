@@ -15,7 +15,6 @@ averaged over the batch. One SGD optimizer serves both kinds of step, as in the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from revise.errors import UsageError
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+from revise.unlearn.settings import setting
 
 FORGET_STREAM = 1  # batch stream of the max-steps
 RETAIN_STREAM = 2  # batch stream of the min-steps
@@ -34,34 +34,19 @@ class SCRUBConfig:
     """Defaults from the authors' released CIFAR settings (SGD, lr 5e-4, T=4, alpha 1e-3,
     gamma 0.99, msteps 2, 3 epochs, batches 128 retain / 32 forget)."""
 
-    epochs: int = 3  # epochs (each: an optional max pass, then a min pass); authors: 3
-    msteps: int = 2  # the first msteps epochs also take a max pass over D_f; authors: 2
-    batch_size: int = 128  # retain images per min-step (authors: 128)
-    forget_batch_size: int = 32  # forget images per max-step (authors: 32)
-    lr: float = 5e-4  # authors' SGD learning rate: small, the student starts at the teacher
-    momentum: float = 0.9  # authors' SGD momentum
-    weight_decay: float = 5e-4  # authors' weight decay
-    temperature: float = 4.0  # KL temperature T: compares whole softened distributions
-    alpha: float = 1e-3  # weight of KL(teacher || student) on retain in min-steps
-    gamma: float = 0.99  # weight of the retain cross-entropy in min-steps
+    epochs: int = setting(3, "[1, inf)")  # each: an optional max pass, then a min pass (3)
+    msteps: int = setting(2, "[0, inf)")  # the first msteps epochs take a max pass over D_f
+    batch_size: int = setting(128, "[1, inf)")  # retain images per min-step (authors: 128)
+    forget_batch_size: int = setting(32, "[1, inf)")  # forget images per max-step (32)
+    lr: float = setting(5e-4, "(0, inf)")  # authors': small, the student starts at the teacher
+    momentum: float = setting(0.9, "[0, 1)")  # authors' SGD momentum
+    weight_decay: float = setting(5e-4, "[0, inf)")  # authors' weight decay
+    temperature: float = setting(4.0, "(0, inf)")  # KL temperature T: whole distributions
+    alpha: float = setting(1e-3, "[0, inf)")  # weight of KL(teacher || student) in min-steps
+    gamma: float = setting(0.99, "[0, inf)")  # weight of the retain cross-entropy in min-steps
     # Keep BatchNorm statistics fixed. The authors train in plain train mode (the default);
     # forget-only max batches then drag the statistics toward D_f.
     freeze_bn: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (
-                self.epochs >= 1 and self.batch_size >= 1 and self.forget_batch_size >= 1,
-                "epochs, batch_size and forget_batch_size must be >= 1",
-            ),
-            (self.msteps >= 0, "msteps must be >= 0"),
-            (self.temperature > 0, "temperature must be > 0"),
-            (self.alpha >= 0 and self.gamma >= 0, "alpha and gamma must be >= 0"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 and finite, not {self.lr}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(f"scrub: {message}")
 
 
 def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ import logging
 import platform
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,9 @@ def validate(
     sets of ``data`` and judge every gate of ``criteria``.
 
     Models are loaded models (:func:`revise.models.io.load_model`) or modules with ``card``.
-    ``inputs`` are descriptions of the data sources for the report (paths, digests).
+    ``inputs`` are descriptions of the data sources for the report (paths, digests). A
+    candidate that is a bundle has the digest of each of its files recorded (``inputs.bundle``,
+    see :func:`revise.export.bundle.validated_files`): `revise sign` checks them.
     ``reuse``: a dict the caller keeps across calls that judge many candidates against the same
     baselines on the same data (a merge search); the original's and the reference's predictions
     and membership attacks are then computed once (keyed by model and data object)."""
@@ -118,6 +120,7 @@ def validate(
     models = {name: _loaded(name, model, card) for name, model in models.items()}
     candidate = models["candidate"]
     card = candidate.card
+    bundle = _bundle_record(candidate)  # before measuring: the files the verdict is about
     if onnx_path is not None:
         check_onnx_matches(candidate, onnx_path)
     for name, loaded in models.items():
@@ -166,6 +169,7 @@ def validate(
             **dict(inputs or {}),
             "criteria": {"path": criteria.source, "sha256": criteria.sha256},
             "onnx": _onnx_input(onnx_path),
+            **({"bundle": bundle} if bundle else {}),
         },
         "sets": {
             name: {
@@ -353,6 +357,31 @@ def _reference_summary(accuracy: Mapping[str, Any], mia: Mapping[str, Any]) -> d
         summary[f"{key}distance"] = round(distance, 4)
         summary[f"{key}avg_gap"] = round(gap, 3) if np.isfinite(gap) else None
     return summary
+
+
+def _bundle_record(candidate: LoadedModel) -> dict[str, Any] | None:
+    """The digests of the candidate bundle's files (None: the candidate is not a bundle). A
+    bundle is validated with the card it ships: the verdict is about its card.json."""
+    from revise.export.bundle import is_bundle, validation_record
+
+    path = Path(candidate.path)
+    if not (path.is_dir() and is_bundle(path)):
+        return None
+    card_file = path / "card.json"
+    shipped = ModelCard.load(card_file) if card_file.is_file() else None
+    if shipped is None or _how_fed(shipped) != _how_fed(candidate.card):
+        what = "another card than its card.json" if shipped else "a card it does not ship"
+        raise UsageError(
+            f"{path} is validated with {what}: the verdict would not be about the bundle shipped",
+            hint="drop --card and --arch (a bundle is validated with its own card.json)",
+        )
+    return validation_record(path)
+
+
+def _how_fed(card: ModelCard) -> ModelCard:
+    """The card without where its weights came from (a --card given for the deployed model
+    says nothing of that, and need not)."""
+    return replace(card, source_format="", source_sha256="")
 
 
 def check_onnx_matches(candidate: LoadedModel, onnx_path: str | Path) -> None:

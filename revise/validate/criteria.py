@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ SETS = ("forget", "retain", "heldout_forget", "heldout_retain")
 BASELINES = ("original", "reference")
 OPERATORS = ("at_most", "at_least", "between")
 FORBIDDEN_COLUMNS = ("path",)  # file paths can carry patient names: never a reported group
+MAX_BYTES = 1 << 20  # a criteria file is a few lines: anything larger is another file
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class MetricSpec:
     default_set: str | None = None
     needs: tuple[str, ...] = ()  # sets that must hold images (the whole-run metrics)
     min_images: int = 1  # in each of ``needs``: the attack models need both sides in a split
+    # The values the metric can take: a threshold outside makes a gate that cannot fail (or pass)
+    scale: tuple[float, float] = (0.0, 1.0)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -67,6 +71,7 @@ METRICS: dict[str, MetricSpec] = {
         "candidate accuracy minus the original model's on the same images; paired bootstrap "
         "95% interval",
         per_set=True,
+        scale=(-1.0, 1.0),
     ),
     "agreement": MetricSpec(
         "share of images on which candidate and original predict the same class; 95% bootstrap "
@@ -99,6 +104,7 @@ METRICS: dict[str, MetricSpec] = {
         per_set=False,
         requires="reference",
         needs=("forget", "retain", "heldout_retain"),
+        scale=(0.0, math.sqrt(2.0)),  # two accuracy differences
     ),
     "avg_gap": MetricSpec(
         "SalUn's Avg. Gap: mean |candidate - reference| over UA, RA, TA and MIA-Efficacy, percent",
@@ -106,12 +112,14 @@ METRICS: dict[str, MetricSpec] = {
         requires="reference",
         needs=("forget", "retain", "heldout_retain"),
         min_images=MIN_PER_GROUP,
+        scale=(0.0, 100.0),
     ),
     "parity_max_abs_diff": MetricSpec(
         "largest |logit difference| between the ONNX model in ONNX Runtime and the candidate in "
         "PyTorch on held-out images",
         per_set=False,
         requires="onnx",
+        scale=(0.0, math.inf),
     ),
     "parity_label_agreement": MetricSpec(
         "share of held-out images on which the ONNX model and the candidate predict the same class",
@@ -121,7 +129,8 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 _GATE_KEYS = ("name", "metric", "set", "where", "per", "judge", *OPERATORS)
-_RELATIVE = re.compile(r"^\s*(original|reference)\s*(?:([+-])\s*([0-9.]+(?:e-?[0-9]+)?))?\s*$")
+# fullmatch on stripped text: a leading or trailing \s* tried at every start is quadratic.
+_RELATIVE = re.compile(r"(original|reference)\s*(?:([+-])\s*([0-9.]+(?:e-?[0-9]+)?))?")
 
 
 @dataclass(frozen=True)
@@ -171,11 +180,28 @@ class Criteria:
 def load_criteria(path: str | Path) -> Criteria:
     """Parse and check a criteria file; every mistake is a UsageError naming the gate."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block, a device never end
+        raise UsageError(
+            f"criteria file {path} is not a regular file", hint="pass the YAML file of gates"
+        )
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read criteria file {path}: {exc.strerror}") from exc
-    return parse_criteria(raw.decode("utf-8"), source=str(path))
+    if len(raw) > MAX_BYTES:
+        raise UsageError(
+            f"criteria file {path} is over {MAX_BYTES >> 20} MiB: not a file of gates",
+            hint="pass the YAML file of gates",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"criteria file {path} is not UTF-8 text (0x{raw[exc.start]:02x} at byte {exc.start})",
+            hint="save it as UTF-8",
+        ) from None
+    return parse_criteria(text, source=str(path))
 
 
 def parse_criteria(text: str, *, source: str = "<string>") -> Criteria:
@@ -184,15 +210,31 @@ def parse_criteria(text: str, *, source: str = "<string>") -> Criteria:
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     try:
         doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{source} is not valid YAML: {exc}") from exc
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("gates"), list) or not doc["gates"]:
-        raise UsageError(f"{source}: expected a mapping with a non-empty list `gates:`")
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a scalar PyYAML cannot convert
+        raise UsageError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(doc, Mapping):
+        found = "an empty file" if doc is None else f"a YAML {type(doc).__name__}"
+        raise UsageError(
+            f"{source}: expected a mapping with a list `gates:`, found {found}",
+            hint="start the file with `gates:`",
+        )
+    if not isinstance(doc.get("gates"), list):
+        raise UsageError(f"{source}: `gates:` must be a list of gates (- metric: ...)")
+    if not doc["gates"]:
+        raise UsageError(f"{source}: `gates:` is empty: give at least one gate")
     extra = set(doc) - {"gates", "version"}
     if extra:
         raise UsageError(f"{source}: unknown top-level key(s) {sorted(extra)}; only `gates:`")
     gates = tuple(_parse_gate(item, i + 1, source) for i, item in enumerate(doc["gates"]))
     return Criteria(gates, source, sha)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's error on one line: the problem and where (its own text spans several lines)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def _parse_gate(item: Any, number: int, source: str) -> Gate:
@@ -207,7 +249,7 @@ def _parse_gate(item: Any, number: int, source: str) -> Gate:
         if key not in _GATE_KEYS:
             raise fail(f"unknown key {key!r}", hint=did_you_mean(str(key), _GATE_KEYS))
     metric = item.get("metric")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise fail(
             f"unknown metric {metric!r}",
             hint=did_you_mean(str(metric), METRICS) or f"metrics: {', '.join(METRICS)}",
@@ -233,7 +275,14 @@ def _parse_gate(item: Any, number: int, source: str) -> Gate:
     values = raw if operator == "between" else [raw]
     if operator == "between" and (not isinstance(raw, list) or len(raw) != 2):
         raise fail("`between:` takes two values [low, high]")
-    thresholds = tuple(_threshold(v, spec, metric, fail) for v in values)
+    field = f"`{operator}:`"
+    thresholds = tuple(_threshold(v, spec, metric, field, fail) for v in values)
+    low, high = thresholds[0], thresholds[-1]
+    if low.baseline == high.baseline and low.offset > high.offset:  # comparable only then
+        raise fail(
+            f"{field} [{low}, {high}] is reversed: the gate could never pass",
+            hint=f"write between: [{high}, {low}]",
+        )
     judge = item.get("judge", "estimate")
     if judge not in ("estimate", "interval"):
         raise fail(f"`judge:` is estimate or interval (got {judge!r})")
@@ -273,28 +322,57 @@ def _column(name: str, fail: Callable[..., UsageError]) -> str:
 
 
 def _threshold(
-    value: Any, spec: MetricSpec, metric: str, fail: Callable[..., UsageError]
+    value: Any, spec: MetricSpec, metric: str, field: str, fail: Callable[..., UsageError]
 ) -> Threshold:
+    """A finite number in the range of the metric, or a baseline model's value plus a finite
+    offset no wider than that range; anything else cannot make a gate that may both pass and
+    fail (NaN never passes, infinity never fails)."""
     if isinstance(value, bool):
-        raise fail(f"threshold {value!r} is not a number")
-    if isinstance(value, int | float):
-        return Threshold(float(value))
+        raise fail(f"{field} {value!r} is not a number")
+    shown = reprlib.repr(value)  # an integer of 400 digits is shown shortened
+    low, high = spec.scale
+    scale = f"the range of {metric}, [{low:.4g}, {high:.4g}]"
+    number = _number(value)
+    if number is not None:
+        if not math.isfinite(number):
+            raise fail(f"{field} {shown} is not a finite number")
+        if not low <= number <= high:
+            raise fail(f"{field} {shown} is outside {scale}: {_vacuous(field, number > high)}")
+        return Threshold(number)
     text = str(value)
-    try:
-        return Threshold(float(text))
-    except ValueError:
-        pass
-    match = _RELATIVE.match(text)
-    if not match:
+    match = _RELATIVE.fullmatch(text.strip())
+    offset = _number(match.group(3) or 0) if match else None
+    if match is None or offset is None:
         raise fail(
-            f"threshold {text!r} is neither a number nor 'original|reference [+-] number'",
+            f"{field} {shown} is neither a number nor 'original|reference [+-] number'",
             hint="e.g. at_least: original - 0.02",
         )
-    baseline, sign, amount = match.groups()
+    baseline, sign = match.group(1), match.group(2)
     if baseline not in spec.baselines:
         raise fail(f"{metric} cannot be compared with the {baseline} model")
-    offset = float(amount) if amount else 0.0
+    if not math.isfinite(offset):
+        raise fail(f"{field} {shown}: the offset {offset:g} is not a finite number")
+    if offset > high - low:
+        raise fail(f"{field} {shown}: the offset {offset:g} is wider than {scale}")
     return Threshold(-offset if sign == "-" else offset, baseline)
+
+
+def _vacuous(field: str, above: bool) -> str:
+    """What a threshold beyond the metric's range (``above`` it or below) does to a gate."""
+    if field == "`between:`":
+        return "the metric can never be there"
+    return f"the gate could never {'fail' if (field == '`at_most:`') == above else 'pass'}"
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float (a YAML number, or text such as '0.5' or 'nan'), None if it is not
+    one; an integer too large for a float is infinite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+    except (TypeError, ValueError):
+        return None
 
 
 # -- checks against the run's inputs (before anything is decoded) -------------------------------

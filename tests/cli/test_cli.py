@@ -212,21 +212,38 @@ def test_unlearn_psg_run(cli, demo_site, psg_run):
     wall = record["wall_clock_s"]
     assert {"setup", "unlearn", "attack", "update"} <= set(wall)
     assert all(isinstance(v, (int, float)) and v >= 0 for v in wall.values())
-    assert 0.0 <= record["attack_success_ratio"] <= 1.0
     assert set(record["metrics"]) == SETS
     for name, stats in record["metrics"].items():
         assert stats["n"] == len(parts[name]), name
-        assert 0.0 <= stats["accuracy"] <= 1.0
-        assert re.search(rf"^\s+{name}\s+n={stats['n']}\s", result.stdout, re.M), name
+        shown = rf"^\s+{name}\s+n={stats['n']}\s+accuracy {stats['accuracy']:.3f}$"
+        assert re.search(shown, result.stdout, re.M), name
     assert set(record["metrics"]["forget"]["by"]["device"]) == {FORGET_DEVICE}
-    # the run forgot: the retired device's images are read worse than by the base model
+    import torch
+
     from revise.evaluate import evaluate
+    from revise.models.pixel import PixelSpaceModel
     from revise.pipeline import prepare
+    from revise.unlearn.base import freeze
+    from revise.unlearn.psg import PSGConfig, boundary_search
 
     loaded = load_model(demo_site.model)
-    before = evaluate(loaded.module, loaded.card, prepare(manifest, loaded.card, cli.forget).sets)
+    data = prepare(manifest, loaded.card, cli.forget)
+    # every accuracy recorded (and printed) is the run's model's on its set, recomputed here
+    revised = load_model(out).module
+    assert record["metrics"] == evaluate(revised, loaded.card, data.sets, device="cpu")
+    before = evaluate(loaded.module, loaded.card, data.sets, device="cpu")
+    # the run forgot: the retired device's images are read worse than by the base model
     assert record["metrics"]["forget"]["accuracy"] < before["forget"]["accuracy"] - 0.02
-    assert record["metrics"]["retain"]["accuracy"] > 0.5  # and kept the other device
+    # and kept the other device within 10 points of the base model
+    assert record["metrics"]["retain"]["accuracy"] >= before["retain"]["accuracy"] - 0.1
+    # the attack success ratio is the share of forget images that the original model's
+    # boundary step flips (up to the noise, and the repeats that fill the last batch)
+    forget = data.sets["forget"].data
+    labeler = freeze(PixelSpaceModel(loaded.module, loaded.card))
+    x_adv = boundary_search(labeler, forget.x, forget.y, PSGConfig(gamma=0.0), None)
+    with torch.no_grad():
+        flipped = (labeler(x_adv).argmax(1) != forget.y).float().mean().item()
+    assert abs(record["attack_success_ratio"] - flipped) <= 0.03
 
 
 def test_unlearn_stdout_holds_only_results(psg_run):

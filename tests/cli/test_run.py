@@ -11,13 +11,15 @@ import pytest
 import yaml
 from clirunner import kill_when
 
+# Gates the untouched model fails: the recipe's run lowers forget accuracy from 0.947 to 0.848
 LENIENT = """
 gates:
-  - {name: retired device not better, metric: accuracy, set: heldout_forget,
-     at_most: original + 0.02}
+  - {name: retired device forgotten, metric: accuracy, set: forget, at_most: original - 0.05}
   - {metric: accuracy, set: heldout_retain, per: device, at_least: original - 0.2}
   - {metric: parity_label_agreement, at_least: 1.0}
 """
+# MIA-Efficacy (share of the forget set taken for non-members): 0.685 after the run, 0.362 before
+MORE_FORGETTING = "  - {metric: mia_efficacy, at_least: original + 0.1}\n"
 IMPOSSIBLE = "gates:\n  - {name: impossible, metric: accuracy, set: heldout_forget, at_most: 0.0}\n"
 PARITY_ONLY = "gates:\n  - {metric: parity_label_agreement, at_least: 1.0}\n"
 
@@ -122,7 +124,7 @@ def test_the_whole_revision_to_a_signed_bundle_and_back_again(
     again = cli("run", path, code=0)  # nothing changed: nothing runs
     assert all("up to date, skipped" in line for line in stage_lines(again).values())
 
-    (tmp_path / "gates.yaml").write_text(LENIENT + "  - {metric: loss_mia, between: [0, 1]}\n")
+    (tmp_path / "gates.yaml").write_text(LENIENT + MORE_FORGETTING)
     edited = cli("run", path, code=0)  # new criteria: validate and sign again, nothing else
     ran = [name for name, line in stage_lines(edited).items() if "skipped" not in line]
     assert ran == ["validate", "sign"]
@@ -230,7 +232,7 @@ def test_changed_inputs_rerun_their_stages_and_a_new_key_re_signs(
         assert clear_id not in text
     resolved = yaml.safe_load((work / "bundle" / "recipe.yaml").read_text())
     assert resolved["recipe"]["forget"] == (
-        'device == "Borealis CR-7" or patient == <identifier> or patient in @also.txt'
+        'device == "Borealis CR-7" or patient == <identifier> or patient in @<list file>'
     )
     forget = resolved["commands"]["validate"].index("--forget") + 1
     assert resolved["commands"]["validate"][forget] == resolved["recipe"]["forget"]

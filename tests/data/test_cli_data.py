@@ -38,7 +38,7 @@ def test_failures_file_is_rewritten_when_nothing_failed(tmp_path):
     shutil.copy(TEST_FILES / "CT_small.dcm", site / "ct.dcm")
     failures = tmp_path / "f.csv"
     failures.write_text("path,reason\n/old/file.dcm,stale from last week\n")
-    invoke("index", site, "-o", tmp_path / "m.csv", "--failures", failures, code=0)
+    invoke("index", site, "-o", tmp_path / "m.csv", "--failures", failures, "--overwrite", code=0)
     assert failures.read_text().splitlines() == ["path,reason"]
 
 

@@ -393,8 +393,13 @@ def test_voi_window_maps_to_unit_range(manifest):
     )
     ct = loader.read_pixels(row_of(manifest, "CT_small.dcm"), voi=True)  # no window: min..max
     assert ct.min() == 0.0 and ct.max() == 1.0
-    multi = loader.read_pixels(row_of(manifest, "J2K_pixelrep_mismatch.dcm"), voi=True)
-    assert multi.min() >= 0.0 and multi.max() <= 1.0  # three windows: the first one is used
+    # Three windows (center/width 40/100, 40/100, 40/200): the first one is used.
+    multi = loader.read_pixels(row_of(manifest, "J2K_pixelrep_mismatch.dcm"), voi=True)[0]
+    raw = read("J2K_pixelrep_mismatch.dcm").pixel_array.astype(np.float64)
+    first = np.clip((raw - 39.5) / 99 + 0.5, 0, 1)
+    last = np.clip((raw - 39.5) / 199 + 0.5, 0, 1)
+    np.testing.assert_allclose(multi, first, atol=1e-6)
+    assert np.abs(multi - last).max() > 0.2  # the wider window would have given other values
     for name in ("SC_rgb_rle.dcm", "SC_rgb_rle_32bit.dcm", "rtdose.dcm"):
         out = loader.read_pixels(row_of(manifest, name), voi=True)
         assert out.min() >= 0.0 and out.max() <= 1.0, name

@@ -330,7 +330,9 @@ def test_torch_export_archive_with_pickled_payload_is_refused_before_loading(
     import pickle
 
     clean = tmp_path / "clean.pt2"
-    torch.export.save(torch.export.export(model, (torch.randn(2, *SHAPE),)), str(clean))
+    batch = {0: torch.export.Dim("batch")}  # revise refuses fixed-batch programs
+    program = torch.export.export(model, (torch.randn(2, *SHAPE),), dynamic_shapes=(batch,))
+    torch.export.save(program, str(clean))
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pt2"
     name = _tampered_pt2(clean, evil, entry, pickle.dumps(_RunsOnUnpickle(str(marker))))

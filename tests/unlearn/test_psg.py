@@ -189,7 +189,7 @@ def test_lam_without_a_second_search_step_warns_once(digits, caplog):
         ({"lr": "nan"}, "lr must be > 0 and finite"),
         ({"lr": "inf"}, "lr must be > 0 and finite"),
         ({"momentum": 1.5}, "momentum"),
-        ({"eps": "inf"}, "eps, eta, .* must be finite"),
+        ({"eps": "inf"}, r"eps must be in \[0, 1\], not inf"),
     ],
 )
 def test_psg_config_refuses_bad_values_with_a_clear_message(overrides, match):

@@ -11,9 +11,11 @@ from revise.unlearn.api import make_config, unlearn
 from revise.unlearn.base import METHODS
 
 
-def _forget_accuracy(net, digits) -> float:
+def _forget_confidence(net, digits) -> float:
+    """Mean probability of the forget images' own labels (the original's is about 0.99)."""
     logits = predict(net, digits["card"], digits["forget"].x, device="cpu")
-    return (logits.argmax(1) == digits["forget"].y).float().mean().item()
+    own = logits.softmax(1)[torch.arange(len(logits)), digits["forget"].y]
+    return own.mean().item()
 
 
 def _forget_loss(net, digits) -> float:
@@ -22,30 +24,30 @@ def _forget_loss(net, digits) -> float:
 
 
 # Methods that only fine-tune on the retain set: one epoch need not raise the forget-set loss
-# (the model already gets every forget image right, and retain training can sharpen it).
+# (the model already gets every forget image right, and retain training can sharpen it); they
+# get three epochs, and a smaller rise (l1_sparse: x1.5, cf_k: x2.2).
 RETAIN_ONLY = {"finetune", "cf_k", "l1_sparse"}
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_is_finite_does_not_raise_forget_accuracy_and_is_deterministic(digits, name):
+def test_method_is_finite_lowers_forget_confidence_and_is_deterministic(digits, name):
     card, net = digits["card"], digits["net"]
     args = (net, card, digits["forget"], digits["retain"])
-    runs = [
-        unlearn(*args, method=name, config={"epochs": 1}, device="cpu", seed=5) for _ in range(2)
-    ]
+    config = {"epochs": 3 if name in RETAIN_ONLY else 1}
+    runs = [unlearn(*args, method=name, config=config, device="cpu", seed=5) for _ in range(2)]
     first, second = (run.model.state_dict() for run in runs)
     assert all(torch.isfinite(v).all() for v in first.values() if v.is_floating_point())
     assert first.keys() == net.state_dict().keys()
     assert all(first[k].shape == v.shape for k, v in net.state_dict().items())
     assert all(torch.equal(first[k], second[k]) for k in first)
-    assert _forget_accuracy(runs[0].model, digits) <= _forget_accuracy(net, digits) + 1e-6
+    # bounds the original fails: each method must move the forget images away from their labels
+    assert _forget_confidence(runs[0].model, digits) < _forget_confidence(net, digits) - 1e-3
     assert runs[0].record["method"] == name and runs[0].record["steps"] >= 1
-    # the accuracy bound alone would pass a method that does nothing (forget accuracy is 1.0)
     before = net.state_dict()
     moved = max((first[k].float() - v.float()).abs().max().item() for k, v in before.items())
     assert moved > 1e-3, f"{name} left the weights as they were"
-    if name not in RETAIN_ONLY:
-        assert _forget_loss(runs[0].model, digits) > 1.5 * _forget_loss(net, digits)
+    rise = 1.25 if name in RETAIN_ONLY else 1.5
+    assert _forget_loss(runs[0].model, digits) > rise * _forget_loss(net, digits)
 
 
 @pytest.mark.parametrize("name", ["psg", "finetune", "neggrad_plus"])

@@ -56,10 +56,31 @@ def _prepared(digits) -> PreparedData:
     return PreparedData("label in [0]", sets, {})
 
 
+def _retrained(digits):
+    """The reference: the digits model's recipe on the retain set alone (no 0 ever seen)."""
+    import torch
+
+    from revise.models.architectures import build
+    from revise.train import TrainConfig, train_classifier
+
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=10, lr=0.05)
+    return train_classifier(
+        build(digits["card"]), digits["card"], digits["retain"], config, device="cpu"
+    )
+
+
+def _accuracy(net, card, data) -> float:
+    from revise.evaluate import predict
+
+    return (predict(net, card, data.x, device="cpu").argmax(1) == data.y).float().mean().item()
+
+
 def test_sweep_ranks_runs_by_distance_to_the_reference(digits):
     data = _prepared(digits)
     grid = {"lr": [1e-4, 1e-2]}
     fixed = {"epochs": 3, "eps": 0.3, "eta": 0.3, "phi": 1.0}
+    reference = _retrained(digits)
     result = sweep(
         digits["net"],
         digits["card"],
@@ -67,14 +88,21 @@ def test_sweep_ranks_runs_by_distance_to_the_reference(digits):
         method="psg",
         grid=grid,
         fixed=fixed,
-        reference=digits["net"],
+        reference=reference,
         device="cpu",
     )
     assert result.criterion == "distance_to_reference"
-    scores = [row.score for row in result.rows]
-    assert scores == sorted(scores)
-    # The reference here is the original model itself: the gentler run stays closer to it.
-    assert result.best().settings == {"lr": 1e-4}
+    want = {name: _accuracy(reference, digits["card"], digits[name]) for name in result.reference}
+    assert result.reference == pytest.approx(want, abs=1e-3)
+    assert want["forget"] < 0.05 < 0.95 < want["retain"]
+    for row in result.rows:  # each score is the distance of the run's accuracies to the reference's
+        acc = {name: stats["accuracy"] for name, stats in row.record["metrics"].items()}
+        expected = math.hypot(acc["retain"] - want["retain"], acc["forget"] - want["forget"])
+        assert row.score == pytest.approx(expected, abs=1e-3)
+    # The retrained model never saw a 0: the run that forgets (lr 1e-2, forget accuracy near 0)
+    # is the closer one; the gentle run keeps every forget image and ranks last.
+    assert [row.settings for row in result.rows] == [{"lr": 1e-2}, {"lr": 1e-4}]
+    assert result.rows[0].score < 0.1 < 0.9 < result.rows[1].score
     table = result.table()
     assert [row["rank"] for row in table] == [1, 2] and "acc_forget" in table[0]
 

@@ -81,10 +81,21 @@ def test_mistakes_are_rejected_naming_the_gate(gate, message):
     assert "gates.yaml, gate 2" in str(err.value)
 
 
-def test_not_yaml_or_no_gates_is_rejected():
-    for text in ("gates: [", "gates: []", "- metric: accuracy", "gates: [1]\nextra: 2"):
-        with pytest.raises(UsageError):
-            parse_criteria(text)
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("gates: [", r"^g\.yaml is not valid YAML: .* at line 1, column 9$"),
+        ("", r"^g\.yaml: expected a mapping with a list `gates:`, found an empty file"),
+        ("gates: []", r"^g\.yaml: `gates:` is empty: give at least one gate$"),
+        ("gates: {metric: accuracy}", r"^g\.yaml: `gates:` must be a list of gates"),
+        ("- metric: accuracy", r"^g\.yaml: expected a mapping .*, found a YAML list"),
+        ("gates: [1]\nextra: 2", r"^g\.yaml: unknown top-level key\(s\) \['extra'\]; only"),
+    ],
+    ids=["bad YAML", "empty file", "no gates", "gates not a list", "a bare list", "extra key"],
+)
+def test_not_yaml_or_no_gates_is_rejected(text, message):
+    with pytest.raises(UsageError, match=message):
+        parse_criteria(text, source="g.yaml")
 
 
 @pytest.mark.parametrize(
