@@ -573,7 +573,7 @@ def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
             *b.common,
         ]
         if "seed" in run:
-            args[args.index("--seed") + 1] = str(run["seed"])
+            args[args.index("--seed") + 1] = str(_int(problems, f"{where}.seed", run["seed"]))
         b.stages.append(
             Stage(
                 f"unlearn:{name}",
@@ -794,10 +794,11 @@ def _text(value: Any) -> str:
 def _int(problems, where: str, value: Any, minimum: int | None = None) -> int:
     """``value`` as an integer (at least ``minimum``); otherwise a problem, and ``minimum``."""
     least = "" if minimum is None else f" >= {minimum}"
-    try:
+    number = None  # a whole number only: 1.5 or true is refused, not rounded
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    except (TypeError, ValueError):
-        number = None
     if number is None or (minimum is not None and number < minimum):
         problems.add(where, f"{value!r} is not an integer{least}")
         return minimum or 0

@@ -46,8 +46,9 @@ def _prepare_partial(say, out: Path, resume: bool) -> None:
     """Say what happens to an unfinished run of ``out`` (its ``.partial`` folder): continued
     with --resume when it holds a checkpoint, otherwise removed for a fresh start."""
     from revise.unlearn import checkpoint
-    from revise.unlearn.api import checkpoint_dir_for, partial_dir
+    from revise.unlearn.api import check_partial, checkpoint_dir_for, partial_dir
 
+    check_partial(out)  # never remove a folder revise did not make
     partial = partial_dir(out)
     saved = checkpoint.peek(checkpoint_dir_for(out)) if partial.exists() else None
     if resume and saved is not None:

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from revise._io import atomic_path
+from revise._logs import loggers_silenced
 from revise.data.loaders import IndexFailure, SiteLoader
 from revise.errors import DataError, RevisionError
 from revise.models.card import ModelCard
@@ -185,13 +186,8 @@ def _pydicom_tracebacks_off() -> Iterator[None]:
     imported first: importing it resets its logger's level.)"""
     import pydicom.config  # noqa: F401
 
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
+    with loggers_silenced("pydicom"):
         yield
-    finally:
-        logger.setLevel(level)
 
 
 def _reason(exc: Exception) -> str:

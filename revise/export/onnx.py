@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from revise._io import atomic_path, sha256_file
+from revise._logs import loggers_silenced
 from revise.errors import ExportError, UsageError
 from revise.models.card import ModelCard
 
@@ -93,18 +94,11 @@ _EXPORTER_LOGGERS = (
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    levels = {logging.getLogger(name): logging.getLogger(name).level for name in _EXPORTER_LOGGERS}
-    for logger in levels:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            yield
-    finally:
-        for logger, level in levels.items():
-            logger.setLevel(level)
+    with loggers_silenced(*_EXPORTER_LOGGERS), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def max_opset() -> int:

@@ -77,30 +77,41 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _monai_card(folder: Path, architecture: str) -> ModelCard | None:
     """A best-effort card from a MONAI bundle's configs/metadata.json (None if not enough)."""
+    meta_path = folder / "configs" / "metadata.json"
     try:
-        meta = json.loads((folder / "configs" / "metadata.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(
-            f"{folder}/configs/metadata.json is not readable JSON: {exc}",
-            hint="fix the bundle or pass --card",
+            f"{meta_path} is not readable UTF-8 JSON: {exc}", hint="fix the bundle or pass --card"
         ) from None
-    fmt = meta.get("network_data_format") or {}
-    inputs = list((fmt.get("inputs") or {}).values())
-    outputs = list((fmt.get("outputs") or {}).values())
+    fmt = _mapping(_mapping(meta).get("network_data_format"))
+    inputs = [v for v in _mapping(fmt.get("inputs")).values() if isinstance(v, dict)]
+    outputs = [v for v in _mapping(fmt.get("outputs")).values() if isinstance(v, dict)]
     if not inputs or not outputs:
         return None
     inp, out = inputs[0], outputs[0]
     in_channels = _int_or_none(inp.get("num_channels"))
     num_classes = _int_or_none(out.get("num_channels"))
-    spatial = [_int_or_none(v) for v in inp.get("spatial_shape") or []]
+    shape = inp.get("spatial_shape")
+    spatial = [_int_or_none(v) for v in shape] if isinstance(shape, list) else []
     if in_channels is None or num_classes is None:
         return None
     names: list[str] = []
-    channel_def = out.get("channel_def") or {}
-    if isinstance(channel_def, dict) and len(channel_def) == num_classes:
-        names = [str(channel_def[k]) for k in sorted(channel_def, key=lambda k: int(k))]
+    channel_def = _mapping(out.get("channel_def"))
+    if len(channel_def) == num_classes:
+        channels = {_int_or_none(k): v for k, v in channel_def.items()}
+        if set(channels) != set(range(num_classes)):
+            raise ModelError(
+                f"{meta_path}: channel_def keys must be the channel numbers 0..{num_classes - 1}",
+                hint="fix the bundle's metadata or pass --card",
+            )
+        names = [str(channels[i]) for i in range(num_classes)]
     kwargs: dict[str, Any] = {}
     if len(spatial) == 2 and all(spatial):
         kwargs["input_size"] = tuple(spatial)

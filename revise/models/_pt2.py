@@ -28,22 +28,20 @@ then reads a copy of the archive made of those members alone, with empty sample 
 from __future__ import annotations
 
 import ast
-import contextlib
 import io
 import json
-import logging
 import math
 import operator
 import re
 import sys
 import zipfile
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from revise._logs import loggers_silenced
 from revise.errors import ModelError
 
 PROGRAM = "models/model.json"
@@ -109,7 +107,7 @@ def load_program(path: Path) -> Any:
             for name, data in members.items():
                 writer.write_bytes(name, data)
         buffer.seek(0)
-        with _torch_export_silenced():
+        with loggers_silenced("torch.export"):  # it logs a traceback, then raises
             return torch.export.load(buffer)
     except Exception as exc:
         raise ModelError(
@@ -121,19 +119,6 @@ def load_program(path: Path) -> Any:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0][:300] if lines else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _torch_export_silenced() -> Iterator[None]:
-    """torch.export.load logs a failed load with its traceback before raising: the caller
-    reports the failure on one line instead."""
-    logger = logging.getLogger("torch.export")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _refusal(path: Path, reason: str) -> ModelError:
@@ -189,10 +174,20 @@ def _inner_names(path: Path, archive: zipfile.ZipFile) -> tuple[str, set[str]]:
     return root, names
 
 
+MAX_JSON_BYTES = 256 << 20  # the program and configs of a classifier are a few MB at most
+MAX_PAYLOAD_BYTES = 8 << 30  # one tensor: architectures.MAX_PARAMETERS fp32 weights
+
+
 def _reader(path: Path, archive: zipfile.ZipFile, root: str, names: set[str]):
     def read(name: str) -> bytes:
         if name not in names:
             raise _broken(path, f"it has no {name}")
+        # zipfile reads no more than the size a member declares: a check of it bounds memory
+        # (a few kB that inflate to many GB are refused before they are read)
+        limit = MAX_PAYLOAD_BYTES if name.startswith("data/") else MAX_JSON_BYTES
+        size = archive.getinfo(root + name).file_size
+        if size > limit:
+            raise _refusal(path, f"its {name} would inflate to {size:,} bytes (at most {limit:,})")
         return archive.read(root + name)
 
     return read

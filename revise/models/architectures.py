@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from revise.errors import ModelError
@@ -262,11 +263,33 @@ def build(card: ModelCard) -> nn.Module:
             hint="load it with revise.models.io.load_model(PATH)",
         )
     ctor = ARCHITECTURES.get(card.architecture)
+    args = (card.in_channels, card.num_classes)
     try:
-        return ctor(card.in_channels, card.num_classes, **dict(card.arch_kwargs))
+        _check_size(card, ctor, args)
+        return ctor(*args, **dict(card.arch_kwargs))
     except TypeError as exc:
         raise ModelError(
             f"architecture {card.architecture!r} does not accept arch_kwargs "
             f"{dict(card.arch_kwargs)}: {exc}",
             hint="fix arch_kwargs in the model card",
         ) from exc
+
+
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of fp32 weights: no card of a deployed classifier asks more
+
+
+def _check_size(card: ModelCard, ctor, args: tuple[int, int]) -> None:
+    """Count the network's weights on the meta device (no memory) before building it for real:
+    arch_kwargs such as ``widths: [1000000000]`` would otherwise try to allocate tens of GB."""
+    try:
+        with torch.device("meta"):
+            net = ctor(*args, **dict(card.arch_kwargs))
+    except Exception:  # not buildable on the meta device, or bad kwargs the real build names
+        return
+    count = sum(p.numel() for p in net.parameters())
+    if count > MAX_PARAMETERS:
+        raise ModelError(
+            f"model card: architecture {card.architecture!r} with arch_kwargs "
+            f"{dict(card.arch_kwargs)} has {count:,} weights, more than {MAX_PARAMETERS:,}",
+            hint="fix arch_kwargs in the model card",
+        )

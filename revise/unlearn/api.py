@@ -290,10 +290,32 @@ def checkpoint_dir_for(folder: str | Path) -> Path:
     return partial_dir(folder) / CHECKPOINT_DIR
 
 
+_PARTIAL_ENTRIES = (CHECKPOINT_DIR, "run", "replaced")  # what save_run and checkpoints put there
+
+
+def check_partial(folder: str | Path) -> None:
+    """Refuse a ``<folder>.partial`` that revise did not make (a file, a link, or a folder holding
+    anything but a checkpoint and a staged run): revise removes only what it wrote."""
+    partial = partial_dir(folder)
+    if not (partial.exists() or partial.is_symlink()):
+        return
+    foreign = not partial.is_dir() or partial.is_symlink()
+    foreign = foreign or any(
+        entry.name not in _PARTIAL_ENTRIES and not entry.name.endswith(".part")
+        for entry in partial.iterdir()
+    )
+    if foreign:
+        raise UsageError(
+            f"{partial} is where the run {Path(folder).name} is built, but revise did not make it",
+            hint=f"move {partial} away, or choose another -o",
+        )
+
+
 def discard_partial(folder: str | Path) -> None:
     """Remove ``folder``'s partial folder after a failure, unless it holds a checkpoint (which
     a run with ``resume`` continues from)."""
     partial = partial_dir(folder)
+    check_partial(folder)
     if checkpoint.peek(partial / CHECKPOINT_DIR) is None:
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -312,15 +334,25 @@ def save_run(result: UnlearnResult, folder: str | Path, *, overwrite: bool = Fal
         raise UsageError(
             f"output folder {target} already exists", hint="choose another -o or remove it"
         )
+    check_partial(target)
     partial = partial_dir(target)
     staged, replaced = partial / "run", partial / "replaced"
     for leftover in (staged, replaced):
         shutil.rmtree(leftover, ignore_errors=True)
-    staged.mkdir(parents=True)
-    save_model(result.model, result.card, staged)
-    write_json_atomic(staged / "run.json", result.record)
-    if target.exists():
-        os.replace(target, replaced)
-    os.replace(staged, target)
+    try:
+        staged.mkdir(parents=True)
+        save_model(result.model, result.card, staged)
+        write_json_atomic(staged / "run.json", result.record)
+        if target.exists():
+            os.replace(target, replaced)
+        try:
+            os.replace(staged, target)
+        except BaseException:
+            if replaced.exists() and not target.exists():
+                os.replace(replaced, target)  # the previous run stays in place
+            raise
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # a checkpoint beside it stays for --resume
+        raise
     shutil.rmtree(partial, ignore_errors=True)
     return target

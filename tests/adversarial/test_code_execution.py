@@ -17,6 +17,8 @@ Each payload writes a marker file; every probe first shows that plain torch runs
 * what torch would load but revise does not read, so cannot show harmless: a TorchScript custom
   object, an AOTInductor package (native code), an unknown member, a graph node calling a
   higher-order operator with a Python function: refused, naming the member or operator;
+* a deflate bomb (a program member that inflates to 300 MB from a few hundred kB): refused by
+  its declared size before it is read;
 * the ways in from the command line: `revise evaluate --model`, `revise validate --original`,
   and `revise merge` of runs whose run.json names the archive as their base model: exit 1,
   one line naming the file, nothing written.
@@ -290,6 +292,29 @@ def test_parts_revise_does_not_read_are_refused(tmp_path, clean_pt2, kind):
         load_model(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: refusing to load") and names in message, message
+
+
+def test_a_member_that_would_inflate_to_gigabytes_is_refused_before_it_is_read(tmp_path, clean_pt2):
+    """A deflate bomb: the program member declares 300 MB of spaces, stored in about 300 kB."""
+    from revise.models._pt2 import MAX_JSON_BYTES
+
+    bomb = tmp_path / "bomb.pt2"
+    with zipfile.ZipFile(clean_pt2) as src, zipfile.ZipFile(bomb, "w") as dst:
+        for name in src.namelist():
+            if not name.endswith("/models/model.json"):
+                dst.writestr(name, src.read(name))
+                continue
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with dst.open(info, "w", force_zip64=True) as f:
+                for _ in range(300):
+                    f.write(b" " * (1 << 20))
+    assert bomb.stat().st_size < 2 << 20
+    with pytest.raises(ModelError) as caught:
+        load_model(bomb)
+    message = str(caught.value)
+    assert message.startswith(f"{bomb}: refusing to load") and "would inflate to" in message
+    assert f"at most {MAX_JSON_BYTES:,}" in message, message
 
 
 # --- the command line --------------------------------------------------------------------------

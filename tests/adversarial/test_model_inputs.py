@@ -6,10 +6,13 @@ Probes kept here (what a careless user or an attacker tried; what revise must do
 * class 7: a card whose class name holds a line break or another control character (newline,
   carriage return, ESC, U+2028, NUL, tab) would shift every Triton label after it by a line. It
   is refused when the card is read, naming the card file and the class; `revise export` of such
-  a model writes nothing. Class names read from a MONAI bundle's configs/metadata.json too.
+  a model writes nothing. Class names read from a MONAI bundle's configs/metadata.json too; there,
+  channel numbers that are not 0..N-1 and metadata of another shape (a list, inputs as a list) are
+  a clear error, not a ValueError or AttributeError.
 * class 10: a card asking for a 60000x60000 input (14 GB per image), 100,000-channel inputs or a
   million classes is refused when read, naming the card file, the field and the documented
-  maximum; `revise export` of such a model fails at once, on one line.
+  maximum; arch_kwargs asking for billions of weights are counted on the meta device and
+  refused; `revise export` of such a model fails at once, on one line.
 * class 8: `revise export --opset 99 | 5 | -1` exits 2 on one line stating the supported range;
   a supported opset below 18, where the dynamo exporter gives up, prints no traceback.
 * class 8: a broken .pt2 (truncated; a zip that is no export archive; another archive_format;
@@ -39,7 +42,7 @@ from clirunner import START_TIMEOUT_S
 import revise
 from revise.errors import ModelError
 from revise.export.onnx import MIN_OPSET, max_opset
-from revise.models.architectures import build
+from revise.models.architectures import MAX_PARAMETERS, build
 from revise.models.card import MAX_CLASSES, MAX_INPUT_SIDE, ModelCard
 from revise.models.io import load_model
 
@@ -96,20 +99,47 @@ def test_export_of_a_model_whose_class_name_breaks_labels_writes_nothing(
     assert not out.exists() and cli.leftovers(tmp_path) == []
 
 
-def test_monai_class_names_that_break_lines_name_the_metadata_file(tmp_path):
-    bundle = tmp_path / "bundle"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
+def _monai_bundle(folder: Path, meta: object) -> Path:
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
     card = ModelCard("small_cnn", 2, input_size=(16, 16))
-    torch.save(build(card).state_dict(), bundle / "models" / "model.pt")
-    outputs = {"pred": {"num_channels": 2, "channel_def": {"0": "ok", "1": "bad\nname"}}}
+    torch.save(build(card).state_dict(), folder / "models" / "model.pt")
+    (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+def _monai_meta(channel_def: object) -> dict:
+    outputs = {"pred": {"num_channels": 2, "channel_def": channel_def}}
     inputs = {"image": {"num_channels": 1, "spatial_shape": [16, 16]}}
-    meta = {"network_data_format": {"inputs": inputs, "outputs": outputs}}
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    return {"network_data_format": {"inputs": inputs, "outputs": outputs}}
+
+
+def test_monai_class_names_that_break_lines_name_the_metadata_file(tmp_path):
+    bundle = _monai_bundle(tmp_path / "bundle", _monai_meta({"0": "ok", "1": "bad\nname"}))
     with pytest.raises(ModelError) as caught:
         load_model(bundle, architecture="small_cnn")
     message = str(caught.value)
     assert message.startswith(f"{bundle / 'configs' / 'metadata.json'}: model card: class_names[1]")
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        _monai_meta({"zero": "a", "one": "b"}),  # keys that are no channel numbers
+        _monai_meta({"0": "a", "5": "b"}),  # numbers outside 0..N-1
+    ],
+)
+def test_monai_metadata_with_bad_channel_numbers_names_the_file(tmp_path, meta):
+    bundle = _monai_bundle(tmp_path / "bundle", meta)
+    with pytest.raises(ModelError, match=r"channel_def keys must be the channel numbers 0\.\.1"):
+        load_model(bundle, architecture="small_cnn")
+
+
+@pytest.mark.parametrize("meta", [["a list"], {"network_data_format": {"inputs": [1, 2]}}])
+def test_monai_metadata_of_another_shape_is_no_card_not_a_crash(tmp_path, meta):
+    bundle = _monai_bundle(tmp_path / "bundle", meta)
+    loaded = load_model(bundle, architecture="small_cnn")  # the card is inferred from the weights
+    assert (loaded.card.in_channels, loaded.card.num_classes) == (1, 2)
 
 
 # --- class 10: sizes that would allocate without bound ----------------------------------------
@@ -136,6 +166,15 @@ def test_the_largest_card_allowed_is_accepted(tmp_path):
     side = MAX_INPUT_SIDE
     card = ModelCard.load(_card_file(tmp_path, input_size=[side, side], in_channels=4))
     assert card.input_size == (side, side)
+
+
+def test_arch_kwargs_that_ask_for_billions_of_weights_are_refused_without_allocating():
+    """``widths: [1000000000]`` (21 billion weights, 84 GB) is counted on the meta device and
+    refused at once; a real build would try to allocate it."""
+    card = ModelCard("small_cnn", 10, input_size=(16, 16), arch_kwargs={"widths": [10**9]})
+    with pytest.raises(ModelError, match=r"has 21,000,000,010 weights, more than 2,000,000,000"):
+        build(card)
+    assert sum(p.numel() for p in build(ModelCard("small_cnn", 10)).parameters()) < MAX_PARAMETERS
 
 
 def test_export_of_a_60000_pixel_card_fails_at_once(cli, export_site, tmp_path):

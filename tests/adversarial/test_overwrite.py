@@ -11,6 +11,8 @@ Probes kept here (what a careless user tried -> what revise must do):
   write it), every file unchanged.
 * `unlearn --model W/base -o W --overwrite`, W a revise run folder that holds the input model
   -> exit 2 (a folder that contains an input), W unchanged.
+* `unlearn -o OUT` where ``OUT.partial`` (where runs are built) is a folder of the user's ->
+  exit 2 naming it, its files unchanged (it used to be removed as an unfinished run).
 * `merge A B ... -o A --overwrite` (a run over one of its own runs) -> exit 2.
 * `validate ... --criteria W/gates.yaml -o W --overwrite` -> exit 2.
 * `index --labels L --failures L` (the failure list over the labels input) -> exit 2.
@@ -116,6 +118,18 @@ def test_unlearn_refuses_an_output_folder_that_holds_its_input_model(
     result = cli(*args, "-o", work, "--overwrite", "--device", "cpu", code=2)
     refused(cli, result, f"-o {work} would replace the input {base}")
     assert snapshot(work) == before
+
+
+def test_unlearn_never_removes_a_partial_folder_revise_did_not_make(cli, demo_site, tmp_path):
+    """``OUT.partial`` is where a run is built; a user's folder of that name is not removed."""
+    out = tmp_path / "run"
+    mine = tmp_path / "run.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's\n")
+    before = snapshot(mine)
+    result = cli(*cli.unlearn_args(demo_site, out), code=2)
+    refused(cli, result, f"{mine} is where the run run is built, but revise did not make it")
+    assert snapshot(mine) == before and not out.exists()
 
 
 def test_merge_refuses_to_write_over_one_of_its_runs(cli, run_folder, tmp_path):

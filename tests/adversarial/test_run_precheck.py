@@ -9,7 +9,8 @@ Probes kept (what a careless user tried, and what revise must do):
 * one at a time: a model folder whose model.safetensors is text, a reference model that is
   not one, a manifest without the columns every manifest has, a forget selection whose
   ``@file`` matches nobody or does not exist, an encrypted key without a password, a wrong
-  password, an empty password variable, a negative checkpoint interval, zero workers: each
+  password, an empty password variable, a negative checkpoint interval, zero workers, a seed of
+  1.5 or true (silently rounded before): each
   refused up front under its key, without the patient IDs of the ``@file``;
 * a recipe that is not UTF-8 (Latin-1): exit 2, one line naming the file and the fix (not an
   internal error);
@@ -175,6 +176,16 @@ CASES = {
         lambda tmp, site: {"nproc_per_node": 0},
         "nproc_per_node",
         "0 is not an integer >= 1",
+    ),
+    "a seed that is not a whole number": (
+        lambda tmp, site: {"seed": 1.5},
+        "seed",
+        "1.5 is not an integer",
+    ),
+    "a run's seed that is a boolean": (
+        lambda tmp, site: {"unlearn": [{"method": "psg", "seed": True}]},
+        "unlearn[1].seed",
+        "True is not an integer",
     ),
     "empty password variable": (
         lambda tmp, site: {
