@@ -12,6 +12,7 @@ from typing import Any
 
 from revise._io import write_json_atomic
 from revise.errors import ModelError
+from revise.registry import did_you_mean
 
 # Bounds on what a card may ask for, so that a card cannot make revise allocate without limit:
 # each side of the input, the values of one input image (channels x height x width: 256 MiB as
@@ -19,6 +20,13 @@ from revise.errors import ModelError
 MAX_INPUT_SIDE = 4096
 MAX_INPUT_VALUES = 4 * 4096 * 4096
 MAX_CLASSES = 100_000
+
+
+# The fields a card must give (the others have defaults), with what each means.
+REQUIRED_FIELDS = {
+    "architecture": 'the network: a built-in name such as "small_cnn", or "onnx"/"torchscript"',
+    "num_classes": "how many classes the model predicts",
+}
 
 
 @dataclass
@@ -95,14 +103,22 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ModelError(f"model card has unknown field(s): {', '.join(sorted(unknown))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ModelError(f"model card is incomplete: {exc}") from exc
+        """A card from its JSON fields; every unknown or missing field is named at once."""
+        fields = cls.__dataclass_fields__
+        problems = []
+        for name in sorted(set(data) - set(fields), key=str):
+            close = did_you_mean(str(name), fields)
+            problems.append(f"unknown field {name!r}" + (f" ({close})" if close else ""))
+        missing = [name for name in REQUIRED_FIELDS if name not in data]
+        if missing:
+            listed = ", ".join(f"{name} ({REQUIRED_FIELDS[name]})" for name in missing)
+            problems.append(f"missing {listed}")
+        if problems:
+            raise ModelError(
+                "model card: " + "; ".join(problems),
+                hint="every field is described in docs/model-card.md",
+            )
+        return cls(**data)
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_dict())
@@ -111,11 +127,13 @@ class ModelCard:
     def load(cls, path: str | os.PathLike) -> ModelCard:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ModelError(
                 f"model card {path} does not exist", hint="pass --card CARD.json"
             ) from None
+        except UnicodeDecodeError:
+            raise ModelError(f"model card {path} is not UTF-8", hint="save it as UTF-8") from None
         except json.JSONDecodeError as exc:
             raise ModelError(f"model card {path} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):

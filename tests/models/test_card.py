@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +41,40 @@ def test_a_good_card_keeps_its_values_as_numbers(tmp_path):
     card = ModelCard.load(path)
     assert card.input_size == (16, 16) and card.pixel_range == (0.0, 255.0)
     assert card.std == (0.25,) and card.class_names == ["0", "1", "2"]
+
+
+DOC = Path(__file__).parents[2] / "docs" / "model-card.md"
+
+
+def test_an_incomplete_card_names_every_missing_and_unknown_field(tmp_path):
+    path = tmp_path / "card.json"
+    path.write_text(json.dumps({"architecture": "small_cnn", "num_clases": 3, "inchannels": 1}))
+    with pytest.raises(ModelError) as caught:
+        ModelCard.load(path)
+    assert str(caught.value) == (
+        f"{path}: model card: unknown field 'inchannels' (did you mean in_channels?); "
+        "unknown field 'num_clases' (did you mean num_classes?); "
+        "missing num_classes (how many classes the model predicts) "
+        "(every field is described in docs/model-card.md)"
+    )
+    with pytest.raises(ModelError, match=r"missing architecture \(the network: .*num_classes"):
+        ModelCard.from_dict({})
+
+
+def test_a_card_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "card.json"
+    text = json.dumps({**GOOD, "description": "Zürich"}, ensure_ascii=False)
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ModelError, match=rf"model card {path} is not UTF-8 \(save it as UTF-8\)"):
+        ModelCard.load(path)
+
+
+def test_every_field_is_documented_and_the_worked_example_loads():
+    text = DOC.read_text()
+    documented = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)?", text, re.M))
+    names = {name for pair in documented for name in pair if name}
+    assert names == set(ModelCard.__dataclass_fields__)
+    example = json.loads(re.search(r"```json\n(.*?)```", text, re.S).group(1))
+    card = ModelCard.from_dict(example)
+    assert (card.architecture, card.num_classes, card.in_channels) == ("onnx", 4, 3)
+    assert card.class_names[1] == "pneumonia" and card.intensity == "voi"
