@@ -227,6 +227,30 @@ def check_finished(path: str | os.PathLike, what: str) -> None:
         )
 
 
+# -- text inputs --------------------------------------------------------------------------------
+
+
+def not_utf8(
+    path: str | os.PathLike,
+    what: str,
+    kind: type[RevisionError] = UsageError,
+    *,
+    data: bytes | None = None,
+    hint: str = "save it as UTF-8",
+) -> RevisionError:
+    """The error (of ``kind``) for a text input that is not UTF-8: the file and its first bad
+    line, never the bytes (they may spell a patient's name). ``data``: the bytes, if read."""
+    where = ""
+    try:
+        (Path(path).read_bytes() if data is None else data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        where = f" line {line}"
+    except OSError:
+        pass
+    return kind(f"{what} {path}{where} is not UTF-8 text", hint=hint)
+
+
 # -- full and read-only file systems -------------------------------------------------------------
 
 _SPACE_HINT = "free space there or write to another disk"

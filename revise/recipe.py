@@ -56,7 +56,7 @@ from typing import Any
 import click
 import yaml
 
-from revise._io import check_output, sha256_file, write_json_atomic, write_text_atomic
+from revise._io import check_output, not_utf8, sha256_file, write_json_atomic, write_text_atomic
 from revise.errors import DataError, RevisionError, SelectionError, UsageError
 from revise.registry import did_you_mean
 
@@ -315,11 +315,9 @@ def _read_recipe(recipe: Path) -> Any:
     on one line."""
     try:
         text = recipe.read_text(encoding="utf-8-sig")  # a byte-order mark is harmless
-    except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"recipe {recipe} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#x})",
-            hint="save it as UTF-8, e.g. iconv -f latin1 -t utf-8",
-        ) from None
+    except UnicodeDecodeError:
+        hint = "save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        raise not_utf8(recipe, "recipe", hint=hint) from None
     except OSError as exc:
         raise UsageError(f"cannot read recipe {recipe}: {exc.strerror or exc}") from None
     try:

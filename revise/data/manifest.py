@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from revise._io import atomic_path, check_finished, sha256_bytes
-from revise.errors import DataError, UsageError
+from revise._io import atomic_path, check_finished, not_utf8, sha256_bytes
+from revise.errors import DataError
 
 # name -> meaning. Order is the column order written to disk.
 COLUMNS: dict[str, str] = {
@@ -92,6 +92,9 @@ def save(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+_CSV_HINT = "save it as UTF-8 (e.g. 'CSV UTF-8' in Excel) and run again"
+
+
 def load(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     check_finished(path, "manifest")  # never an interrupted write's temporary
@@ -111,7 +114,7 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     except DataError:
         raise
     except UnicodeDecodeError:
-        raise not_utf8(path, "manifest") from None
+        raise not_utf8(path, "manifest", hint=_CSV_HINT) from None
     except Exception as exc:  # pyarrow/pandas raise many types for a broken file
         raise DataError(
             f"manifest {path} is unreadable: {exc}", hint="re-create it with `revise index`"
@@ -159,23 +162,6 @@ def _rows(path: Path, *positions: int) -> str:
     return f"{unit}{'s' if len(positions) > 1 else ''} {numbers}"
 
 
-def not_utf8(path: str | os.PathLike, what: str, kind: type[UsageError] = UsageError) -> UsageError:
-    """The error (of ``kind``) for a text file that is not UTF-8: its first bad line, never the
-    bytes (they may spell a patient's name)."""
-    where = ""
-    try:
-        Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        where = f" line {line}"
-    except OSError:
-        pass
-    return kind(
-        f"{what} {path}{where} is not UTF-8 text",
-        hint="save it as UTF-8 (e.g. 'CSV UTF-8' in Excel) and run again",
-    )
-
-
 def digest(df: pd.DataFrame) -> str:
     """Digest of a selection: the sorted sample keys (order-free, PHI-free)."""
     keys = sorted(df["sample_key"].astype(str))
@@ -199,7 +185,7 @@ def join_labels(
         # Blank lines kept as rows, so that row i is line i + 2 of the file in messages.
         table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except UnicodeDecodeError:
-        raise not_utf8(labels_csv, "label file") from None
+        raise not_utf8(labels_csv, "label file", hint=_CSV_HINT) from None
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"label file {labels_csv} is unreadable: {exc}") from exc
     if "label" not in table.columns:

@@ -76,6 +76,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
 
+from revise._io import not_utf8
 from revise.data._select_parser import MAX_DEPTH as MAX_DEPTH
 from revise.data._select_parser import Token as Token
 from revise.data._select_parser import _regex, parse
@@ -97,7 +98,7 @@ from revise.data._select_tree import (
     _quote,
     resolve_column,
 )
-from revise.data.manifest import ALIASES, not_utf8
+from revise.data.manifest import ALIASES
 from revise.errors import SelectionError
 from revise.phi import key_fingerprint, pseudonym, site_key
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revise._io import not_utf8
 from revise.errors import ModelError, UsageError
 from revise.models.card import ModelCard
 
@@ -55,8 +56,8 @@ def read_record(path: Path) -> dict[str, Any]:
     fix = "the run folder is damaged: write it again with `revise unlearn` (or restore it)"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ModelError(f"{path} is not UTF-8 text (byte {exc.start})", hint=fix) from None
+    except UnicodeDecodeError:
+        raise not_utf8(path, "run record", ModelError, hint=fix) from None
     except ValueError as exc:
         raise ModelError(f"{path} is not valid JSON ({exc})", hint=fix) from None
     if not isinstance(record, dict):

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revise._io import write_json_atomic
+from revise._io import not_utf8, write_json_atomic
 from revise.errors import ModelError
 from revise.registry import did_you_mean
 
@@ -133,7 +133,7 @@ class ModelCard:
                 f"model card {path} does not exist", hint="pass --card CARD.json"
             ) from None
         except UnicodeDecodeError:
-            raise ModelError(f"model card {path} is not UTF-8", hint="save it as UTF-8") from None
+            raise not_utf8(path, "model card", ModelError) from None
         except json.JSONDecodeError as exc:
             raise ModelError(f"model card {path} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):

@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from revise._io import not_utf8
 from revise.errors import UsageError
 from revise.registry import did_you_mean
 from revise.validate.metrics import Estimate, group_values
@@ -196,11 +197,8 @@ def load_criteria(path: str | Path) -> Criteria:
         )
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"criteria file {path} is not UTF-8 text (0x{raw[exc.start]:02x} at byte {exc.start})",
-            hint="save it as UTF-8",
-        ) from None
+    except UnicodeDecodeError:
+        raise not_utf8(path, "criteria file", data=raw) from None
     return parse_criteria(text, source=str(path))
 
 

@@ -109,10 +109,8 @@ def _one_line_error(result, code: int = 2) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(
-    ("encoding", "byte"), [("latin-1", "0xe9 at byte 28"), ("utf-16", "0xff at byte 0")]
-)
-def test_a_criteria_file_that_is_not_utf8(export_site, tmp_path, encoding, byte):
+@pytest.mark.parametrize(("encoding", "line"), [("latin-1", "line 2"), ("utf-16", "line 1")])
+def test_a_criteria_file_that_is_not_utf8(export_site, tmp_path, encoding, line):
     criteria = tmp_path / "gates.yaml"
     criteria.write_bytes("gates:\n  - name: forgotten, é\n".encode(encoding))
     with pytest.raises(UsageError, match="save it as UTF-8"):
@@ -120,10 +118,8 @@ def test_a_criteria_file_that_is_not_utf8(export_site, tmp_path, encoding, byte)
     model = export_site.models[0]
     out = tmp_path / "report"
     result = invoke(*validate_args(model, export_site.manifest, model, criteria, out))
-    line = _one_line_error(result)
-    assert line == (
-        f"error: criteria file {criteria} is not UTF-8 text ({byte}) (save it as UTF-8)"
-    )
+    said = _one_line_error(result)
+    assert said == f"error: criteria file {criteria} {line} is not UTF-8 text (save it as UTF-8)"
     assert not out.exists()
 
 

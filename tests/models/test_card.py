@@ -65,7 +65,8 @@ def test_a_card_that_is_not_utf8_names_the_file(tmp_path):
     path = tmp_path / "card.json"
     text = json.dumps({**GOOD, "description": "Zürich"}, ensure_ascii=False)
     path.write_bytes(text.encode("latin-1"))
-    with pytest.raises(ModelError, match=rf"model card {path} is not UTF-8 \(save it as UTF-8\)"):
+    said = rf"model card {path} line 1 is not UTF-8 text \(save it as UTF-8\)"
+    with pytest.raises(ModelError, match=said):
         ModelCard.load(path)
 
 
