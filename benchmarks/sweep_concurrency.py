@@ -74,7 +74,7 @@ def quick_original(data: dict[str, torch.Tensor], device: str) -> torch.nn.Modul
 
 
 def outcome(result) -> list[tuple[str, float]]:
-    return [(repr(sorted(row.settings.items())), row.score) for row in result.rows]
+    return [(repr(sorted(row.settings.items())), row.score) for row in result.runs()]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

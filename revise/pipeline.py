@@ -22,7 +22,9 @@ from revise.distributed import is_main_process
 from revise.evaluate import EvalSet, evaluate
 from revise.models.card import ModelCard
 from revise.unlearn.api import UnlearnResult, unlearn
+from revise.unlearn.auto import MISS_MARGIN, auto_revise
 from revise.unlearn.base import LabelledTensors
+from revise.unlearn.target import check_against_target, forgetting_kind
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,12 @@ def run_unlearning(
 ) -> UnlearnResult:
     """Unlearn, then evaluate the revised model on all four sets and complete the run record.
 
-    ``checkpoint_dir``, ``checkpoint_every``, ``resume`` and ``compile`` are :func:`unlearn`'s."""
+    ``checkpoint_dir``, ``checkpoint_every``, ``resume`` and ``compile`` are :func:`unlearn`'s.
+    ``method="auto"`` is the automatic revision (:func:`revise.unlearn.auto.auto_revise`): it
+    takes a calibration slice of the held-out rows (``revise.data.calibration``), which the
+    record's metrics and `revise validate` then leave out; it has no settings or checkpoints."""
+    if method == AUTO:
+        return _run_auto(net, card, data, config, device, seed, base_digest)
     result = unlearn(
         net,
         card,
@@ -142,11 +149,30 @@ def run_unlearning(
         resume=resume,
         compile=compile,
     )
+    return _complete(result, net, card, data, device, base_digest)
+
+
+def _complete(
+    result: UnlearnResult,
+    net: nn.Module,
+    card: ModelCard,
+    data: PreparedData,
+    device: str,
+    base_digest: str,
+) -> UnlearnResult:
+    """Evaluate the revised model on the sets and add what the run record still lacks."""
     result.record["wall_clock_s"]["data"] = data.seconds
     if not is_main_process():  # rank 0 evaluates and writes; the others are done
         return result
     t0 = time.perf_counter()
     metrics = evaluate(result.model, card, data.sets, device=device)
+    if "target" not in result.record:  # a method run with chosen settings: how close did it get?
+        original = evaluate(net, card, data.sets, by=(), device=device)
+        kind = forgetting_kind(data.sets["forget"].data, data.sets["retain"].data)
+        result.record["target"] = check_against_target(kind, original, metrics, MISS_MARGIN)
+        if result.record["target"].get("warning"):
+            result.record["warning"] = result.record["target"]["warning"]
+            log.warning("%s", result.record["warning"])
     result.record["wall_clock_s"]["evaluation"] = round(time.perf_counter() - t0, 4)
     result.record.update(
         forget_selection=describe(data.forget_selection) if data.forget_selection else None,
@@ -157,3 +183,77 @@ def run_unlearning(
         metrics=metrics,
     )
     return result
+
+
+AUTO = "auto"
+
+
+def _run_auto(
+    net: nn.Module,
+    card: ModelCard,
+    data: PreparedData,
+    config: dict[str, Any] | None,
+    device: str,
+    seed: int,
+    base_digest: str,
+) -> UnlearnResult:
+    from revise.data import calibration
+    from revise.errors import UsageError
+
+    if config:
+        raise UsageError(
+            f"the automatic revision takes no settings (got {', '.join(sorted(config))})",
+            hint="drop --set, or choose a method (e.g. --method psg) to set its hyperparameters",
+        )
+    judged, calib = split_calibration(data, calibration.FRACTION)
+    result = auto_revise(
+        net,
+        card,
+        data.sets["forget"].data,
+        data.sets["retain"].data,
+        calib["heldout_forget"].data,
+        calib["heldout_retain"].data,
+        device=device,
+        seed=seed,
+        progress=log.info,
+    )
+    rows = {name: s.rows for name, s in calib.items()}
+    result.record["calibration"] = calibration.describe(calibration.FRACTION, rows)
+    return _complete(result, net, card, judged, device, base_digest)
+
+
+def split_calibration(
+    data: PreparedData, fraction: float
+) -> tuple[PreparedData, dict[str, EvalSet]]:
+    """(``data`` without its calibration rows, the calibration rows of each held-out set)."""
+    from revise.data.calibration import HELDOUT_SETS, calibration_mask
+
+    judged, calib = dict(data.sets), {}
+    for name in HELDOUT_SETS:
+        subset = data.sets.get(name)
+        if subset is None:
+            empty = LabelledTensors(torch.empty(0), torch.empty(0, dtype=torch.long))
+            subset = EvalSet(empty, pd.DataFrame())
+        mask = calibration_mask(subset.rows, fraction).to_numpy() if len(subset) else None
+        if mask is None:
+            calib[name] = subset
+            continue
+        take = torch.tensor(mask, dtype=torch.bool)
+        keep = ~take
+        judged[name] = EvalSet(
+            LabelledTensors(subset.data.x[keep], subset.data.y[keep]),
+            subset.rows[~mask].reset_index(drop=True),
+        )
+        calib[name] = EvalSet(
+            LabelledTensors(subset.data.x[take], subset.data.y[take]),
+            subset.rows[mask].reset_index(drop=True),
+        )
+    kept = PreparedData(
+        data.forget_selection,
+        judged,
+        {name: manifest_mod.digest(s.rows) for name, s in judged.items()},
+        data.failures,
+        data.seconds,
+        data.left_out,
+    )
+    return kept, calib

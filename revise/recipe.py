@@ -857,10 +857,13 @@ def _selection_files(text: Any) -> list[Path]:
 def _names_patients(text: str) -> bool:
     """Whether a selection gives values describe() hides (patient IDs, file paths): its
     fingerprint must then see them keyed, as the shown text no longer does."""
+    from revise.data._select_tree import Random
     from revise.data.select import IDENTIFYING, _leaves
 
     tree = _selection_tree(text)
-    return tree is not None and any(leaf.column in IDENTIFYING for leaf in _leaves(tree))
+    return tree is not None and any(
+        leaf.column in IDENTIFYING and not isinstance(leaf, Random) for leaf in _leaves(tree)
+    )
 
 
 def shown_selection(text: Any) -> str:

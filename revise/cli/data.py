@@ -11,6 +11,8 @@ from revise.cli._common import echo
 from revise.errors import DataError, UsageError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from revise.data.loaders import IndexFailure, IndexResult
 
 
@@ -173,13 +175,31 @@ def select_cmd(ctx, manifest, expression, out, overwrite) -> None:
     df = manifest_mod.load(manifest)
     chosen = select(df, expression)
     # describe() hides values given for patient: a clear patient ID never reaches the console.
-    click.echo(f"{len(chosen)} of {len(df)} rows match {describe(expression)}")
+    click.echo(f"{describe(expression)} selects {_share(df, chosen)}")
+    unlabelled = df["label"].isna()
+    if unlabelled.any() and not unlabelled.all():
+        click.echo(
+            f"  and {int(chosen['label'].isna().sum()):,} of {int(unlabelled.sum()):,} "
+            "unlabelled rows (revisions leave unlabelled rows out)"
+        )
     for column in ("device", "label", "split"):
         counts = chosen[column].astype("string").fillna("<empty>").value_counts().to_dict()
         click.echo(f"  by {column}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     if out:
         manifest_mod.save(chosen, out)
         echo(ctx)(f"wrote {out}")
+
+
+def _share(df: pd.DataFrame, chosen: pd.DataFrame) -> str:
+    """What ``chosen`` (rows of ``df``) takes of the labelled training and held-out rows a
+    revision uses, e.g. ``435 of 1,363 training rows (and 110 of 434 held-out rows)``."""
+    import pandas as pd
+
+    from revise.data.split import selection_share
+
+    if df["label"].isna().all():
+        return f"{len(chosen):,} of {len(df):,} rows (no row has a label yet)"
+    return selection_share(df, pd.Series(df.index.isin(chosen.index), index=df.index))
 
 
 COMMANDS = [index_cmd, select_cmd]

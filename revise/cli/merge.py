@@ -149,10 +149,13 @@ def merge_cmd(
     data = None
     if manifest_path is not None:
         from revise.data import manifest as manifest_mod
+        from revise.data.split import share_of_sets
         from revise.pipeline import prepare
 
         data = prepare(manifest_mod.load(manifest_path), loaded[0].card, forget, cache_dir=cache)
         say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
+        if forget:
+            say(f"the forget selection selects {share_of_sets(data.counts())}")
     ref_model = load_model(reference).module if reference is not None else None
     gates = None
     if criteria is not None:

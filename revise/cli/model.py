@@ -34,7 +34,27 @@ SUMMARY_KEYS = (
     "wall_clock_s",
     "forget_samples",
     "resumed_from_step",
+    "chosen",
+    "target",
+    "warning",
 )
+
+
+AUTO = "auto"
+
+
+def _auto_summary(record: dict) -> str:
+    """What the automatic revision chose, how close it estimates it came, and any warning."""
+    target = record["target"]
+    low, high = target["estimated_distance_interval"]
+    text = (
+        f"auto ({target['kind']} forgetting): chose {record['chosen']} in "
+        f"{record['wall_clock_s']['unlearn']:.2f} s; estimated distance to a retrained model "
+        f"{target['estimated_distance']:.3f} (95% interval {low:.3f}-{high:.3f})"
+    )
+    if record.get("warning"):
+        text += f"\nWARNING: {record['warning']}"
+    return text
 
 
 def _first_worker() -> bool:
@@ -83,7 +103,10 @@ def _load_manifest(path: Path):
     "--forget", required=True, help="Selection to forget, e.g. 'device == \"Cirrus 800 FA\"'."
 )
 @click.option(
-    "--method", default="psg", show_default=True, help="Unlearning method (see `revise methods`)."
+    "--method",
+    default="psg",
+    show_default=True,
+    help="Unlearning method (see `revise methods`); auto: no settings, no reference needed.",
 )
 @click.option("--set", "settings", multiple=True, help="Hyperparameter name=value, repeatable.")
 @click.option(
@@ -146,6 +169,7 @@ def unlearn_cmd(
     N a killed run can be continued with --resume and ends as the uninterrupted run would.
     """
     from revise._io import check_output
+    from revise.data.split import share_of_sets
     from revise.models.io import weights_digest
     from revise.pipeline import prepare, run_unlearning
     from revise.unlearn.api import (
@@ -155,11 +179,20 @@ def unlearn_cmd(
         save_run,
     )
 
+    quiet_progress = bool(ctx.obj.get("quiet"))  # on stderr: shown with --json too
     if as_json:
         ctx.obj["quiet"] = True  # stdout carries the JSON alone
     say = echo(ctx)
     check_output(out, overwrite=overwrite, inputs=[model_path, card, manifest_path], option="-o")
-    config = make_config(method, parse_settings(settings))  # bad settings fail before any work
+    if method == AUTO:
+        if settings:
+            raise UsageError(
+                "--method auto takes no --set: it chooses the method and its settings itself",
+                hint="drop --set, or choose a method (e.g. psg) to set its hyperparameters",
+            )
+        config = None
+    else:
+        config = make_config(method, parse_settings(settings))  # bad settings fail before work
     launcher = nproc_per_node > 1 and not distributed.launched_by_torchrun()
     if not launcher and _first_worker():  # the run's own process, or rank 0 of torchrun's
         _prepare_partial(say, out, resume)
@@ -171,8 +204,9 @@ def unlearn_cmd(
         _load_manifest(manifest_path), loaded.card, forget, cache_dir=cache, progress=not quiet
     )
     say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
+    say(f"the forget selection selects {share_of_sets(data.counts())}")
     try:
-        with step_progress(ctx, f"{method}") as progress:
+        with step_progress(ctx, f"unlearn {method}", quiet=quiet_progress) as progress:
             result = run_unlearning(
                 loaded.module,
                 loaded.card,
@@ -215,11 +249,16 @@ def unlearn_cmd(
         distributed.finish()
         return
     resumed = result.record.get("resumed_from_step")
-    say(
-        f"{method}: unlearned in {result.record['wall_clock_s']['unlearn']:.2f} s; attack success "
-        f"{result.record.get('attack_success_ratio')}"
-        + (f"; resumed from step {resumed}" if resumed else "")
-    )
+    if method == AUTO:
+        say(_auto_summary(result.record))
+    else:
+        say(
+            f"{method}: unlearned in {result.record['wall_clock_s']['unlearn']:.2f} s; attack "
+            f"success {result.record.get('attack_success_ratio')}"
+            + (f"; resumed from step {resumed}" if resumed else "")
+        )
+        if result.record.get("warning"):
+            say(f"WARNING: {result.record['warning']}")
     for name, stats in metrics.items():
         say(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
     say(f"run written to {out}")

@@ -26,6 +26,7 @@ def methods_cmd() -> None:
     from revise.unlearn import api  # noqa: F401  (registers the built-in methods)
     from revise.unlearn.base import METHODS
 
+    click.echo(f"{'auto':<18} the automatic revision: no settings, no reference (chooses below)")
     for name in METHODS:
         click.echo(f"{name:<18} {METHODS.summary(name)}")
 

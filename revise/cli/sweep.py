@@ -1,8 +1,10 @@
-"""`revise sweep`: a grid of one method's hyperparameters, ranked."""
+"""`revise sweep`: a grid of one method's hyperparameters, ranked with the unchanged original."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,6 +54,28 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
     return grid
 
 
+def reference_record(path: Path | None) -> dict[str, Any] | None:
+    """The reference's run record (run.json beside its weights), or None when it has none (a
+    model trained with `revise train`, a bare weights file): the sweep then warns that it cannot
+    check which selection the reference was retrained for."""
+    from revise._io import not_utf8
+    from revise.errors import ModelError
+
+    record = path / "run.json" if path is not None and path.is_dir() else None
+    if record is None or not record.is_file():
+        return None
+    fix = "write the reference again with `revise unlearn --method retrain` (or restore it)"
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise not_utf8(record, "run record", ModelError, hint=fix) from None
+    except ValueError as exc:
+        raise ModelError(f"{record} is not valid JSON ({exc})", hint=fix) from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{record} is not a JSON object", hint=fix)
+    return data
+
+
 @click.command("sweep")
 @model_option
 @card_option
@@ -64,12 +88,22 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
 @click.option(
     "--reference",
     type=click.Path(exists=True, path_type=Path),
-    help="A retrained reference model: rank by distance to it.",
+    help="A retrained reference model: rank by distance D to it. Without one, runs are ranked "
+    "by the estimated distance to what retraining would give (forget accuracy 0 for a "
+    "forgotten class, the original's held-out accuracy for a subset; held-out accuracy lost "
+    "outside the group adds to it). Lower is better either way.",
 )
 @click.option(
     "-o", "--out", required=True, type=click.Path(path_type=Path), help="Folder for results."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
+@click.option(
+    "--keep-best",
+    is_flag=True,
+    help="Also write the ranked-first run as a run folder OUT/best (model.safetensors, "
+    "card.json, run.json), the network the sweep made, not a rerun; nothing is written when "
+    "the unchanged original ranks first.",
+)
 @click.option(
     "--concurrent",
     type=click.IntRange(min=1),
@@ -95,19 +129,26 @@ def sweep_cmd(
     reference,
     out,
     overwrite,
+    keep_best,
     concurrent,
     cache,
     device,
     seed,
 ):
-    """Run a grid of hyperparameters on data prepared once; rank the runs; write a CSV."""
+    """Run a grid of hyperparameters on data prepared once; rank the runs and the unchanged
+    original; write a CSV (and, with --keep-best, the best run).
+
+    A run whose held-out retain accuracy fell more than 0.10 below the original's, or that
+    answers nearly everything with one class, is marked collapsed and ranked after the original.
+    """
     import pandas as pd
 
     from revise._io import atomic_dir, check_output, write_json_atomic
     from revise.data import manifest as manifest_mod
-    from revise.models.io import load_model
+    from revise.models.io import load_model, weights_digest
     from revise.pipeline import prepare
-    from revise.sweep import sweep, sweep_points
+    from revise.sweep import COLLAPSE_MARGIN, sweep, sweep_points
+    from revise.unlearn.api import save_run
 
     say = echo(ctx)
     inputs = [model_path, card, manifest_path, reference]  # before any work: refusing is free
@@ -117,10 +158,14 @@ def sweep_cmd(
     sweep_points(method, grid, fixed)  # a huge grid or a bad value: refused before any loading
     loaded = load_model(model_path, card=card, architecture=arch)
     ref = load_model(reference, card=loaded.card).module if reference else None
+    ref_record = reference_record(reference)
     data = prepare(manifest_mod.load(manifest_path), loaded.card, forget, cache_dir=cache)
 
     def report(done: int, total: int, row) -> None:
-        say(f"[{done}/{total}] {row.settings} score {row.score:.4f}")
+        name = "distance to the reference" if ref is not None else "estimated distance"
+        flag = f" ({row.collapsed})" if row.collapsed else ""
+        flag = f" (diverged: {row.record['error']})" if row.diverged else flag
+        say(f"[{done}/{total}] {row.label}: {name} {row.score:.4f}{flag}")
 
     result = sweep(
         loaded.module,
@@ -130,19 +175,36 @@ def sweep_cmd(
         grid=grid,
         fixed=fixed,
         reference=ref,
+        reference_record=ref_record,
         device=device,
         seed=seed,
         concurrent=concurrent,
+        base_digest=weights_digest(loaded.module),
         on_run=report,
     )
     table = pd.DataFrame(result.table())
+    best = result.best_run if keep_best else None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         table.to_csv(tmp / "results.csv", index=False)
+        if best is not None:  # the sweep's own network: no second unlearning run
+            best.record["base_model"] = {  # as `revise unlearn` records it (revise merge)
+                "path": str(Path(model_path).resolve()),
+                "format": loaded.format,
+                "sha256": loaded.card.source_sha256,
+            }
+            save_run(best, tmp / "best")
         write_json_atomic(
             tmp / "sweep.json",
             {
                 "method": method,
                 "criterion": result.criterion,
+                "lower_is_better": True,
+                "kind": result.kind,
+                "target": result.target,
+                "collapse_margin": COLLAPSE_MARGIN,
+                "warnings": result.warnings,
+                "best": result.best().label,
+                "original_is_best": result.original_is_best,
                 "grid": grid,
                 "fixed": fixed,
                 "reference_accuracy": result.reference,
@@ -156,10 +218,26 @@ def sweep_cmd(
             },
         )
     click.echo(table.to_string(index=False))
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
+    click.echo(best_line(result, keep_best, out))
     click.echo(
-        f"best by {result.criterion}: {result.best().settings}; grid wall-clock "
-        f"{result.wall_clock_s:.1f} s ({result.concurrent} at once); results in {out}"
+        f"grid wall-clock {result.wall_clock_s:.1f} s ({result.concurrent} at once); "
+        f"results in {out}"
     )
+
+
+def best_line(result, keep_best: bool, out: Path) -> str:
+    """What ranked first, said plainly when it is the unchanged original."""
+    criterion = f"{result.criterion} (lower is better)"
+    if result.original_is_best:
+        text = (
+            f"no setting beat the unchanged model: the original ranks first by {criterion} "
+            f"({result.best().score:.4f})"
+        )
+        return text + ("; no best run written" if keep_best else "")
+    text = f"best by {criterion}: {result.best().label} ({result.best().score:.4f})"
+    return text + (f"; its model is in {out / 'best'}" if keep_best else "")
 
 
 COMMANDS = [sweep_cmd]

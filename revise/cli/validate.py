@@ -105,7 +105,8 @@ def validate_cmd(
     """
     from revise._io import check_finished, check_output
     from revise.data import manifest as manifest_mod
-    from revise.data.split import partition
+    from revise.data.calibration import run_record, without_calibration
+    from revise.data.split import partition, share_of_sets
     from revise.export.bundle import attach_validation, is_bundle
     from revise.export.onnx import require_onnxruntime
     from revise.models.io import load_model
@@ -170,9 +171,14 @@ def validate_cmd(
     if onnx_path is not None:  # before any image is decoded
         check_onnx_matches(models["candidate"], onnx_path)
     parts = partition(manifest, forget)
+    record = run_record(model_path)  # an automatic revision's calibration rows are not judged
+    parts = without_calibration(parts, record)
+    if record and record.get("calibration"):
+        say("left out: the held-out rows the automatic revision calibrated on")
     check_inputs(gates, parts, have=have, class_names=model_card.class_names)
     data = decode_sets(parts, model_card, forget, cache_dir=cache)
     say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
+    say(f"the forget selection selects {share_of_sets(data.counts())}")
     result = validate(
         models, data, gates, onnx_path=onnx_path, by=by, device=device, seed=seed, inputs=inputs
     )

@@ -17,6 +17,7 @@ import re2
 from revise.data._select_tree import (
     _BARE_PATH,
     PATIENT,
+    ROW_KEY,
     And,
     Compare,
     Comparison,
@@ -26,6 +27,7 @@ from revise.data._select_tree import (
     IsEmpty,
     Not,
     Or,
+    Random,
     Value,
     _quote,
     resolve_column,
@@ -34,6 +36,8 @@ from revise.errors import SelectionError
 
 # Nesting beyond this is certainly not hand-written; refusing it keeps recursion bounded.
 MAX_DEPTH = 100
+RANDOM = "random"
+_RANDOM_ARGUMENTS = ("seed", "by")
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,14 +52,14 @@ _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _RUN_ON = re.compile(r"[A-Za-z0-9_.\-]")
 _OPERATORS = ("==", "!=", "<=", ">=", "~=", "<", ">")
 _PUNCTUATION = "()[],"
-_HINTS = {"=": "use '==' to compare", "&": "use 'and'", "|": "use 'or'", "!": "use 'not'"}
+_HINTS = {"&": "use 'and'", "|": "use 'or'", "!": "use 'not'"}
 _RESERVED = frozenset({"and", "or", "not", "in", "true", "false"})
 _KEYWORDS = _RESERVED | {"is", "empty"}
 
 
 @dataclass(frozen=True)
 class Token:
-    kind: str  # ident string number date op path end, or one of ( ) [ ] ,
+    kind: str  # ident string number date op path end, or one of ( ) [ ] , =
     text: str
     pos: int
     end: int
@@ -95,6 +99,8 @@ class _Tokenizer:
         for op in _OPERATORS:
             if text.startswith(op, pos):
                 return Token("op", op, pos, pos + len(op))
+        if char == "=":  # names an argument of random(); anywhere else the parser says '=='
+            return Token("=", char, pos, pos + 1)
         ident = _IDENT.match(text, pos)
         if ident:
             return Token("ident", ident.group(), pos, ident.end())
@@ -226,8 +232,12 @@ class _Parser:
         token = self.tok
         if token.kind != "ident" or token.text.lower() in _RESERVED:
             self.fail(f"expected a column name{self.found()}")
+        if token.text.lower() == RANDOM and self.peek().kind == "(":
+            return self.random()  # never a column: a column is followed by its comparison
         self.advance()
         column = self.column = resolve_column(token.text)
+        if self.tok.kind == "=":
+            self.fail("unexpected '=' (use '==' to compare)")
         if self.tok.kind == "op":
             return self.compare(column)
         if self.keyword("in"):
@@ -249,7 +259,77 @@ class _Parser:
             self.advance()
             return IsEmpty(column, negated)
         ops = ", ".join(_OPERATORS)
-        self.fail(f"expected {ops}, in, not in or is empty after '{token.text}'{self.found()}")
+        share = " (or random(FRACTION) for a random share)" if column == RANDOM else ""
+        self.fail(
+            f"expected {ops}, in, not in or is empty after '{token.text}'{self.found()}{share}"
+        )
+
+    def peek(self) -> Token:
+        return self.tokens[min(self.index + 1, len(self.tokens) - 1)]
+
+    def random(self) -> Random:
+        """``random(FRACTION[, seed=N][, by=COLUMN])``, named arguments in any order."""
+        self.column = None
+        self.advance()  # random
+        self.advance()  # (
+        fraction = self.fraction()
+        arguments: dict[str, int | str] = {}
+        while self.tok.kind == "," and self.peek().kind != ")":
+            self.advance()
+            name = self.tok
+            if name.kind == "number":
+                self.fail("name the seed: seed=N (e.g. random(0.1, seed=3))")
+            if name.kind != "ident" or self.peek().kind != "=":
+                self.fail(f"expected seed=N or by=COLUMN{self.found()}")
+            key = name.text.lower()
+            if key not in _RANDOM_ARGUMENTS:
+                self.fail(f"random() takes seed= and by=, not '{name.text}='")
+            if key in arguments:
+                self.fail(f"random() is given {key}= twice")
+            self.advance()  # the name
+            self.advance()  # =
+            arguments[key] = self.seed() if key == "seed" else self.by()
+        if self.tok.kind == ",":
+            self.advance()
+        if self.tok.kind != ")":
+            self.fail(f"expected ')' to close random(){self.found()}")
+        self.advance()
+        seed = arguments.get("seed", 0)
+        column = arguments.get("by", ROW_KEY)
+        assert isinstance(seed, int) and isinstance(column, str)
+        return Random(column, fraction, seed)
+
+    def fraction(self) -> float:
+        token = self.tok
+        if token.kind != "number":
+            self.fail(
+                f"random() needs the fraction to choose first{self.found()}, e.g. random(0.1)"
+            )
+        assert isinstance(token.value, (int, float))
+        if not 0 < token.value <= 1:
+            percent = f" (for {token.text}% write {token.value / 100:g})" if token.value > 1 else ""
+            self.fail(f"random() takes a fraction above 0 and at most 1, not {token.text}{percent}")
+        self.advance()
+        return float(token.value)
+
+    def seed(self) -> int:
+        token = self.tok
+        value = token.value
+        if token.kind != "number":
+            self.fail(f"seed= takes a whole number >= 0{self.found()}")
+        assert isinstance(value, (int, float))
+        if value < 0 or not float(value).is_integer():
+            self.fail(f"seed= takes a whole number >= 0, not {token.text}")
+        self.advance()
+        return int(value)
+
+    def by(self) -> str:
+        token = self.tok
+        if token.kind != "ident" or token.text.lower() in _KEYWORDS:
+            quotes = " without quotes" if token.kind == "string" else ""
+            self.fail(f"by= takes a column name{quotes}{self.found()}: e.g. by=patient")
+        self.advance()
+        return resolve_column(token.text)
 
     def compare(self, column: str) -> Compare:
         op_token = self.advance()
@@ -361,16 +441,23 @@ def _patient_values(tokens: Sequence[Token]) -> tuple[list[tuple[int, int]], boo
     patient comparison."""
     spans: list[tuple[int, int]] = []
     inside = False
+    after = ""  # the kind of the previous token
     for token in tokens:
         word = token.text.lower() if token.kind == "ident" else ""
         if word in ("and", "or") or token.kind in ("(", ")"):
             inside = False
-        elif token.kind == "ident" and not inside and resolve_column(token.text) == PATIENT:
+        elif (
+            token.kind == "ident"
+            and not inside
+            and after != "="  # by=patient names the column and compares no value
+            and resolve_column(token.text) == PATIENT
+        ):
             inside = True
         elif (
             inside and token.kind in ("string", "number", "date", "ident") and word not in _KEYWORDS
         ):
             spans.append((token.pos, token.end))
+        after = token.kind
     return spans, inside
 
 

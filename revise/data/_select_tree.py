@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from revise.data.manifest import ALIASES
 
 PATIENT = "patient"
+ROW_KEY = "sample_key"  # what random() draws on when it is not given by=
 # Columns whose values identify a person: hidden by describe(). File paths are there because
 # sites name folders after patients (DOE^JOHN/...).
 IDENTIFYING = (PATIENT, "path")
@@ -75,6 +76,15 @@ class IsEmpty(Comparison):
     negated: bool = False
 
 
+@dataclass(frozen=True)
+class Random(Comparison):
+    """``random(FRACTION, seed=N, by=COLUMN)``: the rows, or with ``by=`` every row of the
+    groups, whose value of ``column`` hashes (with ``seed``) below ``fraction``."""
+
+    fraction: float
+    seed: int = 0
+
+
 def _format(node: Expr, *, redact: bool = False) -> str:
     """Canonical text of a tree; ``redact`` hides values given for ``patient`` and ``path``, and
     every ``@file`` path (for records and messages)."""
@@ -86,6 +96,9 @@ def _format(node: Expr, *, redact: bool = False) -> str:
         return "not " + _wrapped(node.operand, (Or, And), redact)
     if not isinstance(node, Comparison):
         raise TypeError(f"not a selection node: {node!r}")
+    if isinstance(node, Random):  # names no value, so nothing to hide
+        by = "" if node.column == ROW_KEY else f", by={node.column}"
+        return f"random({node.fraction!r}, seed={node.seed}{by})"
     hidden = redact and node.column in IDENTIFYING
     if isinstance(node, Compare):
         value = "<identifier>" if hidden else _literal(node.value)

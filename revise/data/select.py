@@ -6,18 +6,22 @@ Users pick the rows to forget, retain or validate on with one-line expressions s
     label in [0, 2] and not (site == "north" or rows < 512)
     patient in @forget_patients.txt
     body_part ~= "^EYE" and split is not empty
+    label == 3 and random(0.1, seed=3, by=patient)
 
 The text is read by a hand-written tokenizer and recursive-descent parser into a tree of
 :class:`Expr` nodes, which is then evaluated column by column into a boolean mask. Nothing is ever
 handed to ``eval``, ``exec``, ``pandas.eval`` or ``DataFrame.query``: a selection can only name
 columns and compare them with literal values, so a manifest or a list file can never run code.
 
-Grammar (keywords ``and or not in is empty true false`` are case-insensitive)::
+Grammar (keywords ``and or not in is empty true false random seed by`` are case-insensitive;
+``random`` followed by ``(`` is the function, so a column may still be called ``random``)::
 
     expr       := or
     or         := and ('or' and)*
     and        := not ('and' not)*
-    not        := 'not' not | '(' expr ')' | comparison
+    not        := 'not' not | '(' expr ')' | random | comparison
+    random     := 'random' '(' number [',' 'seed' '=' number] [',' 'by' '=' column] [','] ')'
+                  (seed= and by= in either order)
     comparison := column op value
                 | column ['not'] 'in' (list | file)
                 | column 'is' ['not'] 'empty'
@@ -49,6 +53,14 @@ Semantics:
   current directory). Its entries are compared as text; ``not in`` an empty file matches every
   row with a value. Records and logs show every ``@file`` as ``@<list file>`` (see
   :func:`describe`): sites name folders after patients.
+* ``random(FRACTION, seed=N)`` chooses a reproducible share of the rows: a row is chosen when
+  sha256 of (``seed``, ``sample_key``) read as a number in [0, 1) falls below ``FRACTION``
+  (in (0, 1]; ``seed`` a whole number >= 0, default 0). With ``by=COLUMN`` the hash is of the
+  row's value of that column, so whole groups are chosen (``by=patient``: every row of a chosen
+  patient). The choice of a row depends only on its own value and the seed, never on the order
+  or the number of the other rows, so a grown manifest keeps every earlier choice. Rows whose
+  key (or ``by`` value) is missing are never chosen. It combines with ``and``/``or``/``not``
+  like any comparison: ``label == 3 and random(0.5)``.
 
 Patient identifiers: the manifest's ``patient`` column only ever holds keyed pseudonyms (see
 :mod:`revise.phi`). A value compared with ``patient`` (a literal, a list entry or a line of an
@@ -65,6 +77,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import functools
+import hashlib
 import operator
 import os
 import re
@@ -92,6 +105,7 @@ from revise.data._select_tree import (
     IsEmpty,
     Not,
     Or,
+    Random,
     Value,
     _format,
     _leaves,
@@ -113,7 +127,9 @@ __all__ = [
     "IsEmpty",
     "Not",
     "Or",
+    "Random",
     "columns_used",
+    "draw",
     "mask",
     "parse",
     "select",
@@ -289,6 +305,8 @@ def _evaluate(node: Expr, ctx: _Context) -> pd.Series:
         return functools.reduce(operator.and_, (_evaluate(c, ctx) for c in node.operands))
     if isinstance(node, Not):
         return ~_evaluate(node.operand, ctx)
+    if isinstance(node, Random):
+        return _random(node, ctx)
     if isinstance(node, IsEmpty):
         empty = ctx.view(node.column, "text").isna()
         return ~empty if node.negated else empty
@@ -308,6 +326,23 @@ def _compare(node: Compare, ctx: _Context) -> pd.Series:
         return pd.Series(np.array(hits, dtype=bool), index=ctx.df.index)
     result = _COMPARATORS[node.op](view, ctx.operand(node.column, node.value))
     return _as_bool(result) & view.notna()
+
+
+def draw(seed: int, column: str, value: str) -> float:
+    """The number in [0, 1) that ``random(..., seed=seed, by=column)`` compares with its fraction
+    for a row whose ``column`` reads ``value`` (sha256: the same on every machine and version)."""
+    digest = hashlib.sha256(f"revise.random\0{seed}\0{column}\0{value}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) / 2.0**53  # 53 bits: exact as a float
+
+
+def _random(node: Random, ctx: _Context) -> pd.Series:
+    """Each distinct value hashed once (a group's rows share one draw); missing: never chosen."""
+    codes, values = pd.factorize(ctx.view(node.column, "text"))
+    draws = np.fromiter(
+        (draw(node.seed, node.column, str(v)) for v in values), dtype=float, count=len(values)
+    )
+    chosen = np.append(draws < node.fraction, False)  # code -1 (missing) reads the last: False
+    return pd.Series(chosen[codes], index=ctx.df.index)
 
 
 def _membership(column: str, values: Sequence[Value], negated: bool, ctx: _Context) -> pd.Series:

@@ -8,6 +8,7 @@ outside it, for judging generalisation. Rows with an empty split count as traini
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,44 @@ from revise.errors import DataError, SelectionError
 log = logging.getLogger(__name__)
 
 SETS = ("forget", "retain", "heldout_forget", "heldout_retain")
+
+
+def is_heldout(manifest: pd.DataFrame) -> pd.Series:
+    """Rows with ``split == heldout`` (any case and padding); an empty split is training."""
+    return manifest["split"].astype("string").fillna("").str.strip().str.lower() == "heldout"
+
+
+def share(chosen: int, training: int, chosen_heldout: int, heldout: int) -> str:
+    """How much of the data a selection takes, e.g. ``435 of 1,363 training rows (and 110 of
+    434 held-out rows)``: a selection of everything reads differently from a slice."""
+    text = f"{chosen:,} of {training:,} training rows"
+    if heldout:
+        return text + f" (and {chosen_heldout:,} of {heldout:,} held-out rows)"
+    return text + " (no row is held out)"
+
+
+def share_of_sets(counts: Mapping[str, int]) -> str:
+    """:func:`share` from the sizes of the four sets (e.g. ``PreparedData.counts()``)."""
+    return share(
+        counts["forget"],
+        counts["forget"] + counts["retain"],
+        counts["heldout_forget"],
+        counts["heldout_forget"] + counts["heldout_retain"],
+    )
+
+
+def selection_share(manifest: pd.DataFrame, chosen: pd.Series) -> str:
+    """:func:`share` over the labelled rows of ``manifest`` (the rows a revision uses), for a
+    boolean mask ``chosen`` aligned with it."""
+    labelled = manifest["label"].notna()
+    heldout = is_heldout(manifest) & labelled
+    training = labelled & ~heldout
+    return share(
+        int((chosen & training).sum()),
+        int(training.sum()),
+        int((chosen & heldout).sum()),
+        int(heldout.sum()),
+    )
 
 
 def partition(
@@ -38,7 +77,7 @@ def partition(
         chosen = pd.Series(False, index=labelled.index)
     else:
         chosen = selection_mask(labelled, forget, base_dir=base_dir)
-    heldout = labelled["split"].astype("string").fillna("").str.strip().str.lower() == "heldout"
+    heldout = is_heldout(labelled)
     if not heldout.any():
         log.warning(
             "no row is held out (split == heldout): held-out accuracy cannot be measured; add "
@@ -57,13 +96,14 @@ def partition(
         if not chosen.any():  # let the selection explain itself (existing values, spelling)
             select(training, forget, base_dir=base_dir)
         raise SelectionError(
-            f"the forget selection '{describe(forget)}' matches no labelled training row "
-            f"({int(chosen.sum())} held-out rows matched)",
+            f"the forget selection '{describe(forget)}' matches no labelled training row: it "
+            f"selects {selection_share(labelled, chosen)}",
             hint="check the selection with `revise select`",
         )
     elif sets["retain"].empty:
         raise SelectionError(
-            f"the forget selection '{describe(forget)}' leaves nothing to retain",
+            f"the forget selection '{describe(forget)}' leaves nothing to retain: it selects "
+            f"{selection_share(labelled, chosen)}",
             hint="narrow the selection so some training rows stay outside it",
         )
     return {name: df.reset_index(drop=True) for name, df in sets.items()}

@@ -41,7 +41,7 @@ from revise._io import atomic_dir, sha256_file, write_json_atomic, write_text_at
 from revise.errors import DataError, ExportError, UsageError
 from revise.export.onnx import (
     INPUT_NAME,
-    OUTPUT_NAME,
+    OUTPUT_NAMES,
     export_onnx,
     graph_digest,
     set_metadata,
@@ -140,7 +140,7 @@ def write_bundle(
         if validation is not None:
             for file in REPORT_FILES:
                 shutil.copyfile(Path(validation) / file, tmp / file)
-        triton = _write_triton(tmp, name, model.card)
+        triton = _write_triton(tmp, name, model.card, exported.output_name)
         manifest = {
             "schema": SCHEMA,
             "name": name,
@@ -148,7 +148,7 @@ def write_bundle(
             "weights_sha256": digest,
             "provenance": metadata,
             "validation": _validation_summary(report),
-            "onnx": {"input": INPUT_NAME, "output": OUTPUT_NAME, "variants": variants},
+            "onnx": {"input": INPUT_NAME, "output": exported.output_name, "variants": variants},
             "triton": triton,
         }
         _finish(tmp, manifest)
@@ -401,10 +401,19 @@ def _fp16_variant(model: LoadedModel, folder: Path, samples: torch.Tensor) -> di
     }
 
 
-def triton_config(name: str, card: ModelCard, *, max_batch_size: int = TRITON_MAX_BATCH) -> str:
+def triton_config(
+    name: str,
+    card: ModelCard,
+    *,
+    max_batch_size: int = TRITON_MAX_BATCH,
+    output: str | None = None,
+) -> str:
     """config.pbtxt for Triton's ONNX Runtime backend: batch dimension implicit (dynamic
-    batching), input (C, H, W) fp32 normalised pixels, output logits with class labels."""
+    batching), input (C, H, W) fp32 normalised pixels, output with class labels, named as the
+    exported graph names it (``output``; by default the name for the card's ``output``:
+    ``logits``, ``probabilities``, ...)."""
     c, (h, w) = card.in_channels, card.input_size
+    output = output or OUTPUT_NAMES[card.output_kind]
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
@@ -418,7 +427,7 @@ def triton_config(name: str, card: ModelCard, *, max_batch_size: int = TRITON_MA
         "]\n"
         "output [\n"
         "  {\n"
-        f'    name: "{OUTPUT_NAME}"\n'
+        f'    name: "{output}"\n'
         "    data_type: TYPE_FP32\n"
         f"    dims: [ {card.num_classes} ]\n"
         '    label_filename: "labels.txt"\n'
@@ -428,12 +437,12 @@ def triton_config(name: str, card: ModelCard, *, max_batch_size: int = TRITON_MA
     )
 
 
-def _write_triton(folder: Path, name: str, card: ModelCard) -> dict[str, Any]:
+def _write_triton(folder: Path, name: str, card: ModelCard, output: str) -> dict[str, Any]:
     """The Triton model repository ``triton/<name>/`` (version 1 = this bundle's model.onnx)."""
     root = folder / "triton" / name
     (root / "1").mkdir(parents=True)
     shutil.copyfile(folder / "model.onnx", root / "1" / "model.onnx")
-    write_text_atomic(root / "config.pbtxt", triton_config(name, card))
+    write_text_atomic(root / "config.pbtxt", triton_config(name, card, output=output))
     labels = list(card.class_names) or [str(i) for i in range(card.num_classes)]
     write_text_atomic(root / "labels.txt", "\n".join(labels) + "\n")
     return {"repository": "triton", "model": name, "version": 1}

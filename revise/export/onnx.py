@@ -1,21 +1,29 @@
-"""Export a revised model to ONE self-contained ONNX file and prove it computes the same logits.
+"""Export a revised model to ONE self-contained ONNX file and prove it computes the same outputs.
 
 The exported graph takes ``input`` of shape ``(batch, C, H, W)`` - *normalised* pixels, exactly
 what the PyTorch model takes (no preprocessing is baked in; the card in the metadata says how to
-normalise) - and returns ``logits`` of shape ``(batch, num_classes)``.
+normalise) - and returns what the deployed network returned, of shape ``(batch, num_classes)``,
+named for what it is: ``logits``, or - where the card's ``output`` says the network ends in an
+activation, which revise took off to train on logits - the activation put back and the output
+named ``probabilities`` (softmax), ``log_probabilities`` or ``sigmoid_probabilities``
+(:data:`revise.models.outputs.OUTPUT_NAMES`).
 
 The dynamo exporter (torch.export based) is tried first; the legacy TorchScript exporter is used
-only when it fails (or cannot honour the requested opset), and the result says which one ran.
+only when it fails, and the result says which one ran. What the exporters print on the way
+(tracer warnings, graph dumps, colour codes) is kept from the user: a fallback is one plain
+warning line with its root cause.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,11 +38,19 @@ from revise._io import atomic_path, sha256_file
 from revise._logs import loggers_silenced
 from revise.errors import ExportError, UsageError
 from revise.models.card import ModelCard
+from revise.models.outputs import (
+    OUTPUT_NAMES,
+    LogitsOf,
+    deployed,
+    final_activation,
+    kind_of_output_name,
+    onnx_output_kind,
+)
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = OUTPUT_NAMES["logits"]  # a network that returns logits; see OUTPUT_NAMES
 BATCH_AXIS = "batch"
 LEGACY_MAX_OPSET = 20
 MIN_OPSET = 7  # the oldest opset ONNX Runtime runs
@@ -82,23 +98,50 @@ class ExportResult:
         return data
 
 
-# Loggers of the exporter that speak of what revise reports itself: a warning for every
-# torchvision op it cannot register, and (below opset 18) the exporter raising the opset and
-# failing to convert back, with a traceback; export_onnx then says that it fell back.
-_EXPORTER_LOGGERS = (
-    "torch.onnx._internal.exporter._registration",
-    "torch.onnx._internal.exporter._compat",
-    "onnxscript.version_converter",
-)
+# The libraries whose loggers speak while exporting, of what revise reports itself: a warning
+# for every torchvision op the exporter cannot register, the version converter's traceback,
+# symbolic-shape warnings, the optimizer's progress.
+_EXPORTER_LOG_ROOTS = ("torch", "onnxscript", "onnx_ir")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def _exporter_loggers() -> list[str]:
+    known = list(logging.Logger.manager.loggerDict)
+    return [*_EXPORTER_LOG_ROOTS, *(n for n in known if n.split(".")[0] in _EXPORTER_LOG_ROOTS)]
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    with loggers_silenced(*_EXPORTER_LOGGERS), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    """Keep the exporters' own output from the user: their loggers, every warning (the legacy
+    tracer's TracerWarnings among them), and what they print (torch.export prints the graph
+    it failed on); export_onnx reports the outcome itself."""
+    sink = io.StringIO()
+    with (
+        loggers_silenced(*_exporter_loggers()),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
+        warnings.simplefilter("ignore")
         yield
+
+
+def _plain_reason(exc: BaseException) -> str:
+    """Why an exporter failed, on one plain line: the root cause's first line, without the
+    colour codes and next-steps advice torch wraps it in."""
+    root, seen = exc, {id(exc)}
+    while root.__cause__ is not None and id(root.__cause__) not in seen:
+        root = root.__cause__
+        seen.add(id(root))
+    lines = [ln.strip() for ln in _ANSI.sub("", str(root)).splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if len(first) > 120 and ". " in first:  # the statement, not the advice after it
+        first = first[: first.index(". ") + 1]
+    text = f"{type(root).__name__}: {first}" if first else type(root).__name__
+    if isinstance(root, ExportError):
+        text = first
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def max_opset() -> int:
@@ -153,12 +196,13 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _torch_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """PyTorch's fp32 logits for one batch (the reference side of the parity check)."""
+    """PyTorch's fp32 outputs for one batch (the reference side of the parity check): logits,
+    or what the deployed network returns where ``model`` is :func:`deployed`."""
     with torch.no_grad():
         out = model(x.to(_device(model), torch.float32))
     if not isinstance(out, torch.Tensor):
         raise ExportError(
-            f"the model returns {type(out).__name__}, not a logits tensor",
+            f"the model returns {type(out).__name__}, not one tensor",
             hint="export a model whose forward returns one (N, num_classes) tensor",
         )
     return out.detach().to("cpu", torch.float32).numpy()
@@ -179,6 +223,16 @@ def require_onnxruntime() -> Any:
     return onnxruntime
 
 
+def _file_output_kind(onnx_path: str | os.PathLike, names: list[str]) -> tuple[str, str]:
+    """(the output to compare, what it holds): revise's output names say it; otherwise the node
+    that produces the first output (a vendor's graph ending in Softmax); otherwise logits."""
+    for name in names:
+        kind = kind_of_output_name(name)
+        if kind is not None:
+            return name, kind
+    return names[0], onnx_output_kind(_load_proto(onnx_path, external_data=False)) or "logits"
+
+
 def check_parity(
     model: nn.Module,
     onnx_path: str | os.PathLike,
@@ -187,8 +241,14 @@ def check_parity(
     rtol: float = 1e-3,
     atol: float = 1e-5,
     batch_size: int = 64,
+    output: str | None = None,
 ) -> ParityReport:
-    """Compare ONNX Runtime (CPUExecutionProvider) logits with ``model(samples)`` in eval mode.
+    """Compare ONNX Runtime (CPUExecutionProvider) outputs with ``model(samples)`` in eval mode.
+
+    Like is compared with like: ``model`` returns logits (as revise trains it), and where the
+    file returns probabilities (``output``, else read from the file: its output's name, or the
+    Softmax / LogSoftmax / Sigmoid that produces it) the activation is applied to ``model``'s
+    side (:func:`revise.models.outputs.deployed`).
 
     ``passed`` needs ``np.allclose(onnx, torch, rtol, atol)`` and identical argmax for every
     sample. ``max_rel_diff`` is ``max |onnx - torch| / max(|torch|, 1e-12)``.
@@ -207,8 +267,8 @@ def check_parity(
         first = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {first}") from exc
     in_name = session.get_inputs()[0].name
-    outputs = [o.name for o in session.get_outputs()]
-    out_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+    out_name, kind = _file_output_kind(onnx_path, [o.name for o in session.get_outputs()])
+    model = deployed(model, output or kind)
     ref_parts, got_parts = [], []
     with _eval_mode(model):
         for start in range(0, len(samples), batch_size):
@@ -255,27 +315,51 @@ def _opset_of(proto: Any) -> int:
     return -1
 
 
-def _export_dynamo(model: nn.Module, x: torch.Tensor, opset: int) -> Any:
+def _export_dynamo(model: nn.Module, x: torch.Tensor, opset: int, output: str) -> Any:
+    from revise.models._onnx_import import for_torch_export
+
     batch = torch.export.Dim(BATCH_AXIS)
     with _quiet():
         program = torch.onnx.export(
-            model,
+            for_torch_export(model),
             (x,),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[output],
             dynamic_shapes=({0: batch},),
             opset_version=opset,
             verbose=False,
         )
     proto = program.model_proto
-    got = _opset_of(proto)
-    if got != opset:
-        raise ExportError(f"the dynamo exporter wrote opset {got}, not the requested {opset}")
+    if _opset_of(proto) != opset:
+        proto = _convert_opset(proto, opset)
     return proto
 
 
-def _export_legacy(model: nn.Module, x: torch.Tensor, opset: int) -> Any:
+def _convert_opset(proto: Any, opset: int) -> Any:
+    """The dynamo exporter writes opset 18 and leaves it there where its own converter fails:
+    ONNX's converter takes the graph to ``opset`` (dropping the reductions' default
+    noop_with_empty_axes, which it carries into opsets that lack it)."""
+    import onnx
+    from onnx import version_converter
+
+    from revise.models._onnx_import import _drop_default_noop_with_empty_axes
+
+    wrote = _opset_of(proto)
+    try:
+        with _quiet():
+            older = version_converter.convert_version(proto, opset)
+            _drop_default_noop_with_empty_axes(older)
+            onnx.checker.check_model(older, full_check=True)
+    except Exception as exc:
+        raise ExportError(
+            f"the dynamo exporter wrote opset {wrote} and ONNX cannot convert it to opset "
+            f"{opset}: {_plain_reason(exc)}"
+        ) from None
+    return older
+
+
+def _export_legacy(model: nn.Module, x: torch.Tensor, opset: int, output: str) -> Any:
     import onnx
 
     if opset > LEGACY_MAX_OPSET:
@@ -288,11 +372,31 @@ def _export_legacy(model: nn.Module, x: torch.Tensor, opset: int) -> Any:
             buffer,
             dynamo=False,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}},
+            output_names=[output],
+            dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, output: {0: BATCH_AXIS}},
             opset_version=opset,
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _output_kind(model: nn.Module, card: ModelCard) -> str:
+    """What the exported graph returns: the card's ``output``; where the card does not say, what
+    the network shows (a network revise loaded knows; one built in Python may end in Softmax)."""
+    if card.output is not None:
+        return card.output
+    if isinstance(model, LogitsOf):
+        return model.kind
+    found = final_activation(model)
+    if found is None:
+        return "logits"
+    log.warning(
+        "the network returns %s (%s) and its model card does not say (field output): exported "
+        "as it is, output %r",
+        found.kind,
+        found.where,
+        OUTPUT_NAMES[found.kind],
+    )
+    return found.kind
 
 
 def _merge_props(proto: Any, metadata: dict[str, str]) -> dict[str, str]:
@@ -340,29 +444,41 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` to one ONNX file at ``path``, check it, and gate it on parity.
 
-    ``samples`` are normalised held-out images; when given, :func:`check_parity` must pass or an
-    :class:`~revise.errors.ExportError` is raised and nothing is written at ``path``. The card
-    (as JSON under ``revise.card``) and ``metadata`` are merged into the model's metadata_props.
+    ``model`` returns logits, as revise trains it; where ``card.output`` says the deployed
+    network ended in an activation, the exported graph has it back and its output is named for
+    what it returns (see the module docstring). ``samples`` are normalised held-out images; when
+    given, :func:`check_parity` must pass or an :class:`~revise.errors.ExportError` is raised and
+    nothing is written at ``path``. The card (as JSON under ``revise.card``) and ``metadata``
+    are merged into the model's metadata_props.
     """
     path = Path(path)
     opset = check_opset(opset)
     x = _example_input(card, samples)
     src = model if _device(model).type == "cpu" else copy.deepcopy(model).to("cpu")
+    kind = _output_kind(src, card)
+    if card.output_kind != kind:  # the card in the metadata says what the graph returns
+        card = dataclasses.replace(card, output=kind)
+    net, output_name = deployed(src, kind), OUTPUT_NAMES[kind]
     exporter, reason = "dynamo", ""
-    with _eval_mode(src):
+    with _eval_mode(src), _eval_mode(net):
         try:
-            proto = _export_dynamo(src, x, opset)
+            proto = _export_dynamo(net, x, opset, output_name)
         except Exception as exc:
-            reason = " ".join(str(exc).split())[:500] or type(exc).__name__
-            log.warning("dynamo ONNX export failed (%s); using the legacy exporter", reason)
+            reason = _plain_reason(exc)
+            log.warning(
+                "ONNX export: the dynamo exporter cannot export this model (%s); using the "
+                "legacy TorchScript exporter instead",
+                reason,
+            )
             exporter = "torchscript"
             try:
-                proto = _export_legacy(src, x, opset)
+                proto = _export_legacy(net, x, opset, output_name)
             except Exception as exc2:
                 raise ExportError(
                     f"ONNX export failed with both exporters: dynamo: {reason}; "
-                    f"legacy: {' '.join(str(exc2).split())[:500]}",
-                    hint="check that forward() takes one image tensor and returns logits",
+                    f"legacy: {_plain_reason(exc2)}",
+                    hint="check that forward() takes one image tensor and returns one "
+                    "(N, num_classes) tensor",
                 ) from exc2
     opset_written = _opset_of(proto)
     props = {"revise.card": json.dumps(card.to_dict(), sort_keys=True, default=str)}
@@ -375,7 +491,7 @@ def export_onnx(
         tmp.write_bytes(data)
         _check_file(tmp)
         if samples is not None:
-            parity = check_parity(src, tmp, samples)
+            parity = check_parity(src, tmp, samples, output=kind)
             if not parity.passed:
                 raise ExportError(
                     f"the ONNX model disagrees with PyTorch: {parity.summary()}; "
@@ -389,6 +505,7 @@ def export_onnx(
         opset=opset_written,
         exporter=exporter,
         sha256=sha256_file(path),
+        output_name=output_name,
         metadata=merged,
         parity=parity,
         fallback_reason=reason,

@@ -23,6 +23,7 @@ from revise.models._cards import _with_source
 from revise.models._pt2 import load_program
 from revise.models._sniff import _sniff, _wrong_claim
 from revise.models.card import ModelCard
+from revise.models.outputs import LogitsOf
 
 # Log under the public module's name: users see revise.models.io, not this private module.
 log = logging.getLogger("revise.models.io")
@@ -47,6 +48,8 @@ def _mark_graph(module: nn.Module, kind: str, path: Path, sha: str) -> None:
 
 
 def _graph_of(module: nn.Module) -> tuple[str, str, str] | None:
+    if isinstance(module, LogitsOf):
+        module = module.net
     meta = getattr(module, "meta", None)
     if isinstance(meta, dict) and "revise_graph" in meta:
         return meta["revise_graph"]

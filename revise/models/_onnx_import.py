@@ -4,12 +4,14 @@ the operators it cannot convert reported before trying.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 import types
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from revise.errors import ModelError
@@ -191,3 +193,57 @@ def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
             f"{path}: onnx2torch cannot convert this graph: {message}", hint=fix
         ) from None
     return module, _onnx_input_shape(proto)
+
+
+def for_torch_export(module: nn.Module) -> nn.Module:
+    """``module``, or a copy of it that torch.export (and so the dynamo ONNX exporter) can
+    trace: onnx2torch's Reshape asks ``torch.any(shape == 0)`` of its shape tensor, a
+    data-dependent branch torch.export refuses, even where the shape is a constant of the
+    graph. Each such Reshape becomes ``torch.reshape(x, shape)`` with the constant's values
+    (without zeros, which would mean "keep this dimension": those are left as they are)."""
+    if not any(_static_reshapes(m, dry_run=True) for m in module.modules()):
+        return module
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        _static_reshapes(m)
+    return module
+
+
+def _static_reshapes(module: nn.Module, *, dry_run: bool = False) -> bool:
+    """Rewrite the constant-shape onnx2torch Reshapes of an fx graph in place (True if any)."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return False
+    found = False
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 2 or node.kwargs:
+            continue
+        if type(module.get_submodule(str(node.target))).__name__ != "OnnxReshape":
+            continue
+        shape_node = node.args[1]
+        if not isinstance(shape_node, torch.fx.Node) or shape_node.op != "get_attr":
+            continue
+        try:
+            shape = _attr(module, str(shape_node.target))
+        except AttributeError:
+            continue
+        if not isinstance(shape, torch.Tensor) or shape.ndim != 1 or bool((shape == 0).any()):
+            continue
+        found = True
+        if dry_run:
+            return True
+        with module.graph.inserting_before(node):
+            new = module.graph.call_function(
+                torch.reshape, (node.args[0], tuple(int(v) for v in shape.tolist()))
+            )
+        node.replace_all_uses_with(new)
+        module.graph.erase_node(node)
+    if found:
+        module.graph.lint()
+        module.recompile()
+    return found
+
+
+def _attr(module: nn.Module, target: str) -> Any:
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module

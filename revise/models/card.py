@@ -21,6 +21,23 @@ MAX_INPUT_SIDE = 4096
 MAX_INPUT_VALUES = 4 * 4096 * 4096
 MAX_CLASSES = 100_000
 
+# What a network may return (the card's ``output``), each named for the network's last
+# operation, as ONNX and torch name it: what a user reads off the graph.
+OUTPUT_KINDS = {
+    "logits": "raw class scores",
+    "softmax": "class probabilities (each row is non-negative and sums to 1)",
+    "log_softmax": "log class probabilities",
+    "sigmoid": "one probability per class, each in [0, 1] on its own (multi-label)",
+}
+# Names people give those outputs, for the did-you-mean of a card that uses one.
+_OUTPUT_ALIASES = {
+    "probabilities": "softmax",
+    "probs": "softmax",
+    "scores": "logits",
+    "log_probabilities": "log_softmax",
+    "logsoftmax": "log_softmax",
+}
+
 
 # The fields a card must give (the others have defaults), with what each means.
 REQUIRED_FIELDS = {
@@ -48,6 +65,8 @@ class ModelCard:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     class_names: list[str] = field(default_factory=list)
+    # What the network returns (OUTPUT_KINDS); None: not stated, load_model finds it.
+    output: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     source_format: str = "safetensors"
     source_sha256: str = ""
@@ -97,6 +116,12 @@ class ModelCard:
             )
         for i, name in enumerate(self.class_names):
             _check_class_name(i, name)
+        _check_output(self.output)
+
+    @property
+    def output_kind(self) -> str:
+        """What the network returns: ``output``, or ``"logits"`` where the card does not say."""
+        return self.output or "logits"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +195,18 @@ def _check_input_size(channels: int, size: tuple[int, int]) -> None:
             f"per image (256 MiB as float32), not {channels}x{size[0]}x{size[1]} = {values:,}",
             hint="check in_channels and input_size",
         )
+
+
+def _check_output(output: Any) -> None:
+    if output is None or output in OUTPUT_KINDS:
+        return
+    close = _OUTPUT_ALIASES.get(str(output).lower()) if isinstance(output, str) else None
+    suggestion = f"did you mean {close}?" if close else did_you_mean(str(output), OUTPUT_KINDS)
+    raise ModelError(
+        f"model card: output must be one of {', '.join(OUTPUT_KINDS)}, not {output!r}"
+        + (f" ({suggestion})" if suggestion else ""),
+        hint="; ".join(f"{kind}: {meaning}" for kind, meaning in OUTPUT_KINDS.items()),
+    )
 
 
 def _check_class_name(index: int, name: Any) -> None:

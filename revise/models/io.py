@@ -59,6 +59,7 @@ from revise.models._state_dict import (
 )
 from revise.models.architectures import OPAQUE_ARCHITECTURES, build
 from revise.models.card import ModelCard
+from revise.models.outputs import LogitsOf, settle
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,12 @@ GRAPH_FILES = {"torchscript": "graph.ts", "onnx": "graph.onnx", "torch_export": 
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference: ``module`` is in eval mode on the CPU."""
+    """A model ready for inference: ``module`` is in eval mode on the CPU, and returns logits.
+
+    ``card.output`` says what the network in the file returns; where that is softmax or
+    sigmoid, ``module`` is the network with its final activation taken off (or inverted), see
+    :mod:`revise.models.outputs`, and export puts it back.
+    """
 
     module: nn.Module
     card: ModelCard
@@ -252,6 +258,8 @@ def load_model(
 def _finish(module: nn.Module, card: ModelCard, path: Path, fmt: str) -> LoadedModel:
     module = module.to("cpu")
     module.eval()
+    opaque = card.architecture in OPAQUE_ARCHITECTURES
+    module, card = settle(module, card, str(path), opaque=opaque)
     return LoadedModel(module=module, card=card, path=path, format=fmt)
 
 
@@ -272,6 +280,8 @@ def save_model(
     """
     from safetensors.torch import save_file
 
+    if isinstance(model, LogitsOf):
+        model = model.net  # the same state dict, key for key; the graph is the network's
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ModelError(f"{folder} exists and is not a folder", hint="choose another output path")

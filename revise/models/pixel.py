@@ -4,6 +4,12 @@ Tensors inside revise are in the model's *pixel* space (``card.pixel_range``), b
 boundary attack must step and clip there. The deployed network consumes normalised inputs,
 so this wrapper applies the card's normalisation in front of it. Exports use the bare network,
 so the deployed input contract never changes.
+
+Every consumer - the losses of each method, evaluation, the boundary attack - reads the output
+as logits. A network that visibly ends in softmax or sigmoid is refused here rather than trained
+on probabilities: :func:`revise.models.io.load_model` takes the activation off (and records it
+in ``card.output``); :func:`revise.models.outputs.settle` does the same for a network built in
+Python.
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ import re
 import torch
 from torch import nn
 
+from revise.errors import ModelError
 from revise.models.card import ModelCard
+from revise.models.outputs import final_activation
 
 
 class PixelSpaceModel(nn.Module):
-    """``net((x - mean) / std)`` with the card's mean/std; ``net`` is shared, not copied."""
+    """``net((x - mean) / std)`` with the card's mean/std; ``net`` is shared, not copied, and
+    must return logits (log-probabilities will do: they differ by a constant per row)."""
 
     def __init__(self, net: nn.Module, card: ModelCard) -> None:
         super().__init__()
+        _check_returns_logits(net)
         self.net = net
         shape = (1, -1, 1, 1)
         self.register_buffer("mean", torch.tensor(card.mean, dtype=torch.float32).view(shape))
@@ -29,6 +39,18 @@ class PixelSpaceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+
+def _check_returns_logits(net: nn.Module) -> None:
+    found = final_activation(net)
+    if found is not None and found.kind in ("softmax", "sigmoid"):
+        raise ModelError(
+            f"the network returns {found.kind} probabilities ({found.where}); revise trains and "
+            "evaluates on logits, and cross-entropy on probabilities trains something else",
+            hint="load it with revise.models.io.load_model, or pass it through "
+            "revise.models.outputs.settle(net, card, name): both take the activation off and "
+            "set the card's output, and export puts it back",
+        )
 
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_NOT_METHODS = {"api", "base", "checkpoint", "settings"}
+_NOT_METHODS = {"api", "auto", "base", "checkpoint", "settings", "target"}
 
 
 def load_builtin_methods() -> None:

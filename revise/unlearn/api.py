@@ -104,8 +104,13 @@ def unlearn(
     checkpoint_every: int = 0,
     resume: bool = False,
     compile: bool = False,
+    monitor: Callable[[nn.Module, int], bool] | None = None,
+    monitor_every: int = 0,
 ) -> UnlearnResult:
     """Revise ``model`` to forget ``forget`` while keeping ``retain``; the input is not modified.
+
+    ``monitor(model, step)``, called every ``monitor_every`` steps with the pixel-space model in
+    eval mode, may end the run early by returning True (``record["stopped_at_step"]``).
 
     ``compile``: run the trained and the frozen network through ``torch.compile`` (the first
     steps then include compiling; results agree with eager to rounding, not bit for bit).
@@ -174,6 +179,8 @@ def unlearn(
         checkpoint_every=checkpoint_every,
         identity=identity,
         resume_from=resume_from,
+        monitor=monitor,
+        monitor_every=monitor_every,
     )
     synchronize(dev)  # copies to the device belong to setup, not to unlearning
     setup = time.perf_counter() - t0
@@ -194,6 +201,7 @@ def unlearn(
         "forget_samples": len(forget),
         "retain_samples": len(retain),
         "resumed_from_step": ctx.resumed_from_step,
+        "stopped_at_step": ctx.stopped_at_step,
         "compiled": compile,
         "wall_clock_s": {
             "setup": round(setup, 4),

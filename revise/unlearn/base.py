@@ -253,6 +253,12 @@ class UnlearnContext:
     checkpoint_every: int = 0  # steps between checkpoints (0: none)
     identity: dict[str, Any] = field(default_factory=dict)  # what the run_key digests
     resume_from: Checkpoint | None = None  # consumed by the run_steps call it belongs to
+    # Called with the model (in eval mode) and the global step every ``monitor_every`` steps,
+    # between two steps; True ends the run there (later run_steps calls do nothing). Used by
+    # the automatic revision to stop a candidate once it meets its target.
+    monitor: Callable[[nn.Module, int], bool] | None = None
+    monitor_every: int = 0
+    stopped_at_step: int | None = field(default=None, init=False)
     resumed_from_step: int | None = field(default=None, init=False)
     global_step: int = field(default=0, init=False)  # steps done over all run_steps calls
     tallies: dict[str, torch.Tensor] = field(default_factory=dict, init=False)
@@ -464,7 +470,7 @@ def run_steps(
     than through the model, the optimizer and the context.
     """
     call, first = ctx._enter_loop(optimizer, scheduler, steps)
-    if first is None:
+    if first is None or ctx.stopped_at_step is not None:
         return
     train_mode(ctx.model, freeze_bn=freeze_bn)
     for step in range(first, steps):
@@ -483,7 +489,22 @@ def run_steps(
                 scheduler.step()
         ctx.progress(step + 1, steps)
         ctx._step_done(call, step + 1, optimizer, scheduler)
+        if _monitor_says_stop(ctx, freeze_bn):
+            break
     ctx.model.eval()
+
+
+def _monitor_says_stop(ctx: UnlearnContext, freeze_bn: bool) -> bool:
+    """Ask ``ctx.monitor`` (when one is due) whether to end the run after this step."""
+    every = ctx.monitor_every
+    if ctx.monitor is None or not every or ctx.global_step % every:
+        return False
+    ctx.model.eval()
+    stop = ctx.monitor(ctx.model, ctx.global_step)
+    train_mode(ctx.model, freeze_bn=freeze_bn)
+    if stop:
+        ctx.stopped_at_step = ctx.global_step
+    return bool(stop)
 
 
 def train_mode(model: nn.Module, *, freeze_bn: bool = False) -> None:

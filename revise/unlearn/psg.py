@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from revise.distributed import all_sum, is_main_process, shard, shard_size
+from revise.errors import UsageError
 from revise.models.pixel import PixelSpaceModel
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
 from revise.unlearn.settings import setting
@@ -74,7 +75,14 @@ class PSGConfig:
     # Keep BatchNorm statistics fixed during the update. The authors leave them in train mode
     # (the default here); when the forget set is a whole device, forget-only batches drag the
     # statistics toward it and retention collapses (demo: retain 0.66 vs 0.96 frozen).
+    # Frozen statistics stop following the weights, though: with phi = 0 the forget loss is
+    # cheapest to lower by shifting every channel's mean, which the fixed statistics pass on
+    # to every image (demo site, lr 1e-5, 6 passes: retain 0.96 -> 0.45; issue 14). Use
+    # phi > 0 or reestimate_bn.
     freeze_bn: bool = False
+    # After the update, recompute the BatchNorm statistics on the retain set, as a model
+    # retrained without the forget set would have them (that run: retain 0.95).
+    reestimate_bn: bool = False
 
 
 def lambda_at(lam: float, schedule: str, t: int) -> float:
@@ -123,6 +131,8 @@ def boundary_search(
     that many images; the noise is drawn for the global batch and sliced likewise, so that
     every worker's generator stays in step and each image gets its single-process noise.
     """
+    if config.eps == 0:  # the ball is the image itself: nothing to search
+        return x.detach()
     low, high = labeler.low, labeler.high
     scale = high - low
     eps, eta = config.eps * scale, config.eta * scale
@@ -180,6 +190,7 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
             "inner step; set steps >= 2 for lam to act",
             config.lam,
         )
+    check_batchnorm_settings(ctx, config)
 
     def relabel(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = ctx.batch(FORGET_STREAM, len(ctx.forget), config.batch_size)
@@ -201,11 +212,39 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
         return loss
 
     run_steps(ctx, optimizer, steps, loss_fn, prepare=relabel, freeze_bn=config.freeze_bn)
+    if config.reestimate_bn:
+        reestimate_bn(ctx)
     counts = all_sum(torch.stack([ctx.tallies["flipped"], ctx.tallies["seen"]]))
     return {
         "steps": steps,
         "attack_success_ratio": round(counts[0].item() / max(1, counts[1].item()), 4),
     }
+
+
+def check_batchnorm_settings(ctx: UnlearnContext, config: PSGConfig) -> None:
+    """Refuse reestimate_bn without retain images; warn where frozen statistics and no retain
+    term let the update shift every image (issue 14)."""
+    if config.reestimate_bn and len(ctx.retain) == 0:
+        raise UsageError(
+            "psg.reestimate_bn recomputes BatchNorm statistics on the retain set, and it is empty",
+            hint="set reestimate_bn=false, or select some retained data",
+        )
+    if config.freeze_bn and config.phi == 0 and not config.reestimate_bn and is_main_process():
+        log.warning(
+            "psg: freeze_bn with phi=0: nothing holds the retained images, and the forget loss "
+            "is cheapest to lower by shifting every channel's mean, which the frozen BatchNorm "
+            "statistics pass on to every image (retained ones too); set phi > 0 or "
+            "reestimate_bn=true"
+        )
+
+
+def reestimate_bn(ctx: UnlearnContext) -> None:
+    """BatchNorm statistics of the updated model recomputed on the retain set (every worker
+    alike: each holds the whole retain set), as a model retrained on it would have them."""
+    from revise.merge.batchnorm import reestimate_batchnorm  # revise.merge imports the API
+
+    with ctx.timer.phase("reestimate_bn"):
+        reestimate_batchnorm(ctx.model.net, ctx.card, ctx.retain, device=str(ctx.device))
 
 
 def retain_term(ctx: UnlearnContext, config: PSGConfig, idx: torch.Tensor) -> torch.Tensor:

@@ -164,9 +164,13 @@ def test_select_counts(cli, demo_site, tmp_path):
     df = pd.read_parquet(demo_site.manifest)
     want = int((df["device"] == FORGET_DEVICE).sum())
     result = cli("select", demo_site.manifest, cli.forget, "-o", tmp_path / "sel.csv", code=0)
-    match = re.search(r"^(\d+) of (\d+) rows match", result.stdout, re.M)
-    assert match, cli.describe(result)
-    assert (int(match[1]), int(match[2])) == (want, len(df))
+    heldout = df["split"] == "heldout"
+    assert df["label"].notna().all() and heldout.any()
+    hit = df["device"] == FORGET_DEVICE
+    counts = [(hit & ~heldout).sum(), (~heldout).sum(), (hit & heldout).sum(), heldout.sum()]
+    expected = "{:,} of {:,} training rows (and {:,} of {:,} held-out rows)".format(*counts)
+    first = result.stdout.splitlines()[0]
+    assert first == f"{cli.forget} selects {expected}", cli.describe(result)
     assert f"by device: {FORGET_DEVICE}: {want}" in result.stdout
     chosen = pd.read_csv(tmp_path / "sel.csv")
     assert len(chosen) == want and set(chosen["device"]) == {FORGET_DEVICE}
@@ -274,28 +278,69 @@ def test_unlearn_boundary_shrink(cli, demo_site, tmp_path):
     assert cli.leftovers(tmp_path) == []
 
 
+def _sweep_args(demo_site, *more) -> list:
+    args = ["sweep", "--model", demo_site.model, "--data", demo_site.manifest]
+    args += ["--forget", f'device == "{FORGET_DEVICE}"', "--set", "epochs=1", "--set", "phi=2"]
+    return args + list(more)
+
+
 def test_sweep_concurrent_runs_rank_a_grid_into_csv_and_json(
     cli, demo_site, retrained_model, tmp_path
 ):
-    args = ["sweep", "--model", demo_site.model, "--data", demo_site.manifest]
-    args += ["--forget", f'device == "{FORGET_DEVICE}"', "--reference", retrained_model]
-    args += ["--grid", "gamma=0,0.1", "--grid", "phi=0,1", "--set", "epochs=1"]
+    args = _sweep_args(demo_site, "--reference", retrained_model)
+    args += ["--grid", "gamma=0,0.1", "--grid", "lr=1e-3,1e-2"]
     out = tmp_path / "sweep"
-    result = cli(*args, "--concurrent", "2", "-o", out, code=0)
+    result = cli(*args, "--concurrent", "2", "--keep-best", "-o", out, code=0)
     assert "(2 at once)" in result.stdout, cli.describe(result)
     table = pd.read_csv(out / "results.csv")
-    assert list(table["rank"]) == [1, 2, 3, 4]
-    assert table["distance_to_reference"].is_monotonic_increasing
-    assert set(zip(table["gamma"], table["phi"], strict=True)) == {
-        (0, 0),
-        (0, 1),
-        (0.1, 0),
-        (0.1, 1),
-    }
+    assert list(table["rank"]) == [1, 2, 3, 4, 5]
+    assert list(table.columns[:4]) == ["rank", "run", "gamma", "lr"]
+    assert list(table["run"]) == [
+        "gamma=0 lr=0.001",
+        "gamma=0.1 lr=0.001",
+        "(original)",
+        "gamma=0.1 lr=0.01",
+        "gamma=0 lr=0.01",
+    ]
+    # lr 1e-2 lost two thirds of the held-out accuracy: closer to the reference by D than the
+    # others (it forgot the device along with everything else), yet ranked after the original
+    collapsed = table[table["collapsed"]]
+    assert list(collapsed["rank"]) == [4, 5] and (collapsed["acc_heldout_retain"] < 0.4).all()
+    assert collapsed["distance_to_reference"].max() < table["distance_to_reference"][0]
+    assert collapsed["note"].str.startswith("collapsed: heldout_retain accuracy").all()
+    assert table["distance_to_reference"][:3].is_monotonic_increasing
+    assert set(zip(table["gamma"][:2], table["lr"][:2], strict=True)) == {(0, 1e-3), (0.1, 1e-3)}
+    assert "best by distance_to_reference (lower is better): gamma=0 lr=0.001" in result.stdout
+    assert "warning: the reference has no run record (run.json)" in result.stderr
     saved = json.loads((out / "sweep.json").read_text())
-    assert saved["concurrent"] == 2 and len(saved["runs"]) == 4
+    assert saved["concurrent"] == 2 and len(saved["runs"]) == 5
+    assert saved["best"] == "gamma=0 lr=0.001" and saved["original_is_best"] is False
+    # the best run, written from the sweep's own network (no rerun)
+    best = json.loads((out / "best" / "run.json").read_text())
+    assert best["sweep"]["rank"] == 1 and best["metrics"] == saved["runs"][0]["metrics"]
+    assert best["hyperparameters"]["lr"] == 1e-3 and best["hyperparameters"]["gamma"] == 0
+    assert best["base_model_digest"] and Path(best["base_model"]["path"]) == demo_site.model
+    assert (out / "best" / "model.safetensors").is_file()
     bad = cli(*args, "--concurrent", "0", "-o", tmp_path / "none", code=2)
     assert "--concurrent" in bad.stderr and "x>=1" in bad.stderr
+
+
+def test_sweep_without_a_reference_says_when_no_setting_beat_the_original(cli, demo_site, tmp_path):
+    out = tmp_path / "sweep"
+    args = _sweep_args(demo_site, "--grid", "lr=1e-2", "--keep-best", "-o", out)
+    result = cli(*args, code=0)
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["run"]) == ["(original)", "lr=0.01"], cli.describe(result)
+    assert list(table["collapsed"]) == [False, True]
+    assert "estimated_distance" in table.columns
+    assert "no setting beat the unchanged model" in result.stdout
+    assert "no best run written" in result.stdout and not (out / "best").exists()
+    # a device with held-out images of its own: the caveat of a subset target
+    assert "warning: subset forgetting of a distinct group" in result.stderr
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["kind"] == "subset" and saved["criterion"] == "estimated_distance"
+    original = saved["runs"][0]["metrics"]
+    assert saved["target"]["forget"] == original["heldout_forget"]["accuracy"]
 
 
 # --- evaluate and export -----------------------------------------------------------------------

@@ -48,5 +48,7 @@ def test_select_never_prints_a_clear_patient_id(tmp_path):
     ct_patient_id = "1CT1"
     for expression in (f'patient == "{ct_patient_id}"', f'patient in ["{ct_patient_id}", "X9"]'):
         result = invoke("select", manifest, expression, code=0)
-        assert result.stdout.startswith("1 of 1 rows match patient "), describe(result)
+        first = result.stdout.splitlines()[0]
+        assert first.startswith("patient "), describe(result)
+        assert first.endswith(" selects 1 of 1 rows (no row has a label yet)"), describe(result)
         assert ct_patient_id not in result.stdout + result.stderr

@@ -278,3 +278,177 @@ def test_syntax_errors_never_show_any_part_of_a_patient_value(text: str) -> None
 def test_unexpected_character_elsewhere_is_still_named() -> None:
     with pytest.raises(SelectionError, match=r"unexpected character '#'"):
         parse("device == a#b")
+
+
+# --------------------------------------------------------------------------------------------
+# random(FRACTION, seed=N, by=COLUMN): a reproducible share of the rows or of whole groups
+# --------------------------------------------------------------------------------------------
+
+PATIENTS, PER_PATIENT = 500, 8  # 4,000 rows
+
+
+@pytest.fixture
+def big() -> pd.DataFrame:
+    """4,000 rows of 500 patients (8 rows each, not next to each other), labels 0-4."""
+    n = PATIENTS * PER_PATIENT
+    return pd.DataFrame(
+        {
+            "sample_key": [f"k-{i:05d}" for i in range(n)],
+            "patient": [pseudonym(f"MRN{i % PATIENTS}", key=KEY) for i in range(n)],
+            "label": pd.array([i % 5 for i in range(n)], dtype="Int64"),
+        }
+    )
+
+
+def within_binomial(count: int, n: int, p: float, sigmas: float = 4.0) -> bool:
+    return abs(count - n * p) <= sigmas * (n * p * (1 - p)) ** 0.5
+
+
+def chosen_keys(df: pd.DataFrame, expr: str) -> set[str]:
+    return set(df.loc[mask(df, expr).to_numpy(), "sample_key"])
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5, 0.9])
+def test_random_chooses_the_fraction_within_a_binomial_bound(big, fraction) -> None:
+    for seed in (0, 7):
+        count = int(mask(big, f"random({fraction}, seed={seed})").sum())
+        assert within_binomial(count, len(big), fraction), (fraction, seed, count)
+    assert mask(big, "random(1)").all()  # fraction 1: every row with a key
+
+
+def test_random_same_seed_same_rows_other_seed_other_rows(big) -> None:
+    first = chosen_keys(big, "random(0.3, seed=3)")
+    assert chosen_keys(big, "random(0.3, seed=3)") == first
+    assert chosen_keys(big, "random(0.3)") == chosen_keys(big, "random(0.3, seed=0)")
+    other = chosen_keys(big, "random(0.3, seed=4)")
+    assert other != first
+    # Seeds draw independently: the overlap is about 0.3 * 0.3 of the rows.
+    assert within_binomial(len(first & other), len(big), 0.3 * 0.3)
+    # A larger fraction with the same seed keeps every row the smaller one chose.
+    assert chosen_keys(big, "random(0.1, seed=3)") <= first
+
+
+def test_random_is_independent_of_row_order_and_of_other_rows(big) -> None:
+    expected = chosen_keys(big, "random(0.2, seed=5)")
+    shuffled = big.sample(frac=1.0, random_state=1).set_index(pd.Index(range(len(big), 0, -1)))
+    assert chosen_keys(shuffled, "random(0.2, seed=5)") == expected
+    # A slice of the manifest, grown with rows of new patients: the old rows keep their choice.
+    part = big.iloc[1000:1800]
+    extra = pd.DataFrame(
+        {
+            "sample_key": [f"new-{i}" for i in range(3000)],
+            "patient": [pseudonym(f"NEW{i}", key=KEY) for i in range(3000)],
+            "label": pd.array([0] * 3000, dtype="Int64"),
+        }
+    )
+    grown = pd.concat([extra, part], ignore_index=True)
+    assert chosen_keys(grown, "random(0.2, seed=5)") & set(part["sample_key"]) == expected & set(
+        part["sample_key"]
+    )
+
+
+def test_random_by_patient_chooses_whole_patients(big) -> None:
+    chosen = mask(big, "random(0.3, seed=2, by=patient)")
+    per_patient = chosen.groupby(big["patient"]).agg(["all", "any"])
+    assert (per_patient["all"] == per_patient["any"]).all()  # all of a patient's rows, or none
+    patients = int(per_patient["all"].sum())
+    assert within_binomial(patients, PATIENTS, 0.3)
+    assert int(chosen.sum()) == patients * PER_PATIENT
+    # by= resolves aliases, and a patient's draw does not depend on the other patients.
+    assert mask(big, "random(0.3, seed=2, by=patient_key)").equals(chosen)
+    some = big[big["patient"].isin(big["patient"].unique()[:40])]
+    assert mask(some, "random(0.3, seed=2, by=patient)").equals(chosen.loc[some.index])
+
+
+def test_random_combines_with_and_or_not(big) -> None:
+    both = mask(big, "label == 3 and random(0.5)")
+    assert both.equals(mask(big, "label == 3") & mask(big, "random(0.5)"))
+    assert within_binomial(int(both.sum()), len(big) // 5, 0.5)
+    assert mask(big, "not random(0.1, seed=1)").equals(~mask(big, "random(0.1, seed=1)"))
+    either = mask(big, "random(0.2) or random(0.2, seed=1)")
+    assert either.equals(mask(big, "random(0.2)") | mask(big, "random(0.2, seed=1)"))
+
+
+def test_random_draws_are_pinned_to_sha256(df: pd.DataFrame) -> None:
+    """The same rows on every machine and every version: a site can re-run its selection."""
+    import hashlib
+
+    from revise.data.select import draw
+
+    digest = hashlib.sha256(b"revise.random\x000\x00sample_key\x00s-2").digest()
+    assert draw(0, "sample_key", "s-2") == (int.from_bytes(digest[:8], "big") >> 11) / 2**53
+    assert keys(df, "random(0.5)") == ["s-2"]
+    assert keys(df, "random(0.5, seed=1)") == ["s-3", "s-4", "s-6"]
+    assert keys(df, "random(0.7) and label is not empty") == ["s-2", "s-3"]
+
+
+def test_random_never_chooses_a_row_without_its_key(df: pd.DataFrame) -> None:
+    df.loc[df["sample_key"] == "s-2", "sample_key"] = None
+    df.loc[df["sample_key"] == "s-4", "patient"] = "  "  # blank: missing
+    assert "s-2" not in keys(df, "random(1)")
+    assert sorted(df.loc[mask(df, "random(1, by=patient)").to_numpy(), "sample_key"].dropna()) == [
+        "s-1",
+        "s-3",
+        "s-5",
+        "s-6",
+    ]
+    assert mask(df, "not random(1)").tolist() == [False, True, False, False, False, False]
+
+
+def test_random_text_reparses_and_describes_itself() -> None:
+    from revise.data.select import describe
+
+    expr = parse("label == 3 AND Random(0.25, by=patient_key, seed=3,)")
+    assert str(expr) == "label == 3 and random(0.25, seed=3, by=patient)"
+    assert describe(expr) == str(expr)  # nothing to hide: by= names a column, not a value
+    assert parse(str(expr)) == expr
+    assert str(parse("random(1)")) == "random(1.0, seed=0)"
+    assert parse("random(0.5, by=sample_key)") == parse("random(0.5)")
+    assert columns_used("random(0.1)") == {"sample_key"}
+    assert columns_used("random(0.1, by=date) or label == 1") == {"study_date", "label"}
+
+
+def test_a_column_named_random_is_still_a_column(df: pd.DataFrame) -> None:
+    df["random"] = [1, 2, 3, 4, 5, 6]
+    assert keys(df, "random >= 5 or random in [1]") == ["s-1", "s-5", "s-6"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("random()", "random() needs the fraction to choose first, found ')'"),
+        ("random(0)", "a fraction above 0 and at most 1, not 0 "),
+        ("random(-0.1)", "a fraction above 0 and at most 1, not -0.1 "),
+        ("random(10)", "not 10 (for 10% write 0.1)"),
+        ('random("0.1")', "needs the fraction to choose first, found a string"),
+        ("random(0.1, 3)", "name the seed: seed=N"),
+        ("random(0.1, seed=-1)", "seed= takes a whole number >= 0, not -1 "),
+        ("random(0.1, seed=1.5)", "seed= takes a whole number >= 0, not 1.5 "),
+        ("random(0.1, seed=2019-01-01)", "seed= takes a whole number >= 0, found a date"),
+        ("random(0.1, seed=1, seed=2)", "random() is given seed= twice"),
+        ("random(0.1, fraction=1)", "random() takes seed= and by=, not 'fraction='"),
+        ('random(0.1, by="patient")', "by= takes a column name without quotes, found a string"),
+        ("random(0.1, by=)", "by= takes a column name, found ')'"),
+        ("random(0.1", "expected ')' to close random()"),
+        ("random 0.1", "(or random(FRACTION) for a random share)"),
+        ("device = 1", "unexpected '=' (use '==' to compare)"),
+    ],
+)
+def test_random_refuses_bad_arguments_with_a_caret(text: str, message: str) -> None:
+    with pytest.raises(SelectionError) as info:
+        parse(text)
+    assert message in str(info.value), str(info.value)
+    assert str(info.value).splitlines()[2].strip() == "^"
+
+
+def test_random_by_an_unknown_column_suggests_the_closest(df: pd.DataFrame) -> None:
+    with pytest.raises(SelectionError) as info:
+        mask(df, "random(0.1, by=patinet)")
+    assert "unknown column 'patinet' (did you mean 'patient'?)" in str(info.value)
+
+
+def test_random_by_patient_hides_nothing_it_need_not(df: pd.DataFrame) -> None:
+    """by=patient names the column, not a patient: a caret line keeps what follows it."""
+    with pytest.raises(SelectionError) as info:
+        parse("random(0.1, by=patient, seed=x)")
+    assert "random(0.1, by=patient, seed=x)" in str(info.value)

@@ -1,0 +1,335 @@
+"""The automatic revision: no hand-tuning, no retrained reference, and a plain verdict.
+
+From the selection it knows the kind of forgetting (``target.forgetting_kind``) and derives the
+reference-free target for it (``target.Target``). It then tries candidates in order - the
+unchanged original first, then the seed method (psg) in settings suited to the kind, from a
+bolder learning rate to a gentler one - checking every few steps how far the model is from the
+target on fixed subsamples of the forget and retain sets and of the calibration slice. Each
+candidate stops early once it meets the target, stops improving, or collapses, and the closest
+state seen is kept (no rerun). The whole search works within a budget counted in image passes,
+so that a 45-image and a 6,000-image forget set both get a real revision at a bounded cost.
+
+The record says which candidate won, the target, the estimated distance with its interval, what
+every candidate reached, and - when the best state still misses the target - a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from revise.errors import DivergedError, UsageError
+from revise.models.card import ModelCard
+from revise.models.pixel import PixelSpaceModel, resolve_device
+from revise.unlearn.api import UnlearnResult, software_versions, unlearn
+from revise.unlearn.base import LabelledTensors, steps_per_pass
+from revise.unlearn.target import CLASS, Judge, Reading, Target, forgetting_kind
+
+log = logging.getLogger(__name__)
+
+# A candidate stops once its estimated distance is this small: closer than anything the
+# estimate itself can tell apart.
+GOOD_ENOUGH = 0.005
+# A candidate stops when a third of its steps (and at least PATIENCE checks) bring no
+# improvement: early steps may lose retention before the retain term wins it back.
+PATIENCE = 4
+COLLAPSE = 0.25  # retain accuracy lost that ends a candidate at once
+CHECKS_PER_CANDIDATE = 12  # how often a candidate is read, spread over its share of the budget
+MIN_CHECKS = 4
+CHECK_SHARE = 0.3  # of a candidate's budget, at most, spent reading it
+MISS_MARGIN = 0.03  # the estimated distance above which the record warns (the suite's target)
+MIN_SHARE = 0.25  # a further candidate runs only with at least this share of the budget left
+
+
+@dataclass
+class Candidate:
+    name: str
+    method: str
+    settings: dict[str, Any]
+
+
+# psg with the forgotten labels excluded and soft targets taken where the image is (eps = 0):
+# each image learns the original's belief among the other classes - what a model that never
+# saw the class answers - while retained images are distilled to the original.
+_CLASS_SETTINGS = {
+    "eps": 0.0,
+    "eta": 0.0,
+    "gamma": 0.0,
+    "target": "soft",
+    "exclude_label": True,
+    "phi": 1.0,
+    "retain_loss": "distill",
+}
+# psg with its boundary search: a subset's images move toward the labels of their nearest
+# boundary, softly, and only as far as held-out images of the group are read.
+_SUBSET_SETTINGS = {"target": "soft", "phi": 1.0, "retain_loss": "distill"}
+
+
+def candidates(kind: str) -> list[Candidate]:
+    """The candidates tried after the original, boldest first."""
+    settings, rates = (
+        (_CLASS_SETTINGS, (1e-2, 3e-3)) if kind == CLASS else (_SUBSET_SETTINGS, (1e-3, 3e-4))
+    )
+    return [Candidate(f"psg lr={lr:g}", "psg", {**settings, "lr": lr}) for lr in rates]
+
+
+@dataclass
+class _Best:
+    name: str
+    reading: Reading
+    distance: float
+    state: dict[str, torch.Tensor] | None = None  # None: the original's weights
+    step: int = 0
+
+
+@dataclass
+class _Trial:
+    """What one candidate did, for the record."""
+
+    candidate: Candidate
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    stopped: str = ""
+    error: str = ""
+
+
+def auto_revise(
+    net: nn.Module,
+    card: ModelCard,
+    forget: LabelledTensors,
+    retain: LabelledTensors,
+    calibration_forget: LabelledTensors,
+    calibration_retain: LabelledTensors,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    budget_passes: float = 4.0,
+    progress: Callable[[str], None] | None = None,
+) -> UnlearnResult:
+    """Revise ``net`` to forget ``forget`` without a reference or hand-set hyperparameters.
+
+    ``calibration_forget`` / ``calibration_retain``: held-out images inside / outside the
+    forgotten group, set aside for this search (never the images validation judges). For a
+    subset with no held-out images of its own group (patients, random rows), pass an empty
+    ``calibration_forget``: held-out images outside it stand for the group.
+
+    ``budget_passes``: the work allowed, in passes over the retain set's worth of images
+    (forward and backward), over all candidates and checks; 4 is about a quarter of a
+    15-epoch retrain. The input model is not modified.
+    """
+    if len(forget) == 0:
+        raise UsageError("the forget set is empty", hint="check the --forget selection")
+    if len(calibration_retain) == 0:
+        raise UsageError(
+            "the automatic revision needs held-out images outside the forgotten group",
+            hint="mark some rows split=heldout, or choose a method and its settings yourself",
+        )
+    if not budget_passes > 0:
+        raise UsageError(f"budget_passes must be > 0, not {budget_passes}")
+    say = progress or (lambda text: None)
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    kind = forgetting_kind(forget, retain)
+    own_group = len(calibration_forget) > 0
+    heldout_forget = calibration_forget if own_group else calibration_retain
+    source = (
+        f"{len(calibration_forget)} held-out images of the group"
+        if own_group
+        else f"{len(calibration_retain)} held-out images standing for the group"
+    )
+    judge = Judge.build(forget, retain, heldout_forget, calibration_retain, dev, seed)
+    original = PixelSpaceModel(copy.deepcopy(net).float(), card).to(dev).eval()
+    start = judge.read(original)
+    target = judge.target(kind, start, source)
+    best = _Best("original (unchanged)", start, target.distance(start))
+    say(f"auto: {kind} forgetting; the original is at estimated distance {best.distance:.3f}")
+    budget = budget_passes * max(len(retain), len(forget))
+    check_cost = sum(len(s) for s in (judge.forget, judge.retain, judge.heldout_forget)) / 3
+    check_cost += len(judge.heldout_retain) / 3  # a forward pass is about a third of a step
+    spent, trials = 0.0, []
+    if _meets(target, best.distance):
+        say("auto: the original already meets the target; nothing to change")
+    for cand in candidates(kind):
+        if _meets(target, best.distance) or spent >= budget * (1 - MIN_SHARE):
+            break
+        trial, best, used = _run_candidate(
+            cand,
+            net,
+            card,
+            forget,
+            retain,
+            judge,
+            target,
+            best,
+            budget - spent,
+            check_cost,
+            dev,
+            seed,
+        )
+        spent += used
+        trials.append(trial)
+        say(f"auto: {cand.name}: best estimated distance so far {best.distance:.3f}")
+    model = copy.deepcopy(net).float()
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    seconds = time.perf_counter() - t0
+    record = _record(kind, target, best, trials, start, spent, budget, seconds, seed, dev)
+    record.update(forget_samples=len(forget), retain_samples=len(retain))
+    if not record["target"]["met"]:
+        log.warning("auto: %s", record["warning"])
+    return UnlearnResult(model=model.cpu().eval(), card=card, record=record)
+
+
+def _meets(target: Target, distance: float) -> bool:
+    """The estimate cannot tell ``distance`` from zero (or it is below GOOD_ENOUGH)."""
+    return distance <= max(GOOD_ENOUGH, target.forget_half_width / 2)
+
+
+def _run_candidate(
+    cand: Candidate,
+    net: nn.Module,
+    card: ModelCard,
+    forget: LabelledTensors,
+    retain: LabelledTensors,
+    judge: Judge,
+    target: Target,
+    best: _Best,
+    budget_left: float,
+    check_cost: float,
+    dev: torch.device,
+    seed: int,
+) -> tuple[_Trial, _Best, float]:
+    """Run one candidate under the monitor; return its trial, the best state so far and the
+    image passes it used."""
+    trial = _Trial(cand)
+    batch = min(64, len(forget))
+    step_cost = 4.0 * batch  # search + forget update + retain update (+ teacher), in images
+    if cand.settings.get("eps") == 0:
+        step_cost -= 4 / 3 * batch  # no boundary search (psg skips it at eps = 0)
+    # At most CHECK_SHARE of the budget goes to checks, and at least MIN_CHECKS are made.
+    checks = int(
+        min(CHECKS_PER_CANDIDATE, max(MIN_CHECKS, CHECK_SHARE * budget_left // check_cost))
+    )
+    every = max(1, int((budget_left - checks * check_cost) // step_cost) // checks)
+    max_steps = every * checks  # the last step is a checked one: the budget is not overrun
+    patience = max(PATIENCE, max_steps // (3 * every))
+    epochs = math.ceil(max_steps / steps_per_pass(len(forget), batch))
+    state = {"best": best, "stale": 0}
+
+    def monitor(model: nn.Module, step: int) -> bool:
+        reading = judge.read(model)
+        distance = target.distance(reading)
+        trial.checks.append({"step": step, "distance": round(distance, 4), **_rounded(reading)})
+        # Leaving the original takes a clear gain (half the interval): the best of many noisy
+        # checks on a small calibration slice would otherwise win by chance.
+        margin = target.half_width() / 2 if state["best"].state is None else 1e-4
+        if distance < state["best"].distance - margin:
+            snapshot = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+            state["best"] = _Best(cand.name, reading, distance, snapshot, step)
+            state["stale"] = 0
+        else:
+            state["stale"] += 1
+        reasons = (
+            (_meets(target, distance), "met the target"),
+            (reading.retain < target.retain - COLLAPSE, "collapsed"),
+            (state["stale"] >= patience, "stopped improving"),
+            (step >= max_steps, "used its budget"),
+        )
+        trial.stopped = next((why for hit, why in reasons if hit), "")
+        return bool(trial.stopped)
+
+    t0 = time.perf_counter()
+    config = {**cand.settings, "epochs": epochs, "batch_size": batch}
+    try:
+        result = unlearn(
+            net, card, forget, retain, method=cand.method, config=config,
+            device=str(dev), seed=seed, monitor=monitor, monitor_every=every,
+        )  # fmt: skip
+        trial.steps = result.record.get("stopped_at_step") or result.record.get("steps", 0)
+    except DivergedError as exc:
+        trial.error, trial.steps = str(exc), max_steps
+    trial.seconds = round(time.perf_counter() - t0, 4)
+    used = trial.steps * step_cost + len(trial.checks) * check_cost
+    return trial, state["best"], used
+
+
+def _rounded(reading: Reading) -> dict[str, float | None]:
+    return {k: (None if math.isnan(v) else round(v, 4)) for k, v in reading.__dict__.items()}
+
+
+def _record(
+    kind: str,
+    target: Target,
+    best: _Best,
+    trials: list[_Trial],
+    start: Reading,
+    spent: float,
+    budget: float,
+    seconds: float,
+    seed: int,
+    dev: torch.device,
+) -> dict[str, Any]:
+    """The run record of an automatic revision."""
+    met = _meets(target, best.distance) or best.distance <= MISS_MARGIN
+    interval = target.half_width()
+    record: dict[str, Any] = {
+        "method": "auto",
+        "chosen": best.name,
+        "chosen_step": best.step,
+        "hyperparameters": next(
+            (dict(t.candidate.settings) for t in trials if t.candidate.name == best.name), {}
+        ),
+        "seed": seed,
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "target": {
+            **target.as_record(),
+            "estimated_distance": round(best.distance, 4),
+            "estimated_distance_interval": [
+                round(max(0.0, best.distance - interval), 4),
+                round(best.distance + interval, 4),
+            ],
+            "met": met,
+            "original": _rounded(start),
+            "reached": _rounded(best.reading),
+        },
+        "candidates": [
+            {
+                "name": t.candidate.name,
+                "method": t.candidate.method,
+                "settings": t.candidate.settings,
+                "steps": t.steps,
+                "seconds": t.seconds,
+                "stopped": t.stopped,
+                "best_distance": min((c["distance"] for c in t.checks), default=None),
+                **({"error": t.error} if t.error else {}),
+                "checks": t.checks,
+            }
+            for t in trials
+        ],
+        "budget_image_passes": {"used": round(spent), "allowed": round(budget)},
+        "wall_clock_s": {"unlearn": round(seconds, 4)},
+        "versions": software_versions(),
+    }
+    if best.state is None:
+        record["note"] = "the unchanged original was the closest to the target"
+    if not met:
+        record["warning"] = (
+            f"the best state found ({best.name}) is at estimated distance {best.distance:.3f} "
+            f"from the target, above {MISS_MARGIN}: the revision may fall short of what "
+            "retraining would give; check the validation gates"
+        )
+    if kind != CLASS:
+        record["target"]["caveat"] = (
+            "the subset target is how the original reads held-out images of the group; a model "
+            "retrained without a whole device or site may read it worse than that"
+        )
+    return record

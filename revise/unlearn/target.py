@@ -1,0 +1,246 @@
+"""What a revision should reach when no retrained reference exists, and how far a model is from it.
+
+A site unlearns because it cannot retrain, so the target must come from the data it has: the
+forget and retain sets and a calibration slice of held-out images (never the images validation
+judges). The kind of forgetting decides the target (metrics.md, "without a retrained reference"):
+
+* ``class``: whole classes are forgotten (no retained image carries a forgotten label). A model
+  that never saw a class never predicts it: the target forget accuracy is 0, on the training
+  images and on held-out images of the class alike.
+* ``subset``: some images of classes that stay (a device, a site, patients, instances). A model
+  that never saw them reads them as it reads held-out images of the same group: the target forget
+  accuracy is the original's accuracy on held-out images of that group (with a binomial interval).
+  Caveat, stated in every record: this cannot see that a model trained without a whole device
+  might read that device worse than the original reads its held-out images.
+
+Both kinds keep the retain accuracy of the original and its held-out accuracy outside the group.
+The estimated distance to the retrained model is the seed paper's D with the target in place of
+the reference: ``sqrt((RA - RA_0)^2 + (FA - FA*)^2)``, plus any drop of held-out accuracy outside
+the group, which D alone would miss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from revise.unlearn.base import LabelledTensors
+
+CLASS, SUBSET = "class", "subset"
+Z95 = 1.96
+# Images read per set at each check: the same ones every time, so that differences between
+# checks are paired and finer than a +-0.03 interval; cheap beside the steps between checks.
+CHECK_IMAGES = 512
+
+
+def forgetting_kind(forget: LabelledTensors, retain: LabelledTensors) -> str:
+    """``class`` when no retained image carries a label of the forget set, else ``subset``."""
+    forgotten = set(forget.y.unique().tolist())
+    kept = set(retain.y.unique().tolist()) if len(retain) else set()
+    return CLASS if forgotten and not forgotten & kept else SUBSET
+
+
+def binomial_half_width(p: float, n: int) -> float:
+    """Half-width of the normal 95% interval of an accuracy ``p`` measured on ``n`` images."""
+    if n <= 0:
+        return 1.0
+    return Z95 * math.sqrt(max(p * (1 - p), 0.25 / n) / n)
+
+
+def subsample(data: LabelledTensors, limit: int = CHECK_IMAGES, seed: int = 0) -> LabelledTensors:
+    """At most ``limit`` images of ``data``, the same ones for the same seed."""
+    if len(data) <= limit:
+        return data
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:limit].sort().values
+    return LabelledTensors(data.x[idx], data.y[idx])
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: LabelledTensors, batch_size: int = 1024) -> float:
+    """Accuracy of a pixel-space model in its current mode (callers put it in eval mode)."""
+    if len(data) == 0:
+        return float("nan")
+    device = next(model.parameters()).device
+    hits = torch.zeros((), dtype=torch.long, device=device)
+    for i in range(0, len(data), batch_size):
+        x = data.x[i : i + batch_size].to(device, non_blocking=True)
+        y = data.y[i : i + batch_size].to(device, non_blocking=True)
+        hits += (model(x).argmax(1) == y).sum()
+    return hits.item() / len(data)
+
+
+@dataclass
+class Reading:
+    """Accuracies of one model on the four sets a revision is judged on."""
+
+    forget: float
+    retain: float
+    heldout_forget: float  # nan when there are no held-out images of the group
+    heldout_retain: float
+
+
+@dataclass
+class Target:
+    """The reference-free target of one revision."""
+
+    kind: str
+    forget: float  # the forget accuracy a model that never saw the forget set would have
+    forget_half_width: float  # its 95% interval's half-width
+    retain: float  # the original's retain accuracy
+    heldout_retain: float  # the original's held-out accuracy outside the group
+    heldout_retain_half_width: float  # its 95% interval's half-width
+    heldout_forget_source: str  # which held-out images gave ``forget`` (subset kind)
+
+    def distance(self, reading: Reading) -> float:
+        """Estimated distance to the retrained model: D against the target, with the held-out
+        accuracy lost outside the group (and, for a class, the held-out class still recognised)."""
+        forget = reading.forget
+        if self.kind == CLASS and not math.isnan(reading.heldout_forget):
+            forget = (forget + reading.heldout_forget) / 2
+        lost = self.heldout_retain - reading.heldout_retain
+        drop = 0.0 if math.isnan(lost) else max(0.0, lost)  # no held-out set: nothing to lose
+        return math.sqrt(
+            (reading.retain - self.retain) ** 2 + (forget - self.forget) ** 2 + drop**2
+        )
+
+    def as_record(self) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def half_width(self) -> float:
+        """Half-width of the 95% interval of an estimated distance: what the target's forget
+        accuracy and held-out retention, each measured on a finite slice, leave uncertain."""
+        return math.hypot(self.forget_half_width, self.heldout_retain_half_width)
+
+
+@dataclass
+class Judge:
+    """Reads a model on subsampled copies of the sets (the same images at every check)."""
+
+    forget: LabelledTensors
+    retain: LabelledTensors
+    heldout_forget: LabelledTensors
+    heldout_retain: LabelledTensors
+
+    @classmethod
+    def build(
+        cls,
+        forget: LabelledTensors,
+        retain: LabelledTensors,
+        heldout_forget: LabelledTensors,
+        heldout_retain: LabelledTensors,
+        device: torch.device,
+        seed: int = 0,
+    ) -> Judge:
+        sets = (forget, retain, heldout_forget, heldout_retain)
+        return cls(*(subsample(s, seed=seed + i).to(device) for i, s in enumerate(sets)))
+
+    def read(self, model: nn.Module) -> Reading:
+        return Reading(
+            accuracy(model, self.forget),
+            accuracy(model, self.retain),
+            accuracy(model, self.heldout_forget),
+            accuracy(model, self.heldout_retain),
+        )
+
+    def target(self, kind: str, original: Reading, source: str) -> Target:
+        n_group, n_kept = len(self.heldout_forget), len(self.heldout_retain)
+        return make_target(kind, original, n_group, n_kept, source)
+
+
+def make_target(kind: str, original: Reading, n_group: int, n_kept: int, source: str) -> Target:
+    """The target from the original's reading; ``n_group`` / ``n_kept``: the held-out images
+    inside / outside the group it was read on."""
+    forget, half = 0.0, 0.0
+    if kind == SUBSET:
+        forget = original.heldout_forget
+        half = binomial_half_width(forget, n_group)
+    return Target(
+        kind,
+        forget,
+        half,
+        original.retain,
+        original.heldout_retain,
+        binomial_half_width(original.heldout_retain, n_kept),
+        source if kind == SUBSET else "none: a forgotten class has target 0",
+    )
+
+
+def reading_from_metrics(metrics: Mapping[str, Any]) -> Reading:
+    """A Reading from ``revise.evaluate.evaluate``'s {set: {n, accuracy}} (nan where a set is
+    missing)."""
+
+    def acc(name: str) -> float:
+        stats = metrics.get(name)
+        return float(stats["accuracy"]) if stats else float("nan")
+
+    return Reading(acc("forget"), acc("retain"), acc("heldout_forget"), acc("heldout_retain"))
+
+
+def target_from_metrics(kind: str, original: Mapping[str, Any]) -> Target:
+    """The target of a revision from the original's metrics on the judged sets: for a subset
+    without held-out images of its own, held-out images outside it stand for the group."""
+    reading = reading_from_metrics(original)
+    n = {name: int((original.get(name) or {}).get("n", 0)) for name in original}
+    source = f"{n.get('heldout_forget', 0)} held-out images of the group"
+    if kind == SUBSET and math.isnan(reading.heldout_forget):
+        reading.heldout_forget = reading.heldout_retain
+        n["heldout_forget"] = n.get("heldout_retain", 0)
+        source = f"{n['heldout_forget']} held-out images standing for the group"
+    return make_target(
+        kind, reading, n.get("heldout_forget", 0), n.get("heldout_retain", 0), source
+    )
+
+
+def check_against_target(
+    kind: str, original: Mapping[str, Any], revised: Mapping[str, Any], margin: float
+) -> dict[str, Any]:
+    """The run record's ``target`` block for a method run with chosen settings: the estimated
+    distance of the revised model, whether it is within ``margin``, and a warning when not."""
+    target = target_from_metrics(kind, original)
+    estimate = target.distance(reading_from_metrics(revised))
+    if math.isnan(estimate):
+        return {**target.as_record(), "estimated_distance": None, "met": None}
+    half = target.half_width()
+    block = {
+        **target.as_record(),
+        "estimated_distance": round(estimate, 4),
+        "estimated_distance_interval": [
+            round(max(0.0, estimate - half), 4),
+            round(estimate + half, 4),
+        ],
+        "met": estimate <= margin,
+    }
+    if not block["met"]:
+        block["warning"] = (
+            f"estimated distance {estimate:.3f} to what retraining would give is above {margin}: "
+            + "; ".join(_shortfalls(target, reading_from_metrics(revised)))
+        )
+    return block
+
+
+def _shortfalls(target: Target, reading: Reading) -> list[str]:
+    """What keeps ``reading`` from the target, in words."""
+    out = []
+    forget, half = reading.forget, target.forget_half_width
+    if forget > target.forget + half:
+        out.append(
+            f"the forget set is still read at {forget:.2f}, where a model that never saw it "
+            f"would read about {target.forget:.2f} (too little forgetting)"
+        )
+    elif forget < target.forget - half:
+        out.append(
+            f"the forget set is read at {forget:.2f}, below the {target.forget:.2f} of held-out "
+            "images of its group: more forgetting than the held-out images justify, unless a "
+            "model retrained without the group would read it that badly too (possible for a "
+            "whole device or site)"
+        )
+    lost = max(target.retain - reading.retain, target.heldout_retain - reading.heldout_retain)
+    if lost > 0.01:
+        out.append(f"retention fell by up to {lost:.2f}")
+    return out or ["check the validation gates"]

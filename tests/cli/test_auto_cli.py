@@ -1,0 +1,79 @@
+"""`revise unlearn --method auto` on the shared DICOM site: the run record says what it chose and
+how close it estimates it came, and the held-out rows it calibrated on are never judged."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from revise.data import manifest as manifest_mod
+from revise.data.calibration import calibration_mask, split_heldout, without_calibration
+from revise.data.split import partition
+
+CLASS = "label == 3"
+
+
+@pytest.fixture(scope="module")
+def auto_run(cli, demo_site, tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto") / "run"
+    args = ["unlearn", "--model", demo_site.model, "--data", demo_site.manifest]
+    result = cli(*args, "--forget", CLASS, "--method", "auto", "-o", out, "--device", "cpu")
+    return result, out
+
+
+def test_auto_forgets_a_class_and_says_what_it_chose(cli, auto_run):
+    result, out = auto_run
+    assert result.exit_code == 0, cli.describe(result)
+    assert "auto (class forgetting): chose psg" in result.stdout
+    assert "estimated distance to a retrained model" in result.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert record["method"] == "auto" and record["target"]["met"]
+    assert record["metrics"]["forget"]["accuracy"] <= 0.02
+    assert record["metrics"]["heldout_forget"]["accuracy"] <= 0.05
+    original = record["target"]["original"]
+    assert record["metrics"]["retain"]["accuracy"] >= original["retain"] - 0.02
+    calibration = record["calibration"]
+    assert calibration["fraction"] == 0.3 and calibration["rows"]["heldout_retain"] > 0
+
+
+def test_the_record_is_judged_without_the_calibration_rows(cli, demo_site, auto_run):
+    _, out = auto_run
+    record = json.loads((out / "run.json").read_text())
+    parts = partition(manifest_mod.load(demo_site.manifest), CLASS)
+    judged = without_calibration(parts, record)
+    for name in ("heldout_forget", "heldout_retain"):
+        n = record["metrics"][name]["n"]
+        assert n == len(judged[name]) < len(parts[name]), name
+        assert record["selection_digests"][name] == manifest_mod.digest(judged[name])
+    # the two slices share no patient, and together they are the held-out rows
+    _, calibration = split_heldout(parts)
+    held = calibration["heldout_retain"]
+    assert set(held["patient"]).isdisjoint(judged["heldout_retain"]["patient"])
+    assert len(held) + len(judged["heldout_retain"]) == len(parts["heldout_retain"])
+
+
+def test_auto_takes_no_settings(cli, demo_site, tmp_path):
+    args = ["unlearn", "--model", demo_site.model, "--data", demo_site.manifest]
+    result = cli(
+        *args, "--forget", CLASS, "--method", "auto", "--set", "lr=1", "-o", tmp_path / "r", code=2
+    )
+    assert "--method auto takes no --set" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_calibration_rows_follow_the_patient_and_are_stable():
+    rows = pd.DataFrame(
+        {
+            "sample_key": [f"k{i}" for i in range(400)],
+            "patient": [f"p{i // 4}" for i in range(400)][:300] + [""] * 100,
+        }
+    )
+    mask = calibration_mask(rows)
+    assert mask.equals(calibration_mask(rows.sample(frac=1, random_state=1)).sort_index())
+    by_patient = mask[:300].groupby(rows["patient"][:300]).agg(["min", "max"])
+    assert (by_patient["min"] == by_patient["max"]).all()  # a patient is never split
+    share = mask.mean()
+    assert abs(share - 0.3) < 0.1, share
+    assert without_calibration({"x": rows}, None)["x"] is rows

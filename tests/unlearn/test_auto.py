@@ -1,0 +1,211 @@
+"""The automatic revision and its reference-free target, judged against a model retrained
+without the forget set (scikit-learn's real digits, the shared session model).
+
+The retrained reference is never shown to the revision: it only judges the result. Calibration
+images (held out) are the first half of the test rows; the second half judges.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from revise.errors import UsageError
+from revise.evaluate import predict
+from revise.models.architectures import build
+from revise.train import TrainConfig, train_classifier
+from revise.unlearn.api import unlearn
+from revise.unlearn.auto import auto_revise
+from revise.unlearn.base import LabelledTensors
+from revise.unlearn.target import (
+    CLASS,
+    SUBSET,
+    Judge,
+    Reading,
+    binomial_half_width,
+    forgetting_kind,
+)
+
+RECIPE = TrainConfig(epochs=10, lr=0.05)  # the recipe of the session model (conftest)
+
+
+def accuracy(net, card, data) -> float:
+    return (predict(net, card, data.x, device="cpu").argmax(1) == data.y).float().mean().item()
+
+
+def empty_like(data: LabelledTensors) -> LabelledTensors:
+    return LabelledTensors(data.x[:0], data.y[:0])
+
+
+@pytest.fixture(scope="module")
+def class_case(digits):
+    """Forget class 0: the sets, held-out halves, and the model retrained on the retain set."""
+    test = digits["test"]
+    half = len(test) // 2
+    calibration = LabelledTensors(test.x[:half], test.y[:half])
+    judged = LabelledTensors(test.x[half:], test.y[half:])
+    torch.manual_seed(0)
+    retrained = train_classifier(
+        build(digits["card"]), digits["card"], digits["retain"], RECIPE, device="cpu"
+    )
+
+    def split(data, keep):
+        return LabelledTensors(data.x[keep], data.y[keep])
+
+    return {
+        "calibration_forget": split(calibration, calibration.y == 0),
+        "calibration_retain": split(calibration, calibration.y != 0),
+        "test_retain": split(judged, judged.y != 0),
+        "retrained": retrained,
+    }
+
+
+def distance(net, reference, card, forget, retain) -> float:
+    d_retain = accuracy(net, card, retain) - accuracy(reference, card, retain)
+    d_forget = accuracy(net, card, forget) - accuracy(reference, card, forget)
+    return math.hypot(d_retain, d_forget)
+
+
+def test_the_kind_of_forgetting_comes_from_the_labels(digits):
+    forget, retain = digits["forget"], digits["retain"]
+    assert forgetting_kind(forget, retain) == CLASS
+    some = LabelledTensors(retain.x[:50], retain.y[:50])  # classes that stay
+    assert forgetting_kind(some, retain) == SUBSET
+
+
+def test_binomial_half_width_has_the_known_value():
+    assert binomial_half_width(0.5, 100) == pytest.approx(1.96 * 0.05)
+    assert binomial_half_width(1.0, 400) > 0  # never a zero-width interval on a finite slice
+
+
+def test_the_class_target_is_zero_and_the_distance_counts_lost_retention(digits, class_case):
+    judge = Judge.build(
+        digits["forget"],
+        digits["retain"],
+        class_case["calibration_forget"],
+        class_case["calibration_retain"],
+        torch.device("cpu"),
+    )
+    original = Reading(forget=0.99, retain=0.99, heldout_forget=0.95, heldout_retain=0.97)
+    target = judge.target(CLASS, original, "")
+    assert target.forget == 0.0 and target.retain == 0.99
+    forgotten = Reading(forget=0.0, retain=0.99, heldout_forget=0.0, heldout_retain=0.97)
+    assert target.distance(forgotten) == 0.0
+    lost = Reading(forget=0.0, retain=0.96, heldout_forget=0.0, heldout_retain=0.93)
+    assert target.distance(lost) == pytest.approx(math.hypot(0.03, 0.04))
+    # held-out images of the class still recognised count half, beside the training images
+    remembered = Reading(forget=0.0, retain=0.99, heldout_forget=0.5, heldout_retain=0.97)
+    assert target.distance(remembered) == pytest.approx(0.25)
+
+
+def test_auto_forgets_a_class_as_retraining_would(digits, class_case):
+    card, net = digits["card"], digits["net"]
+    result = auto_revise(
+        net,
+        card,
+        digits["forget"],
+        digits["retain"],
+        class_case["calibration_forget"],
+        class_case["calibration_retain"],
+        device="cpu",
+    )
+    reference = class_case["retrained"]
+    d = distance(result.model, reference, card, digits["forget"], digits["retain"])
+    ta, ta_ref = (accuracy(m, card, class_case["test_retain"]) for m in (result.model, reference))
+    assert d <= 0.03, d
+    assert abs(ta - ta_ref) <= 0.02, (ta, ta_ref)
+    record = result.record
+    assert record["method"] == "auto" and record["target"]["kind"] == CLASS
+    assert record["target"]["met"] and "warning" not in record
+    low, high = record["target"]["estimated_distance_interval"]
+    assert low <= record["target"]["estimated_distance"] <= high and high > low
+    used, allowed = record["budget_image_passes"].values()
+    assert used <= allowed * 1.05, record["budget_image_passes"]
+    assert record["chosen"].startswith("psg")
+
+
+def test_auto_keeps_the_original_when_it_already_meets_a_subset_target(digits, class_case):
+    """Forget 60 scattered images of classes that stay: a model that generalises already reads
+    them as it reads held-out images, so the right revision is no change, and auto says so."""
+    card, net, retain = digits["card"], digits["net"], digits["retain"]
+    scattered = LabelledTensors(retain.x[::17][:60], retain.y[::17][:60])
+    calibration = class_case["calibration_retain"]
+    result = auto_revise(
+        net, card, scattered, retain, empty_like(scattered), calibration, device="cpu"
+    )
+    record = result.record
+    assert record["target"]["kind"] == SUBSET
+    assert record["chosen"] == "original (unchanged)", record["candidates"]
+    assert "unchanged original" in record["note"] and "caveat" in record["target"]
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(result.model.state_dict()[name], tensor), name
+
+
+def test_auto_warns_when_its_best_misses_the_target(digits, class_case):
+    """A budget too small to forget a class ends with a warning, not a silent pass."""
+    card, net = digits["card"], digits["net"]
+    result = auto_revise(
+        net,
+        card,
+        digits["forget"],
+        digits["retain"],
+        class_case["calibration_forget"],
+        class_case["calibration_retain"],
+        device="cpu",
+        budget_passes=0.01,
+    )
+    assert not result.record["target"]["met"]
+    assert "fall short" in result.record["warning"]
+
+
+def test_auto_refuses_what_it_cannot_judge(digits):
+    forget, retain = digits["forget"], digits["retain"]
+    with pytest.raises(UsageError, match="held-out images outside"):
+        auto_revise(digits["net"], digits["card"], forget, retain, forget, empty_like(retain))
+    with pytest.raises(UsageError, match="budget_passes"):
+        auto_revise(digits["net"], digits["card"], forget, retain, forget, retain, budget_passes=0)
+
+
+def test_psg_with_the_class_settings_lands_near_the_retrained_model(digits, class_case):
+    """The seed method itself, judged against the reference with a tight margin (the settings
+    auto uses for a class: soft targets among the other classes, retain distillation)."""
+    card, net = digits["card"], digits["net"]
+    config = {
+        "eps": 0.0,
+        "eta": 0.0,
+        "gamma": 0.0,
+        "target": "soft",
+        "exclude_label": True,
+        "phi": 1.0,
+        "retain_loss": "distill",
+        "lr": 1e-2,
+        "epochs": 6,
+    }
+    result = unlearn(net, card, digits["forget"], digits["retain"], config=config, device="cpu")
+    reference = class_case["retrained"]
+    d = distance(result.model, reference, card, digits["forget"], digits["retain"])
+    assert accuracy(result.model, card, digits["forget"]) == 0.0
+    assert d <= 0.03, d
+
+
+def test_a_monitor_ends_the_run_early(digits):
+    seen = []
+
+    def monitor(model, step):
+        assert not model.training  # read in eval mode
+        seen.append(step)
+        return step >= 6
+
+    result = unlearn(
+        digits["net"],
+        digits["card"],
+        digits["forget"],
+        digits["retain"],
+        config={"epochs": 10},
+        device="cpu",
+        monitor=monitor,
+        monitor_every=3,
+    )
+    assert seen == [3, 6] and result.record["stopped_at_step"] == 6
