@@ -45,11 +45,11 @@ from revise.unlearn.api import UnlearnResult, make_config
 from revise.unlearn.base import LabelledTensors
 from revise.unlearn.target import (
     CLASS,
-    Reading,
     Target,
-    binomial_half_width,
     forgetting_kind,
+    reading_from_metrics,
     subsample,
+    target_from_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -180,78 +180,6 @@ def distance(metrics: Mapping[str, Any], reference: Mapping[str, float]) -> floa
     d_retain = metrics["retain"]["accuracy"] - reference["retain"]
     d_forget = metrics["forget"]["accuracy"] - reference["forget"]
     return math.hypot(d_retain, d_forget)
-
-
-def objective(metrics: Mapping[str, Any]) -> float:
-    """The former reference-free sweep objective (higher is better), kept for
-    :mod:`revise.merge.search` only: for class forgetting it rewards forgetting nothing (the
-    original reads held-out images of the class well), so sweeps rank by
-    :func:`estimated_distance` instead."""
-    # no retain images at all (psg allows it): only forgetting can be ranked
-    kept = next((metrics[s] for s in ("heldout_retain", "retain") if s in metrics), None)
-    retention = kept["accuracy"] if kept else 0.0
-    forget = metrics["forget"]["accuracy"]
-    if "heldout_forget" in metrics:
-        return retention - abs(forget - metrics["heldout_forget"]["accuracy"])
-    return retention - forget
-
-
-# --- the reference-free target --------------------------------------------------------------
-
-
-def reading(metrics: Mapping[str, Any]) -> Reading:
-    """A run's accuracies from its record's metrics (nan for a set it was not measured on)."""
-
-    def acc(name: str) -> float:
-        return float(metrics[name]["accuracy"]) if name in metrics else math.nan
-
-    return Reading(acc("forget"), acc("retain"), acc("heldout_forget"), acc("heldout_retain"))
-
-
-def reference_free_target(kind: str, original: Mapping[str, Any]) -> Target:
-    """The target from the original's metrics: forget accuracy 0 for a class; for a subset the
-    original's held-out accuracy on the group, else on held-out images outside it, else unknown
-    (nan: the forget term then drops out of :func:`estimated_distance`)."""
-    start = reading(original)
-    if kind == CLASS:
-        forget, half, source = 0.0, 0.0, "none: a forgotten class has target 0"
-    else:
-        name = next((s for s in ("heldout_forget", "heldout_retain") if s in original), None)
-        forget = float(original[name]["accuracy"]) if name else math.nan
-        n = int(original[name]["n"]) if name else 0
-        half = binomial_half_width(forget, n) if name else math.nan
-        source = {
-            "heldout_forget": f"{n} held-out images of the group",
-            "heldout_retain": f"{n} held-out images standing for the group",
-            None: "none: no held-out images",
-        }[name]
-    outside = original.get("heldout_retain")
-    return Target(
-        kind=kind,
-        forget=forget,
-        forget_half_width=half,
-        retain=start.retain,
-        heldout_retain=start.heldout_retain,
-        heldout_retain_half_width=(
-            binomial_half_width(start.heldout_retain, int(outside["n"])) if outside else 0.0
-        ),
-        heldout_forget_source=source,
-    )
-
-
-def estimated_distance(target: Target, run: Reading) -> float:
-    """:meth:`Target.distance`, with the terms nothing measured left out: the forget term when
-    the target is unknown (a subset without held-out images), the retain term without retain
-    images."""
-    if math.isnan(target.forget):
-        target = dataclasses.replace(target, forget=run.forget)
-    if math.isnan(run.retain) or math.isnan(target.retain):
-        run = dataclasses.replace(run, retain=0.0)
-        target = dataclasses.replace(target, retain=0.0)
-    return target.distance(run)
-
-
-# --- collapse ----------------------------------------------------------------------------------
 
 
 def kept_set(sets: Mapping[str, EvalSet]) -> str | None:
@@ -432,13 +360,13 @@ def sweep(
     kept = kept_set(sets)
     # the original, measured once like every run (the same evaluation run_unlearning makes)
     original = evaluate(net, card, sets, device=device)
-    target = None if ref_acc else reference_free_target(kind, original)
+    target = None if ref_acc else target_from_metrics(kind, original)
 
     def score(metrics: Mapping[str, Any]) -> float:
         if ref_acc:
             value = distance(metrics, ref_acc)
         else:
-            value = estimated_distance(target, reading(metrics))
+            value = target.distance(reading_from_metrics(metrics))
         return math.inf if math.isnan(value) else value  # nan would break the ordering
 
     def predictions(model: nn.Module) -> dict[str, Any] | None:

@@ -1,11 +1,12 @@
-"""Strengths searched over a small grid per run against a validation objective.
+"""Strengths searched over a small grid per run against a validation criterion.
 
 The criterion is the sweep's (:mod:`revise.sweep`): with a retrained reference, the distance
-of (forget, retain) accuracy to the reference's (lower is better); without one, the deployment
-objective on the held-out sets (higher is better). Every candidate has its BatchNorm statistics
-re-estimated on the retain set before it is scored. With acceptance gates (``judge``), the
-candidates that fail fewer gates rank first, and the score orders those that fail as few: the
-closest merge to Retrain is worth nothing if a gate then refuses it.
+of (forget, retain) accuracy to the reference's; without one, the estimated distance to the
+reference-free target of the kind of forgetting (:mod:`revise.unlearn.target`), measured
+against the base model on the same sets. Lower is better either way. Every candidate has its
+BatchNorm statistics re-estimated on the retain set before it is scored. With acceptance gates
+(``judge``), the candidates that fail fewer gates rank first, and the score orders those that
+fail as few: the closest merge to Retrain is worth nothing if a gate then refuses it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from revise.evaluate import EvalSet, evaluate
 from revise.merge.arithmetic import Override, task_arithmetic
 from revise.merge.batchnorm import reestimate_batchnorm
 from revise.models.card import ModelCard
-from revise.sweep import distance, objective
+from revise.sweep import distance
+from revise.unlearn.target import forgetting_kind, reading_from_metrics, target_from_metrics
 
 DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 MAX_CANDIDATES = 4096
@@ -34,7 +36,7 @@ MAX_CANDIDATES = 4096
 class StrengthSearch:
     strengths: tuple[float, ...]  # the best candidate
     score: float
-    criterion: str  # "distance_to_reference" (lower is better) or "objective" (higher)
+    criterion: str  # "distance_to_reference" or "estimated_distance" (lower is better)
     grid: tuple[float, ...]
     table: list[dict[str, Any]] = field(default_factory=list)  # every candidate, best first
     gates_failed: int | None = None  # by the best candidate, when gates were judged
@@ -69,9 +71,10 @@ def search_strengths(
     """Try every combination of ``grid`` values (one per run) and keep the best.
 
     ``template`` is any network of the architecture (it is copied, not changed); ``sets``
-    needs "retain" (BatchNorm re-estimation) and "forget" plus, for the objective, the held-out
-    sets; ``reference`` holds the retrained model's accuracy per set. ``judge(candidate)``, if
-    given, counts the acceptance gates the candidate fails; fewer failures rank first.
+    needs "retain" (BatchNorm re-estimation) and "forget" plus, for the estimated distance, the
+    held-out sets; ``reference`` holds the retrained model's accuracy per set.
+    ``judge(candidate)``, if given, counts the acceptance gates the candidate fails; fewer
+    failures rank first.
     """
     grid = tuple(float(v) for v in grid)
     if not grid:
@@ -82,19 +85,26 @@ def search_strengths(
     net = copy.deepcopy(template).cpu()
     retain = sets["retain"].data
     rows: list[tuple[int, float, tuple[float, ...], dict[str, float]]] = []
+    target = None
+    if not reference:  # the base model's own metrics set the reference-free target
+        net.load_state_dict(base)
+        kind = forgetting_kind(sets["forget"].data, retain)
+        target = target_from_metrics(kind, evaluate(net, card, sets, by=(), device=device))
     for candidate in itertools.product(grid, repeat=len(states)):
         net.load_state_dict(task_arithmetic(base, states, candidate, overrides))
         reestimate_batchnorm(net, card, retain, batch_size=bn_batch_size, device=device)
         metrics = evaluate(net, card, sets, by=(), device=device)
-        score = distance(metrics, reference) if reference else objective(metrics)
+        if target is None:
+            score = distance(metrics, reference)
+        else:
+            score = target.distance(reading_from_metrics(metrics))
         acc = {name: stats["accuracy"] for name, stats in metrics.items()}
         failed = judge(net) if judge is not None else 0
         rows.append((failed, score, candidate, acc))
     # best first: fewest failed gates, then the score; ties go to the smaller total strength
     # (the more conservative edit), then order
-    lower = bool(reference)
-    rows.sort(key=lambda r: (r[0], (r[1] if lower else -r[1]), sum(r[2])))
-    criterion = "distance_to_reference" if reference else "objective"
+    rows.sort(key=lambda r: (r[0], r[1], sum(r[2])))
+    criterion = "distance_to_reference" if reference else "estimated_distance"
     table = [
         {
             "strengths": list(c),

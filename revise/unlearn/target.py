@@ -99,15 +99,19 @@ class Target:
 
     def distance(self, reading: Reading) -> float:
         """Estimated distance to the retrained model: D against the target, with the held-out
-        accuracy lost outside the group (and, for a class, the held-out class still recognised)."""
+        accuracy lost outside the group (and, for a class, the held-out class still recognised).
+        Terms nothing measured drop out: the forget term when the target is unknown (a subset
+        without held-out images), the retain term without retain images."""
         forget = reading.forget
         if self.kind == CLASS and not math.isnan(reading.heldout_forget):
             forget = (forget + reading.heldout_forget) / 2
+        d_forget = 0.0 if math.isnan(self.forget) else forget - self.forget
+        d_retain = reading.retain - self.retain
+        if math.isnan(d_retain):
+            d_retain = 0.0
         lost = self.heldout_retain - reading.heldout_retain
         drop = 0.0 if math.isnan(lost) else max(0.0, lost)  # no held-out set: nothing to lose
-        return math.sqrt(
-            (reading.retain - self.retain) ** 2 + (forget - self.forget) ** 2 + drop**2
-        )
+        return math.sqrt(d_retain**2 + d_forget**2 + drop**2)
 
     def as_record(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -159,14 +163,14 @@ def make_target(kind: str, original: Reading, n_group: int, n_kept: int, source:
     forget, half = 0.0, 0.0
     if kind == SUBSET:
         forget = original.heldout_forget
-        half = binomial_half_width(forget, n_group)
+        half = math.nan if math.isnan(forget) else binomial_half_width(forget, n_group)
     return Target(
         kind,
         forget,
         half,
         original.retain,
         original.heldout_retain,
-        binomial_half_width(original.heldout_retain, n_kept),
+        binomial_half_width(original.heldout_retain, n_kept) if n_kept else 0.0,
         source if kind == SUBSET else "none: a forgotten class has target 0",
     )
 
@@ -183,18 +187,21 @@ def reading_from_metrics(metrics: Mapping[str, Any]) -> Reading:
 
 
 def target_from_metrics(kind: str, original: Mapping[str, Any]) -> Target:
-    """The target of a revision from the original's metrics on the judged sets: for a subset
-    without held-out images of its own, held-out images outside it stand for the group."""
+    """The target from the original's metrics on the judged sets (``evaluate``'s {set: {n,
+    accuracy}}): forget accuracy 0 for a class; for a subset the original's held-out accuracy
+    on the group, else on held-out images outside it, else unknown (nan: the forget term then
+    drops out of :meth:`Target.distance`)."""
     reading = reading_from_metrics(original)
-    n = {name: int((original.get(name) or {}).get("n", 0)) for name in original}
-    source = f"{n.get('heldout_forget', 0)} held-out images of the group"
-    if kind == SUBSET and math.isnan(reading.heldout_forget):
-        reading.heldout_forget = reading.heldout_retain
-        n["heldout_forget"] = n.get("heldout_retain", 0)
-        source = f"{n['heldout_forget']} held-out images standing for the group"
-    return make_target(
-        kind, reading, n.get("heldout_forget", 0), n.get("heldout_retain", 0), source
-    )
+    n = {name: int(stats["n"]) for name, stats in original.items() if stats}
+    group = next((s for s in ("heldout_forget", "heldout_retain") if s in n), None)
+    if kind == SUBSET and group is not None:
+        reading.heldout_forget = float(original[group]["accuracy"])
+    source = {
+        "heldout_forget": f"{n.get('heldout_forget', 0)} held-out images of the group",
+        "heldout_retain": f"{n.get('heldout_retain', 0)} held-out images standing for the group",
+        None: "none: no held-out images",
+    }[group]
+    return make_target(kind, reading, n.get(group or "", 0), n.get("heldout_retain", 0), source)
 
 
 def check_against_target(
@@ -204,16 +211,16 @@ def check_against_target(
     distance of the revised model, whether it is within ``margin``, and a warning when not."""
     target = target_from_metrics(kind, original)
     estimate = target.distance(reading_from_metrics(revised))
-    if math.isnan(estimate):
-        return {**target.as_record(), "estimated_distance": None, "met": None}
     half = target.half_width()
+    interval = (
+        None
+        if math.isnan(half)
+        else [round(max(0.0, estimate - half), 4), round(estimate + half, 4)]
+    )
     block = {
         **target.as_record(),
         "estimated_distance": round(estimate, 4),
-        "estimated_distance_interval": [
-            round(max(0.0, estimate - half), 4),
-            round(estimate + half, 4),
-        ],
+        "estimated_distance_interval": interval,
         "met": estimate <= margin,
     }
     if not block["met"]:

@@ -234,7 +234,7 @@ def test_merge_cli_end_to_end(merge_site, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((searched / "run.json").read_text())
     merge = record["merge"]
-    assert merge["mode"] == "strengths" and merge["search"]["criterion"] == "objective"
+    assert merge["mode"] == "strengths" and merge["search"]["criterion"] == "estimated_distance"
     assert len(merge["search"]["candidates"]) == 9
     best = merge["search"]["candidates"][0]["strengths"]
     assert list(merge["strengths"].values()) == best

@@ -20,16 +20,13 @@ from revise.sweep import (
     collapse_reason,
     distance,
     effective_concurrency,
-    estimated_distance,
     expand_grid,
-    objective,
     rank_key,
     ranking_warnings,
-    reading,
-    reference_free_target,
     sweep,
 )
 from revise.unlearn.base import LabelledTensors
+from revise.unlearn.target import reading_from_metrics, target_from_metrics
 
 
 def test_expand_grid_is_the_full_product_in_a_stable_order():
@@ -41,20 +38,11 @@ def test_expand_grid_is_the_full_product_in_a_stable_order():
     assert expand_grid({}) == [{}]
 
 
-def test_distance_and_objective_known_values():
-    metrics = {
-        "forget": {"accuracy": 0.30},
-        "retain": {"accuracy": 0.90},
-        "heldout_forget": {"accuracy": 0.25},
-        "heldout_retain": {"accuracy": 0.88},
-    }
+def test_distance_known_values():
+    metrics = {"forget": {"accuracy": 0.30}, "retain": {"accuracy": 0.90}}
     assert distance(metrics, {"forget": 0.0, "retain": 0.94}) == pytest.approx(
         math.hypot(0.04, 0.30)
     )
-    assert objective(metrics) == pytest.approx(0.88 - 0.05)
-    without_heldout = {"forget": {"accuracy": 0.3}, "retain": {"accuracy": 0.9}}
-    assert objective(without_heldout) == pytest.approx(0.6)
-    assert objective({"forget": {"accuracy": 0.3}}) == pytest.approx(-0.3)  # no retain images
 
 
 def test_parse_grid_reads_yaml_scalars_and_rejects_malformed_items():
@@ -243,35 +231,35 @@ RUN_METRICS = {
 
 
 def test_estimated_distance_known_values_for_a_class_and_a_subset():
-    run = reading(RUN_METRICS)
+    run = reading_from_metrics(RUN_METRICS)
     # class: target forget accuracy 0, on the forget set and the held-out images of the class
-    target = reference_free_target("class", ORIGINAL_METRICS)
+    target = target_from_metrics("class", ORIGINAL_METRICS)
     assert (target.forget, target.retain, target.heldout_retain) == (0.0, 0.94, 0.92)
     want = math.sqrt(0.04**2 + ((0.30 + 0.25) / 2) ** 2 + 0.04**2)
-    assert estimated_distance(target, run) == pytest.approx(want)
+    assert target.distance(run) == pytest.approx(want)
     # subset: the target is the original's held-out accuracy on the group (0.8, 100 images)
-    target = reference_free_target("subset", ORIGINAL_METRICS)
+    target = target_from_metrics("subset", ORIGINAL_METRICS)
     assert (
         target.forget == 0.8 and "100 held-out images of the group" in target.heldout_forget_source
     )
     assert target.forget_half_width == pytest.approx(1.96 * math.sqrt(0.8 * 0.2 / 100))
-    assert estimated_distance(target, run) == pytest.approx(math.sqrt(0.04**2 + 0.5**2 + 0.04**2))
+    assert target.distance(run) == pytest.approx(math.sqrt(0.04**2 + 0.5**2 + 0.04**2))
     # the original itself: a class it still reads is far from the target, a subset is not
-    start = reading(ORIGINAL_METRICS)
-    klass = reference_free_target("class", ORIGINAL_METRICS)
-    assert estimated_distance(klass, start) == pytest.approx((1.0 + 0.8) / 2)
-    assert estimated_distance(target, start) == pytest.approx(0.2)
+    start = reading_from_metrics(ORIGINAL_METRICS)
+    klass = target_from_metrics("class", ORIGINAL_METRICS)
+    assert klass.distance(start) == pytest.approx((1.0 + 0.8) / 2)
+    assert target.distance(start) == pytest.approx(0.2)
 
 
 def test_a_subset_target_falls_back_to_heldout_images_outside_the_group_or_drops_out():
     without_group = {k: v for k, v in ORIGINAL_METRICS.items() if k != "heldout_forget"}
-    target = reference_free_target("subset", without_group)
+    target = target_from_metrics("subset", without_group)
     assert target.forget == 0.92 and "standing for the group" in target.heldout_forget_source
     training_only = {k: ORIGINAL_METRICS[k] for k in ("forget", "retain")}
-    target = reference_free_target("subset", training_only)
+    target = target_from_metrics("subset", training_only)
     assert math.isnan(target.forget)  # unknown: only retention is judged
-    run = reading({k: RUN_METRICS[k] for k in ("forget", "retain")})
-    assert estimated_distance(target, run) == pytest.approx(0.04)
+    run = reading_from_metrics({k: RUN_METRICS[k] for k in ("forget", "retain")})
+    assert target.distance(run) == pytest.approx(0.04)
 
 
 def test_collapse_by_retention_lost_or_by_predictions_in_one_class():
@@ -315,7 +303,7 @@ def test_collapsed_runs_rank_after_the_original_and_diverged_runs_last():
 
 def test_ranking_warnings_name_what_the_criterion_cannot_judge():
     full = {"forget": 50, "retain": 500, "heldout_forget": 20, "heldout_retain": 200}
-    subset = reference_free_target("subset", ORIGINAL_METRICS)
+    subset = target_from_metrics("subset", ORIGINAL_METRICS)
     lines = ranking_warnings("subset", full, target=subset)
     assert len(lines) == 1 and "distinct group" in lines[0] and "worse than that" in lines[0]
     no_group = {**full, "heldout_forget": 0}
@@ -324,11 +312,11 @@ def test_ranking_warnings_name_what_the_criterion_cannot_judge():
     none = {"forget": 50, "retain": 500}
     lines = ranking_warnings("subset", none, target=subset)
     assert "cannot be estimated" in lines[0] and "no held-out images outside" in lines[1]
-    klass = reference_free_target("class", ORIGINAL_METRICS)
+    klass = target_from_metrics("class", ORIGINAL_METRICS)
     assert ranking_warnings("class", full, target=klass) == []
     (line,) = ranking_warnings("class", {**full, "heldout_retain": 0}, target=klass)
     assert "no held-out images outside the forgotten classes" in line
-    coarse = reference_free_target(
+    coarse = target_from_metrics(
         "subset", {**ORIGINAL_METRICS, "heldout_forget": {"n": 8, "accuracy": 0.5}}
     )
     assert any("known only to +-0.35" in w for w in ranking_warnings("subset", full, target=coarse))
@@ -386,8 +374,6 @@ def test_class_forgetting_ranks_the_run_that_forgot_above_the_one_that_kept_the_
     assert kept.record["metrics"]["forget"]["accuracy"] > 0.95
     assert forgot.score < 0.1 < 0.9 < kept.score
     original = next(r for r in result.rows if r.original)
-    # the former objective rewarded forgetting nothing: it put the unchanged original first
-    assert max(result.rows, key=lambda r: objective(r.record["metrics"])) is original
     assert original.record["metrics"]["forget"]["accuracy"] == 1.0 and original.score > 0.9
 
 
