@@ -251,6 +251,23 @@ def not_utf8(
     return kind(f"{what} {path}{where} is not UTF-8 text", hint=hint)
 
 
+def read_json_object(
+    path: str | os.PathLike, what: str, kind: type[RevisionError], *, hint: str
+) -> dict[str, Any]:
+    """A JSON file that must hold an object (a run record, ...); not UTF-8, not JSON or not an
+    object is an error of ``kind`` naming the file, with ``hint``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise not_utf8(path, what, kind, hint=hint) from None
+    except ValueError as exc:
+        raise kind(f"{path} is not valid JSON ({exc})", hint=hint) from None
+    if not isinstance(data, dict):
+        raise kind(f"{path} is not a JSON object (it holds a {type(data).__name__})", hint=hint)
+    return data
+
+
 # -- full and read-only file systems -------------------------------------------------------------
 
 _SPACE_HINT = "free space there or write to another disk"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +57,14 @@ def reference_record(path: Path | None) -> dict[str, Any] | None:
     """The reference's run record (run.json beside its weights), or None when it has none (a
     model trained with `revise train`, a bare weights file): the sweep then warns that it cannot
     check which selection the reference was retrained for."""
-    from revise._io import not_utf8
+    from revise._io import read_json_object
     from revise.errors import ModelError
 
     record = path / "run.json" if path is not None and path.is_dir() else None
     if record is None or not record.is_file():
         return None
     fix = "write the reference again with `revise unlearn --method retrain` (or restore it)"
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise not_utf8(record, "run record", ModelError, hint=fix) from None
-    except ValueError as exc:
-        raise ModelError(f"{record} is not valid JSON ({exc})", hint=fix) from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{record} is not a JSON object", hint=fix)
-    return data
+    return read_json_object(record, "run record", ModelError, hint=fix)
 
 
 @click.command("sweep")

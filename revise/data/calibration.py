@@ -10,12 +10,14 @@ between the slice that tunes and the slice that judges.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from revise._io import read_json_object
+from revise.errors import ModelError
 
 FRACTION = 0.3  # of the held-out rows; the rest stay for validation
 RULE = "sha256('revise.calibration/' + patient, or sample_key without one) < fraction"
@@ -73,13 +75,10 @@ def without_calibration(
 
 
 def run_record(model: str | Path) -> dict[str, Any] | None:
-    """The run.json of a run folder or bundle (None for anything else, or an unreadable one:
-    then no calibration rows are known and every held-out row is judged)."""
+    """The run.json of a run folder or bundle (None when there is none). A damaged one is an
+    error: its calibration rows would otherwise be judged as if they were unseen."""
     path = Path(model) / "run.json"
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    fix = "the run record is damaged: export or unlearn again (or restore it)"
+    return read_json_object(path, "run record", ModelError, hint=fix)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from revise._io import not_utf8
+from revise._io import read_json_object
 from revise.errors import ModelError, UsageError
 from revise.models.card import ModelCard
 
@@ -54,15 +53,7 @@ def read_record(path: Path) -> dict[str, Any]:
     digest, and the base model's path (if recorded) as an object with a text ``path``. A
     damaged file is a ModelError naming it and the fix."""
     fix = "the run folder is damaged: write it again with `revise unlearn` (or restore it)"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise not_utf8(path, "run record", ModelError, hint=fix) from None
-    except ValueError as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc})", hint=fix) from None
-    if not isinstance(record, dict):
-        kind = type(record).__name__
-        raise ModelError(f"{path} is not a JSON object (it holds a {kind})", hint=fix)
+    record = read_json_object(path, "run record", ModelError, hint=fix)
     digest = record.get("base_model_digest")
     if not isinstance(digest, str) or not digest:
         raise ModelError(f"{path} has no base_model_digest (the base model's digest)", hint=fix)

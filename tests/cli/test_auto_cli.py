@@ -77,3 +77,13 @@ def test_calibration_rows_follow_the_patient_and_are_stable():
     share = mask.mean()
     assert abs(share - 0.3) < 0.1, share
     assert without_calibration({"x": rows}, None)["x"] is rows
+
+
+def test_a_damaged_run_record_is_an_error_not_a_silent_full_judgement(tmp_path):
+    from revise.data.calibration import run_record
+    from revise.errors import ModelError
+
+    assert run_record(tmp_path) is None  # no record: nothing was calibrated on
+    (tmp_path / "run.json").write_text("[1, 2]")
+    with pytest.raises(ModelError, match="not a JSON object"):
+        run_record(tmp_path)

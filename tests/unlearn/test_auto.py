@@ -17,7 +17,7 @@ from revise.evaluate import predict
 from revise.models.architectures import build
 from revise.train import TrainConfig, train_classifier
 from revise.unlearn.api import unlearn
-from revise.unlearn.auto import auto_revise
+from revise.unlearn.auto import auto_revise, candidates
 from revise.unlearn.base import LabelledTensors
 from revise.unlearn.target import (
     CLASS,
@@ -100,17 +100,17 @@ def test_the_class_target_is_zero_and_the_distance_counts_lost_retention(digits,
     assert target.distance(remembered) == pytest.approx(0.25)
 
 
-def test_auto_forgets_a_class_as_retraining_would(digits, class_case):
-    card, net = digits["card"], digits["net"]
-    result = auto_revise(
-        net,
-        card,
-        digits["forget"],
-        digits["retain"],
-        class_case["calibration_forget"],
-        class_case["calibration_retain"],
-        device="cpu",
+def revise_class(digits, class_case, **options):
+    """The automatic revision of the class case, with its calibration halves."""
+    calibration = (class_case["calibration_forget"], class_case["calibration_retain"])
+    return auto_revise(
+        digits["net"], digits["card"], digits["forget"], digits["retain"], *calibration, **options
     )
+
+
+def test_auto_forgets_a_class_as_retraining_would(digits, class_case):
+    card = digits["card"]
+    result = revise_class(digits, class_case, device="cpu")
     reference = class_case["retrained"]
     d = distance(result.model, reference, card, digits["forget"], digits["retain"])
     ta, ta_ref = (accuracy(m, card, class_case["test_retain"]) for m in (result.model, reference))
@@ -145,17 +145,7 @@ def test_auto_keeps_the_original_when_it_already_meets_a_subset_target(digits, c
 
 def test_auto_warns_when_its_best_misses_the_target(digits, class_case):
     """A budget too small to forget a class ends with a warning, not a silent pass."""
-    card, net = digits["card"], digits["net"]
-    result = auto_revise(
-        net,
-        card,
-        digits["forget"],
-        digits["retain"],
-        class_case["calibration_forget"],
-        class_case["calibration_retain"],
-        device="cpu",
-        budget_passes=0.01,
-    )
+    result = revise_class(digits, class_case, device="cpu", budget_passes=0.01)
     assert not result.record["target"]["met"]
     assert "fall short" in result.record["warning"]
 
@@ -172,17 +162,8 @@ def test_psg_with_the_class_settings_lands_near_the_retrained_model(digits, clas
     """The seed method itself, judged against the reference with a tight margin (the settings
     auto uses for a class: soft targets among the other classes, retain distillation)."""
     card, net = digits["card"], digits["net"]
-    config = {
-        "eps": 0.0,
-        "eta": 0.0,
-        "gamma": 0.0,
-        "target": "soft",
-        "exclude_label": True,
-        "phi": 1.0,
-        "retain_loss": "distill",
-        "lr": 1e-2,
-        "epochs": 6,
-    }
+    config = {**candidates(CLASS)[0].settings, "epochs": 6}
+    assert config["lr"] == 1e-2 and config["exclude_label"] and config["eps"] == 0
     result = unlearn(net, card, digits["forget"], digits["retain"], config=config, device="cpu")
     reference = class_case["retrained"]
     d = distance(result.model, reference, card, digits["forget"], digits["retain"])
