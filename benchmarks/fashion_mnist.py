@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import math
 import platform
 import statistics
 import sys
@@ -50,6 +49,10 @@ if str(ROOT) not in sys.path:  # run from a checkout where revise is not install
     sys.path.insert(0, str(ROOT))
 
 from revise._io import write_json_atomic, write_text_atomic  # noqa: E402
+
+if str(Path(__file__).parent) not in sys.path:  # the shared helpers beside this script
+    sys.path.insert(0, str(Path(__file__).parent))
+from _suite_common import compare_to_retrain, idx_file  # noqa: E402
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = [
@@ -160,8 +163,8 @@ def load_fashion_mnist(folder: Path, scale: Scale) -> dict[str, torch.Tensor]:
     from revise.data.idx_loader import read_idx
 
     def part(prefix: str, per_class: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        images = read_idx(_file(folder, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_file(folder, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        images = read_idx(idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(idx_file(folder, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
         keep = np.arange(len(labels))
         if per_class is not None:
             keep = np.sort(
@@ -174,16 +177,6 @@ def load_fashion_mnist(folder: Path, scale: Scale) -> dict[str, torch.Tensor]:
     x_train, y_train = part("train", scale.train_per_class)
     x_test, y_test = part("t10k", scale.test_per_class)
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-
-
-def _file(folder: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).exists():
-            return folder / name
-    raise SystemExit(
-        f"{folder / stem}[.gz] not found: install Debian's dataset-fashion-mnist "
-        "(apt-get install dataset-fashion-mnist) or pass --data FOLDER"
-    )
 
 
 @dataclass
@@ -501,16 +494,7 @@ def run_scenario(
 
 def compare(run: Run, retrain: Run, retrain_s: float) -> None:
     """Add the distance, Avg. Gap and time relative to Retrain to ``run.metrics``."""
-    m, reference = run.metrics, retrain.metrics
-    m["distance"] = round(math.hypot(m["ra"] - reference["ra"], m["fa"] - reference["fa"]), 4)
-    gap = [
-        abs((1 - m["fa"]) - (1 - reference["fa"])),
-        abs(m["ra"] - reference["ra"]),
-        abs(m["ta"] - reference["ta"]),
-        abs(m["mia_efficacy"] - reference["mia_efficacy"]),
-    ]
-    m["avg_gap"] = round(100 * statistics.fmean(gap), 2)
-    m["time_vs_retrain"] = round(run.seconds / retrain_s, 4)
+    compare_to_retrain(run.metrics, retrain.metrics, run.seconds, retrain_s)
 
 
 # -- report -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -266,3 +267,155 @@ def test_the_gpu_session_script_parses():
 
     script = SCRIPT.with_name("gpu_session.sh")
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+# --- benchmarks/scenarios.py: the scenario suite -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def suite_tiny(tmp_path_factory):
+    """The suite at its tiny scale on digits: all four scenarios, two baselines and the automatic
+    revision where revise has it."""
+    threads = torch.get_num_threads()
+    with benchmark_module("scenarios.py") as module:
+        root = tmp_path_factory.mktemp("scenarios")
+        argv = ["--scale", "tiny", "--datasets", "digits", "--threads", "1"]
+        argv += ["--methods", "finetune,neggrad_plus,auto", "--out", str(root / "s.json")]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                report = module.main(argv)
+        finally:
+            torch.set_num_threads(threads)
+        yield root, report, module
+
+
+def test_scenario_suite_tiny_run_has_every_row_and_sane_numbers(suite_tiny):
+    root, report, module = suite_tiny
+    saved = json.loads((root / "s.json").read_text())
+    assert saved["results"] == report["results"]
+    assert [(r["dataset"], r["scenario"]) for r in saved["results"]] == [
+        ("digits", kind) for kind in ("class", "device", "patients", "random")
+    ]
+    auto = ["auto"] if saved["auto"]["available"] else []
+    assert saved["auto"]["available"] == (module.load_auto()[0] is not None)
+    machine = saved["machine"]
+    assert machine["date"] and machine["torch"] == torch.__version__ and "git_commit" in machine
+    assert saved["settings"]["threads"] == 1 and saved["settings"]["target"]["distance"] == 0.03
+    counts = saved["datasets"]["digits"]["counts"]
+    for result in saved["results"]:
+        rows, c = result["rows"], result["counts"]
+        assert set(rows) == {"original", "retrain", "finetune", "neggrad_plus", *auto}
+        assert c["forget"] + c["retain"] == counts["train"]
+        assert c["test_forget"] + c["test_retain"] == counts["test"]
+        assert c["calibration_forget"] + c["calibration_retain"] == counts["calibration"]
+        ref = rows["retrain"]
+        assert ref["distance"] == ref["avg_gap"] == ref["ta_gap"] == 0.0
+        assert ref["time_vs_retrain"] == 1.0 and ref["seconds"] == result["retrain_seconds"]
+        assert "meets_target" not in rows["original"]  # no unlearning time: no verdict
+        for label, row in rows.items():
+            assert "error" not in row, (result["scenario"], label, row.get("error"))
+            for key in ("fa", "ra", "ta", "mia_efficacy"):
+                assert 0.0 <= row[key] <= 1.0, (label, key)
+            expected = math.hypot(row["ra"] - ref["ra"], row["fa"] - ref["fa"])
+            assert row["distance"] == pytest.approx(expected, abs=1e-4)
+            assert row["ta_gap"] == pytest.approx(abs(row["ta"] - ref["ta"]), abs=1e-4)
+            if label in ("original", "retrain"):
+                continue
+            ratio = row["seconds"] / result["retrain_seconds"]
+            assert row["time_vs_retrain"] == pytest.approx(ratio, rel=0.05, abs=0.01)
+            misses = {k for k, limit in module.TARGET.items() if row[k] > limit}
+            assert set(row["target_misses"]) == misses
+            assert row["meets_target"] == (not misses)
+    by_kind = {r["scenario"]: r["rows"] for r in saved["results"]}
+    # class forgetting: the original knows the class, the retrained model never predicts it
+    assert by_kind["class"]["original"]["fa"] >= 0.8
+    assert by_kind["class"]["retrain"]["fa"] == 0.0
+    assert by_kind["class"]["retrain"]["test_forget"] == 0.0
+    # the retired device is still partly recognised by a model that never saw it
+    assert 0.2 < by_kind["device"]["retrain"]["fa"] < by_kind["device"]["original"]["fa"]
+    for kind in ("patients", "random"):
+        assert "test_forget" not in by_kind[kind]["retrain"]
+        assert by_kind[kind]["retrain"]["fa"] >= 0.5  # unseen digits of the same kind
+        lo, hi = by_kind[kind]["retrain"]["loss_mia_interval"]
+        assert lo <= by_kind[kind]["retrain"]["loss_mia"] <= hi
+
+    text = (root / "s.md").read_text()
+    for kind in ("class", "device", "patients", "random"):
+        assert f"## digits / {kind}:" in text
+    assert text.count("| finetune |") == 4 and text.count("| retrain |") == 4
+    assert "## The automatic revision against the target" in text
+    assert ("of 4 scenarios." if auto else "No row: the automatic revision") in text
+
+
+def test_scenario_suite_render_rewrites_the_markdown(suite_tiny, tmp_path):
+    root, _, module = suite_tiny
+    md = tmp_path / "again.md"
+    module.main(["--render", str(root / "s.json"), "--markdown", str(md)])
+    assert md.read_text() == (root / "s.md").read_text()
+
+
+def load_suite_helpers():
+    benchmarks = str(SCRIPT.parent)
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    import _suite_data
+    import _suite_scenarios
+
+    return _suite_data, _suite_scenarios
+
+
+def test_suite_datasets_are_deterministic_split_by_patient_and_two_device():
+    data_mod, _ = load_suite_helpers()
+    size = data_mod.DataSize(400, 80)
+    a, b = data_mod.lesions(size, 0), data_mod.lesions(size, 0)
+    assert torch.equal(a.x, b.x) and (a.label == b.label).all() and (a.split == b.split).all()
+    assert not torch.equal(a.x, data_mod.lesions(size, 1).x)
+    assert a.x.shape == (400, 3, 48, 48) and 0.0 <= float(a.x.min()) <= float(a.x.max()) <= 1.0
+    assert set(a.label.tolist()) == {0, 1, 2, 3}
+    for data in (a, data_mod.digits(data_mod.DataSize(300, 30), 0)):
+        splits = {s: set(data.patient[data.mask(s)].tolist()) for s in data_mod.SPLITS}
+        assert not splits["train"] & (splits["test"] | splits["calibration"])
+        assert not splits["test"] & splits["calibration"]
+        assert sum(data.counts().values()) == len(data.label)
+        for p in set(data.patient.tolist()):  # one device per patient
+            assert len(set(data.device[data.patient == p].tolist())) == 1
+        assert 0.15 < data.device.mean() < 0.5
+
+
+def test_fashion_mnist_site_has_a_second_device():
+    require_fashion_mnist()
+    data_mod, _ = load_suite_helpers()
+    data = data_mod.fashion(data_mod.DataSize(600, 40), 0)
+    assert data.x.shape == (600, 1, 28, 28) and (np.bincount(data.label) == 60).all()
+    brightness = data.x.mean(dim=(1, 2, 3)).numpy()
+    # the synthetic device lifts black to 0.07 and brightens the mid-tones (gamma 0.75)
+    assert brightness[data.device == 1].mean() > brightness[data.device == 0].mean() + 0.03
+    g = torch.Generator().manual_seed(0)
+    black, white = torch.zeros(50, 1, 28, 28), torch.ones(50, 1, 28, 28)
+    assert float(data_mod.second_device(black, g).mean()) == pytest.approx(0.03**0.75, abs=0.01)
+    assert float(data_mod.second_device(white, g).mean()) == pytest.approx(0.88**0.75, abs=0.01)
+
+
+def test_suite_scenarios_forget_the_right_rows_and_never_hand_out_test_rows():
+    data_mod, sc_mod = load_suite_helpers()
+    data = data_mod.lesions(data_mod.DataSize(400, 80), 0)
+    train, cal, test = (data.mask(s) for s in ("train", "calibration", "test"))
+    for kind in sc_mod.KINDS:
+        sc = sc_mod.build_scenario(data, kind, 0)
+        assert not (sc.forget & ~train).any(), kind
+        assert not (sc.test_forget & ~test).any(), kind
+        assert not ((sc.calibration_forget | sc.calibration_retain) & ~cal).any(), kind
+        assert not (sc.calibration_forget & sc.calibration_retain).any(), kind
+        assert (sc.calibration_forget | sc.calibration_retain)[cal].all(), kind
+    c = sc_mod.build_scenario(data, "class", 0)
+    assert (c.forget == (train & (data.label == 0))).all()
+    assert (c.calibration_forget == (cal & (data.label == 0))).all()
+    d = sc_mod.build_scenario(data, "device", 0)
+    assert (d.forget == (train & (data.device == 1))).all() and d.test_forget.sum() > 0
+    p = sc_mod.build_scenario(data, "patients", 0)
+    chosen = set(data.patient[p.forget].tolist())
+    assert (p.forget == (train & np.isin(data.patient, list(chosen)))).all()
+    train_patients = len(set(data.patient[train].tolist()))
+    assert len(chosen) == round(sc_mod.PATIENT_SHARE * train_patients)
+    r = sc_mod.build_scenario(data, "random", 0)
+    assert r.forget.sum() == round(0.1 * train.sum()) and not r.test_forget.any()

@@ -519,3 +519,8 @@ def train_mode(model: nn.Module, *, freeze_bn: bool = False) -> None:
 def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> Any:
+    """The learning rate decayed to 0 along a half cosine over ``steps`` steps."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))

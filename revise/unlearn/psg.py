@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from revise.distributed import all_sum, is_main_process, shard, shard_size
 from revise.errors import UsageError
 from revise.models.pixel import PixelSpaceModel
-from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
+from revise.unlearn.base import (
+    UnlearnContext,
+    cosine_schedule,
+    register,
+    run_steps,
+    sgd,
+    steps_per_pass,
+)
 from revise.unlearn.settings import setting
 
 FORGET_STREAM = 1  # batch stream of the forget images
@@ -80,6 +87,9 @@ class PSGConfig:
     # to every image (demo site, lr 1e-5, 6 passes: retain 0.96 -> 0.45; issue 14). Use
     # phi > 0 or reestimate_bn.
     freeze_bn: bool = False
+    # Cosine decay of lr to 0 over the run (off: the authors' constant rate); a run then ends
+    # settled instead of wherever its last noisy step left it.
+    cosine: bool = False
     # After the update, recompute the BatchNorm statistics on the retain set, as a model
     # retrained without the forget set would have them (that run: retain 0.95).
     reestimate_bn: bool = False
@@ -211,7 +221,16 @@ def run_psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
             loss = loss + config.phi * retain
         return loss
 
-    run_steps(ctx, optimizer, steps, loss_fn, prepare=relabel, freeze_bn=config.freeze_bn)
+    schedule = cosine_schedule(optimizer, steps) if config.cosine else None
+    run_steps(
+        ctx,
+        optimizer,
+        steps,
+        loss_fn,
+        prepare=relabel,
+        freeze_bn=config.freeze_bn,
+        scheduler=schedule,
+    )
     if config.reestimate_bn:
         reestimate_bn(ctx)
     counts = all_sum(torch.stack([ctx.tallies["flipped"], ctx.tallies["seen"]]))

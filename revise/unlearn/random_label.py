@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from revise.errors import UsageError
 from revise.unlearn.base import (
     UnlearnContext,
+    cosine_schedule,
     random_other_labels,
     register,
     run_steps,
@@ -48,6 +49,9 @@ class RandomLabelConfig:
     fixed_labels: bool = True
     # Keep BatchNorm statistics fixed during the update (the authors leave them in train mode).
     freeze_bn: bool = False
+    # Cosine decay of lr to 0 over the run (off: the authors' constant rate); a run then ends
+    # settled instead of wherever its last noisy step left it.
+    cosine: bool = False
 
 
 @register(
@@ -85,5 +89,6 @@ def random_label(ctx: UnlearnContext, config: RandomLabelConfig) -> dict[str, An
         y = torch.where(is_forget, wrong, retain.y[i_r])
         return ctx.global_mean(F.cross_entropy(model(x).float(), y), UNION_STREAM)
 
-    run_steps(ctx, optimizer, steps, loss_fn, freeze_bn=config.freeze_bn)
+    schedule = cosine_schedule(optimizer, steps) if config.cosine else None
+    run_steps(ctx, optimizer, steps, loss_fn, freeze_bn=config.freeze_bn, scheduler=schedule)
     return {"steps": steps}

@@ -35,7 +35,7 @@ CLASS, SUBSET = "class", "subset"
 Z95 = 1.96
 # Images read per set at each check: the same ones every time, so that differences between
 # checks are paired and finer than a +-0.03 interval; cheap beside the steps between checks.
-CHECK_IMAGES = 512
+CHECK_IMAGES = 256
 
 
 def forgetting_kind(forget: LabelledTensors, retain: LabelledTensors) -> str:
