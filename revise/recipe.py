@@ -81,6 +81,7 @@ TOP_LEVEL = (
 )
 DATA_KEYS = ("manifest", "images", "labels", "site", "loader")  # images: what `revise index` reads
 RUN_KEYS = ("name", "method", "settings", "seed")
+AUTO = "auto"  # the automatic revision: a method name with no settings of its own
 SIGN_KEYS = ("key", "password_env", "allow_unvalidated")
 # Options of the commands that the recipe sets itself (not allowed in their sections)
 RESERVED = {
@@ -543,7 +544,10 @@ def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
         if name in out:
             problems.add(f"{where}.name", f"{name!r} is used twice; give each run a name:")
         settings = run.get("settings") or {}
-        if method not in METHODS:
+        if method == AUTO:
+            if settings:
+                problems.add(f"{where}.settings", "method auto takes no settings: drop them")
+        elif method not in METHODS:
             problems.add(f"{where}.method", f"unknown method {method!r}{_hint(method, METHODS)}")
         elif not isinstance(settings, Mapping):
             problems.add(f"{where}.settings", "a mapping name: value")
@@ -953,6 +957,9 @@ def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) 
 
     runs = []
     for run in doc.get("unlearn") or []:
+        if str(run["method"]) == AUTO:  # it chooses its settings; run.json records them
+            runs.append({**dict(run), "settings": {}})
+            continue
         config = make_config(str(run["method"]), run.get("settings") or {})
         runs.append({**dict(run), "settings": dataclasses.asdict(config)})
     recipe = {k: v for k, v in doc.items() if k != "unlearn"} | {"unlearn": runs}

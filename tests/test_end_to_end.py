@@ -1,5 +1,6 @@
 """A whole revision through the example plugin: a PNG site (revise-pngfolder) indexed, split,
-used to train a deployed model, and revised with `revise unlearn` to forget one class."""
+used to train a deployed model, and revised with `revise unlearn --method auto` to forget one
+class."""
 
 from __future__ import annotations
 
@@ -88,10 +89,8 @@ def test_revision_through_the_pngfolder_plugin(tmp_path, monkeypatch):
     _ok(invoke("evaluate", *common, "--json", before, "--device", "cpu"))
     original = json.loads(before.read_text())
 
-    run = tmp_path / "run"
-    settings = {"epochs": 10, "lr": 0.005, "phi": 2}
-    pairs = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
-    result = _ok(invoke("unlearn", *common, *pairs, "-o", run, "--device", "cpu"))
+    run = tmp_path / "run"  # the automatic revision: no settings, no retrained reference
+    result = _ok(invoke("unlearn", *common, "--method", "auto", "-o", run, "--device", "cpu"))
     assert "run written to" in result.stdout
     record = json.loads((run / "run.json").read_text())
     revised = record["metrics"]
@@ -100,8 +99,10 @@ def test_revision_through_the_pngfolder_plugin(tmp_path, monkeypatch):
     assert revised["forget"]["n"] == original["forget"]["n"] == zeros > 0
     accuracy = {k: (original[k]["accuracy"], revised[k]["accuracy"]) for k in revised}
     assert original["forget"]["accuracy"] >= 0.8, accuracy  # the deployed model knows the class
-    assert revised["forget"]["accuracy"] <= original["forget"]["accuracy"] - 0.25, accuracy
-    assert revised["retain"]["accuracy"] >= 0.5, accuracy  # forgetting 0 kept the other digits
+    # a model retrained without the class never predicts it; the other digits stay as they were
+    assert revised["forget"]["accuracy"] <= 0.05, accuracy
+    assert revised["retain"]["accuracy"] >= original["retain"]["accuracy"] - 0.03, accuracy
+    assert record["target"]["kind"] == "class" and record["target"]["met"], record["target"]
     # the run holds no clear patient ID of the site's label file
     for text in (manifest.read_bytes(), (run / "run.json").read_bytes()):
         assert not any(pid.encode() in text for pid in tp.PATIENT_IDS)

@@ -20,7 +20,11 @@ from revise._io import read_json_object
 from revise.errors import ModelError
 
 FRACTION = 0.3  # of the held-out rows; the rest stay for validation
-RULE = "sha256('revise.calibration/' + patient, or sample_key without one) < fraction"
+MIN_PATIENTS = 10  # held-out patients needed to slice by patient rather than by row
+RULE = (
+    "sha256('revise.calibration/' + patient, or sample_key without one or with fewer than "
+    "10 held-out patients) < fraction"
+)
 HELDOUT_SETS = ("heldout_forget", "heldout_retain")
 
 
@@ -30,13 +34,15 @@ def _unit(text: str) -> float:
 
 
 def calibration_mask(rows: pd.DataFrame, fraction: float = FRACTION) -> pd.Series:
-    """True for the rows of the calibration slice."""
+    """True for the rows of the calibration slice: whole patients where the rows hold at least
+    MIN_PATIENTS of them (fewer could put every row on one side), else single rows."""
     if rows.empty:
         return pd.Series(False, index=rows.index)
     keys = rows["sample_key"].astype(str)
     if "patient" in rows.columns:
         patient = rows["patient"].astype("string").fillna("").str.strip()
-        keys = patient.where(patient != "", keys)
+        if patient[patient != ""].nunique() >= MIN_PATIENTS:
+            keys = patient.where(patient != "", keys)
     return keys.map(lambda key: _unit(str(key)) < fraction).astype(bool)
 
 

@@ -251,3 +251,38 @@ def _shortfalls(target: Target, reading: Reading) -> list[str]:
     if lost > 0.01:
         out.append(f"retention fell by up to {lost:.2f}")
     return out or ["check the validation gates"]
+
+
+# A subset whose held-out images a plain classifier tells from the others' by pixel statistics
+# alone (cross-validated ROC AUC at least this) is a distinct group: a device, a site.
+DISTINCT_AUC = 0.8
+MIN_PER_SIDE = 10
+
+
+def image_statistics(x: torch.Tensor) -> torch.Tensor:
+    """Per image and channel: mean, spread, quartiles and edge energy - what an acquisition
+    (a detector's response, blur, noise, a colour cast) changes first."""
+    flat = x.flatten(2).float()
+    quartiles = flat.quantile(torch.tensor([0.25, 0.5, 0.75]), dim=2).permute(1, 2, 0)
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(2).mean(2)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(2).mean(2)
+    parts = [flat.mean(2), flat.std(2), *quartiles.unbind(2), dx, dy]
+    return torch.cat(parts, dim=1)
+
+
+def group_separability(group: LabelledTensors, others: LabelledTensors, seed: int = 0) -> float:
+    """Cross-validated ROC AUC of a logistic regression telling ``group``'s images from
+    ``others``' by :func:`image_statistics` (nan with fewer than MIN_PER_SIDE on a side)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if min(len(group), len(others)) < MIN_PER_SIDE:
+        return math.nan
+    features = torch.cat([image_statistics(group.x.cpu()), image_statistics(others.x.cpu())])
+    labels = [1] * len(group) + [0] * len(others)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    folds = StratifiedKFold(n_splits=min(5, MIN_PER_SIDE // 2), shuffle=True, random_state=seed)
+    scores = cross_val_score(model, features.numpy(), labels, cv=folds, scoring="roc_auc")
+    return float(scores.mean())

@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from revise.data import manifest as manifest_mod
-from revise.data.calibration import calibration_mask, split_heldout, without_calibration
+from revise.data.calibration import (
+    MIN_PATIENTS,
+    calibration_mask,
+    split_heldout,
+    without_calibration,
+)
 from revise.data.split import partition
 
 CLASS = "label == 3"
@@ -48,11 +53,13 @@ def test_the_record_is_judged_without_the_calibration_rows(cli, demo_site, auto_
         n = record["metrics"][name]["n"]
         assert n == len(judged[name]) < len(parts[name]), name
         assert record["selection_digests"][name] == manifest_mod.digest(judged[name])
-    # the two slices share no patient, and together they are the held-out rows
+    # the site holds out 6 patients, too few to slice by patient: the slices are rows, and
+    # together they are the held-out rows
     _, calibration = split_heldout(parts)
     held = calibration["heldout_retain"]
-    assert set(held["patient"]).isdisjoint(judged["heldout_retain"]["patient"])
+    assert parts["heldout_retain"]["patient"].nunique() < MIN_PATIENTS
     assert len(held) + len(judged["heldout_retain"]) == len(parts["heldout_retain"])
+    assert 0.15 < len(held) / len(parts["heldout_retain"]) < 0.45
 
 
 def test_auto_takes_no_settings(cli, demo_site, tmp_path):
@@ -78,6 +85,8 @@ def test_calibration_rows_follow_the_patient_and_are_stable():
     share = mask.mean()
     assert abs(share - 0.3) < 0.1, share
     assert without_calibration({"x": rows}, None)["x"] is rows
+    few = pd.DataFrame({"sample_key": [f"k{i}" for i in range(200)], "patient": ["p1", "p2"] * 100})
+    assert 0.15 < calibration_mask(few).mean() < 0.45  # two patients: sliced by row instead
 
 
 def test_a_damaged_run_record_is_an_error_not_a_silent_full_judgement(tmp_path):

@@ -56,8 +56,9 @@ def test_every_mistake_is_reported_at_once_and_nothing_runs(cli, demo_site, tmp_
             {"method": "psgg"},
             {"method": "psg", "settings": {"epoch": 1}},
             {"method": "finetune", "colour": "red"},
+            {"method": "auto", "settings": {"lr": 1}},
         ],
-        merge={"strenghts": "0.5,0.5,0.5"},
+        merge={"strenghts": "0.5,0.5,0.5,0.5"},
         export={"name": "digits", "opset": "many"},
         sign={"key": "missing.key", "password_env": "REVISE_TEST_NO_SUCH_VARIABLE"},
         validate={"criteria": "gates.yaml", "reference": "nowhere/"},
@@ -65,12 +66,13 @@ def test_every_mistake_is_reported_at_once_and_nothing_runs(cli, demo_site, tmp_
     )
     result = cli("run", path, code=2)
     message = result.stderr
-    assert "has 10 problem(s); nothing was run" in message, message
+    assert "has 11 problem(s); nothing was run" in message, message
     for expected in (
         "forget: selection",
         "unlearn[1].method: unknown method 'psgg' (did you mean psg?)",
         "unlearn[2].settings: psg has no hyperparameter(s) epoch",
         "unlearn[3].colour: unknown key",
+        "unlearn[4].settings: method auto takes no settings",
         "merge.strenghts: not an option of this stage (did you mean strengths",
         "export.opset: Invalid value",
         "sign.key:",

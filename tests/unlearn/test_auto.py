@@ -2,7 +2,7 @@
 without the forget set (scikit-learn's real digits, the shared session model).
 
 The retrained reference is never shown to the revision: it only judges the result. Calibration
-images (held out) are the first half of the test rows; the second half judges.
+images (held out) are every other test row; the rows between them judge.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from revise.unlearn.auto import auto_revise, candidates
 from revise.unlearn.base import LabelledTensors
 from revise.unlearn.target import (
     CLASS,
+    DISTINCT_AUC,
     SUBSET,
     Judge,
     Reading,
     binomial_half_width,
     forgetting_kind,
+    group_separability,
 )
 
 RECIPE = TrainConfig(epochs=10, lr=0.05)  # the recipe of the session model (conftest)
@@ -42,10 +44,9 @@ def empty_like(data: LabelledTensors) -> LabelledTensors:
 @pytest.fixture(scope="module")
 def class_case(digits):
     """Forget class 0: the sets, held-out halves, and the model retrained on the retain set."""
-    test = digits["test"]
-    half = len(test) // 2
-    calibration = LabelledTensors(test.x[:half], test.y[:half])
-    judged = LabelledTensors(test.x[half:], test.y[half:])
+    test = digits["test"]  # alternate rows: calibration and judged images alike, as a site's
+    calibration = LabelledTensors(test.x[::2], test.y[::2])
+    judged = LabelledTensors(test.x[1::2], test.y[1::2])
     torch.manual_seed(0)
     retrained = train_classifier(
         build(digits["card"]), digits["card"], digits["retain"], RECIPE, device="cpu"
@@ -127,25 +128,42 @@ def test_auto_forgets_a_class_as_retraining_would(digits, class_case):
 
 
 def test_auto_keeps_the_original_when_it_already_meets_a_subset_target(digits, class_case):
-    """Forget 60 scattered images of classes that stay: a model that generalises already reads
-    them as it reads held-out images, so the right revision is no change, and auto says so."""
+    """Forget images the model never trained on (listed by mistake, or already left out of
+    training): it reads them exactly as held-out images, so the right revision is no change,
+    and auto says so."""
+    card, net, retain = digits["card"], digits["net"], digits["retain"]
+    held = class_case["calibration_retain"]  # alternate rows: two halves of one distribution
+    never_seen = LabelledTensors(held.x[::2], held.y[::2])
+    calibration = LabelledTensors(held.x[1::2], held.y[1::2])
+    result = auto_revise(
+        net, card, never_seen, retain, empty_like(never_seen), calibration, device="cpu"
+    )
+    record = result.record
+    assert record["target"]["kind"] == SUBSET
+    assert record["chosen"] == "original (unchanged)", record["candidates"]
+    assert record["target"]["met"] and "warning" not in record  # tried, none did better
+    assert "unchanged original" in record["note"] and "caveat" in record["target"]
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(result.model.state_dict()[name], tensor), name
+
+
+def test_auto_moves_memorised_scattered_images_toward_the_held_out_level(digits, class_case):
+    """Scattered training images the model memorised (read at 1.0, held-out images at ~0.96):
+    a candidate that brings them closer to the held-out level wins over the original."""
     card, net, retain = digits["card"], digits["net"], digits["retain"]
     scattered = LabelledTensors(retain.x[::17][:60], retain.y[::17][:60])
     calibration = class_case["calibration_retain"]
     result = auto_revise(
         net, card, scattered, retain, empty_like(scattered), calibration, device="cpu"
     )
-    record = result.record
-    assert record["target"]["kind"] == SUBSET
-    assert record["chosen"] == "original (unchanged)", record["candidates"]
-    assert "unchanged original" in record["note"] and "caveat" in record["target"]
-    for name, tensor in net.state_dict().items():
-        assert torch.equal(result.model.state_dict()[name], tensor), name
+    target = result.record["target"]
+    assert target["estimated_distance"] < target["original"]["forget"] - target["forget"]
+    assert abs(target["reached"]["retain"] - target["retain"]) <= 0.02
 
 
 def test_auto_warns_when_its_best_misses_the_target(digits, class_case):
     """A budget too small to forget a class ends with a warning, not a silent pass."""
-    result = revise_class(digits, class_case, device="cpu", budget_passes=0.01)
+    result = revise_class(digits, class_case, device="cpu", budget_passes=0.01, min_budget_images=0)
     assert not result.record["target"]["met"]
     assert "fall short" in result.record["warning"]
 
@@ -190,3 +208,32 @@ def test_a_monitor_ends_the_run_early(digits):
         monitor_every=3,
     )
     assert seen == [3, 6] and result.record["stopped_at_step"] == 6
+
+
+def acquired(data: LabelledTensors, seed: int) -> LabelledTensors:
+    """``data`` as a second device would image it: a compressive response and sensor noise."""
+    g = torch.Generator().manual_seed(seed)
+    noisy = data.x.clamp(0, 1) ** 0.5 + 0.1 * torch.randn(data.x.shape, generator=g)
+    return LabelledTensors(noisy.clamp(0, 1), data.y)
+
+
+def test_a_distinct_group_is_told_apart_and_the_record_says_the_target_cannot_judge_it(
+    digits, class_case
+):
+    retain, test = digits["retain"], class_case["calibration_retain"]
+    device = acquired(LabelledTensors(retain.x[:200], retain.y[:200]), 0)
+    kept = LabelledTensors(retain.x[200:], retain.y[200:])
+    held_device = acquired(LabelledTensors(test.x[:60], test.y[:60]), 1)
+    held_kept = LabelledTensors(test.x[60:], test.y[60:])
+    assert group_separability(held_device, held_kept) >= DISTINCT_AUC
+    half = len(held_kept) // 2  # two halves of one distribution: nothing to tell apart
+    first = LabelledTensors(held_kept.x[:half], held_kept.y[:half])
+    second = LabelledTensors(held_kept.x[half:], held_kept.y[half:])
+    assert group_separability(first, second) < 0.7
+    result = auto_revise(
+        digits["net"], digits["card"], device, kept, held_device, held_kept, device="cpu"
+    )
+    target = result.record["target"]
+    assert target["distinct_group_auc"] >= DISTINCT_AUC and target["met"] is False
+    warning = result.record["warning"]
+    assert "distinct group" in warning and "lower bound" in warning
