@@ -55,7 +55,7 @@ CHECKS_PER_CANDIDATE = 12  # how often a candidate is read, spread over its shar
 MIN_CHECKS = 4
 CHECK_SHARE = 0.3  # of a candidate's budget, at most, spent reading it
 MIN_SHARE = 0.2  # a further candidate runs only with at least this share of the budget left
-MIN_BUDGET_IMAGES = 12_000  # about 70 steps of psg at batch 64, checks included
+MIN_BUDGET_IMAGES = 6_000  # about 30 steps of psg at batch 64, checks included
 MISS_MARGIN = 0.03  # the estimated distance above which the record warns (the suite's target)
 
 
