@@ -7,6 +7,20 @@ import math
 import statistics
 from pathlib import Path
 
+# Fashion-MNIST's class names, in label order (its README).
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
 
 def idx_file(folder: Path, stem: str) -> Path:
     """``folder/stem`` or ``folder/stem.gz``; a clear exit naming the Debian package if absent."""

@@ -125,22 +125,9 @@ def _subset(labels: np.ndarray, n: int | None, classes: int) -> np.ndarray:
 
 # -- fashion: Fashion-MNIST with a synthetic second device ----------------------------------
 
-FASHION_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
-
 
 def fashion(size: DataSize, seed: int, folder: Path = FASHION_DATA) -> SiteData:
-    from _suite_common import idx_file
+    from _suite_common import FASHION_CLASSES, idx_file
 
     from revise.data.idx_loader import read_idx
 

@@ -52,21 +52,10 @@ from revise._io import write_json_atomic, write_text_atomic  # noqa: E402
 
 if str(Path(__file__).parent) not in sys.path:  # the shared helpers beside this script
     sys.path.insert(0, str(Path(__file__).parent))
-from _suite_common import compare_to_retrain, idx_file  # noqa: E402
+from _suite_common import FASHION_CLASSES, compare_to_retrain, idx_file  # noqa: E402
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+CLASS_NAMES = FASHION_CLASSES
 # The paper's published numbers (Fashion-MNIST / AllCNN, forget class 0): accuracy on the test
 # samples of the forgotten class and of the other classes.
 PUBLISHED = {
