@@ -22,7 +22,7 @@ from revise.distributed import is_main_process
 from revise.evaluate import EvalSet, evaluate
 from revise.models.card import ModelCard
 from revise.unlearn.api import UnlearnResult, unlearn
-from revise.unlearn.auto import MISS_MARGIN, auto_revise
+from revise.unlearn.auto import AUTO, MISS_MARGIN, auto_revise
 from revise.unlearn.base import LabelledTensors
 from revise.unlearn.target import check_against_target, forgetting_kind
 
@@ -183,9 +183,6 @@ def _complete(
         metrics=metrics,
     )
     return result
-
-
-AUTO = "auto"
 
 
 def _run_auto(

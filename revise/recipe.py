@@ -81,7 +81,6 @@ TOP_LEVEL = (
 )
 DATA_KEYS = ("manifest", "images", "labels", "site", "loader")  # images: what `revise index` reads
 RUN_KEYS = ("name", "method", "settings", "seed")
-AUTO = "auto"  # the automatic revision: a method name with no settings of its own
 SIGN_KEYS = ("key", "password_env", "allow_unvalidated")
 # Options of the commands that the recipe sets itself (not allowed in their sections)
 RESERVED = {
@@ -521,6 +520,7 @@ def _data_stage(problems, data, path, workdir: Path, stages: list[Stage]) -> Pat
 
 def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
     from revise.unlearn.api import make_config
+    from revise.unlearn.auto import AUTO
     from revise.unlearn.base import METHODS
 
     problems, model = b.problems, b.model
@@ -954,6 +954,7 @@ def _input_digest(path: Path, *, keyed: bool = False) -> str:
 def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) -> dict[str, Any]:
     """The recipe as run: absolute paths, every hyperparameter of every method, the commands."""
     from revise.unlearn.api import make_config
+    from revise.unlearn.auto import AUTO
 
     runs = []
     for run in doc.get("unlearn") or []:

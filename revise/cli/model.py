@@ -40,9 +40,6 @@ SUMMARY_KEYS = (
 )
 
 
-AUTO = "auto"
-
-
 def _auto_summary(record: dict) -> str:
     """What the automatic revision chose, how close it estimates it came, and any warning."""
     target = record["target"]
@@ -178,6 +175,7 @@ def unlearn_cmd(
         make_config,
         save_run,
     )
+    from revise.unlearn.auto import AUTO
 
     quiet_progress = bool(ctx.obj.get("quiet"))  # on stderr: shown with --json too
     if as_json:

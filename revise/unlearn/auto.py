@@ -44,6 +44,8 @@ from revise.unlearn.target import (
 
 log = logging.getLogger(__name__)
 
+AUTO = "auto"  # its method name: a method with no settings of its own
+
 # A candidate stops once its estimated distance is this small: closer than anything the
 # estimate itself can tell apart.
 GOOD_ENOUGH = 0.005
