@@ -76,6 +76,10 @@ class Setup:
 # a whole scenario, so the reference is trained this many times (same seed, same model) and the
 # fastest counts.
 RETRAIN_TIMINGS = {"full": 2, "tiny": 1}
+# Retraining is itself noisy: models retrained with other seeds (initial weights and batch order)
+# are measured against the reference too, so that every distance can be read against how far one
+# retrained model lands from another.
+OTHER_RETRAIN_SEEDS = {"full": 2, "tiny": 1}
 SCALES: dict[str, dict[str, Setup]] = {
     # Sized so that everything (3 originals, 12 retrains, 12 x every method) fits 30 minutes on
     # 2 CPU cores; see benchmarks/README.md for the measured time.
@@ -189,6 +193,7 @@ def run_scenario(
     on_row: Callable[[dict], None],
     say: Callable[[str], None],
     retrain_timings: int = 1,
+    other_retrain_seeds: int = 0,
 ) -> dict[str, Any]:
     card = make_card(data, setup)
     sc = build_scenario(data, kind, seed)
@@ -211,6 +216,9 @@ def run_scenario(
     for label in ("original", "retrain"):
         score(rows[label], reference, None, retrain_s)
     rows["retrain"]["time_vs_retrain"] = 1.0
+    out["other_retrains"] = other_retrains(
+        card, data, sc, setup, seed, device, reference, other_retrain_seeds
+    )
     on_row(out)
     for method in methods:
         if method == AUTO and auto is None:
@@ -235,6 +243,28 @@ def run_scenario(
         )
         on_row(out)
     return out
+
+
+def other_retrains(
+    card: ModelCard,
+    data: SiteData,
+    sc: Scenario,
+    setup: Setup,
+    seed: int,
+    device: str,
+    reference: dict[str, Any],
+    count: int,
+) -> dict[str, Any]:
+    """Models retrained on the same rows with seeds seed+1 .. seed+count, scored against the
+    reference: how far retraining lands from itself (D, TA gap)."""
+    keep = data.mask("train") & ~sc.forget
+    rows = {}
+    for other in range(seed + 1, seed + 1 + count):
+        net, _ = train(card, data, keep, setup, other, device)
+        row = measure(net, card, data, sc, device)
+        score(row, reference, None, 1.0)
+        rows[f"retrain, seed {other}"] = row
+    return rows
 
 
 def kept_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -280,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "setups": {name: dataclasses.asdict(scale[name]) for name in datasets},
             "target": TARGET,
             "retrain_timings": RETRAIN_TIMINGS[args.scale],
+            "other_retrain_seeds": OTHER_RETRAIN_SEEDS[args.scale],
         },
         "auto": {"available": auto is not None, "error": auto_error},
         "datasets": {},
@@ -327,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 on_row,
                 say,
                 RETRAIN_TIMINGS[args.scale],
+                OTHER_RETRAIN_SEEDS[args.scale],
             )
         write_text_atomic(md, markdown(report))  # after each dataset: a partial table
     save()

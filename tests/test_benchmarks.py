@@ -312,6 +312,12 @@ def test_scenario_suite_tiny_run_has_every_row_and_sane_numbers(suite_tiny):
         assert ref["distance"] == ref["avg_gap"] == ref["ta_gap"] == 0.0
         assert ref["time_vs_retrain"] == 1.0 and ref["seconds"] == result["retrain_seconds"]
         assert "meets_target" not in rows["original"]  # no unlearning time: no verdict
+        # retraining against itself: another seed, scored against the reference like any row
+        (other,) = result["other_retrains"].values()
+        assert set(result["other_retrains"]) == {"retrain, seed 1"}
+        expected = math.hypot(other["ra"] - ref["ra"], other["fa"] - ref["fa"])
+        assert other["distance"] == pytest.approx(expected, abs=1e-4)
+        assert other["ta_gap"] == pytest.approx(abs(other["ta"] - ref["ta"]), abs=1e-4)
         for label, row in rows.items():
             assert "error" not in row, (result["scenario"], label, row.get("error"))
             for key in ("fa", "ra", "ta", "mia_efficacy"):
@@ -343,6 +349,7 @@ def test_scenario_suite_tiny_run_has_every_row_and_sane_numbers(suite_tiny):
     for kind in ("class", "device", "patients", "random"):
         assert f"## digits / {kind}:" in text
     assert text.count("| finetune |") == 4 and text.count("| retrain |") == 4
+    assert text.count("| retrain, seed 1 |") == 4
     assert "## The automatic revision against the target" in text
     assert ("of 4 scenarios." if auto else "No row: the automatic revision") in text
 

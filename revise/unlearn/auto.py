@@ -246,6 +246,17 @@ def _meets(target: Target, distance: float) -> bool:
     return distance <= max(GOOD_ENOUGH, target.forget_half_width)
 
 
+def _replaces(target: Target, distance: float, best: _Best) -> bool:
+    """Whether a state at ``distance`` replaces ``best``. Leaving the original takes a clear
+    gain (a quarter of the interval; the checks read the same images, so differences are finer
+    than the interval): the best of many noisy checks on a small calibration slice would
+    otherwise win by chance. A state that meets the target replaces a best that does not."""
+    if _meets(target, distance) and not _meets(target, best.distance):
+        return True
+    margin = target.half_width() / 4 if best.state is None else 1e-4
+    return distance < best.distance - margin
+
+
 def _run_candidate(
     cand: Candidate,
     net: nn.Module,
@@ -284,11 +295,7 @@ def _run_candidate(
         reading = judge.read(model)
         distance = target.distance(reading)
         trial.checks.append({"step": step, "distance": round(distance, 4), **_rounded(reading)})
-        # Leaving the original takes a clear gain (a quarter of the interval; the checks read
-        # the same images, so differences are finer than the interval): the best of many
-        # noisy checks on a small calibration slice would otherwise win by chance.
-        margin = target.half_width() / 4 if state["best"].state is None else 1e-4
-        if distance < state["best"].distance - margin:
+        if _replaces(target, distance, state["best"]):
             snapshot = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
             state["best"] = _Best(cand.name, reading, distance, snapshot, step)
         if distance < state["own"] - 1e-4:  # improving on its own best, whatever others did

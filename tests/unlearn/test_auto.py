@@ -223,3 +223,23 @@ def test_a_distinct_group_is_told_apart_and_the_record_says_the_target_cannot_ju
     assert target["distinct_group_auc"] >= DISTINCT_AUC and target["met"] is False
     warning = result.record["warning"]
     assert "distinct group" in warning and "lower bound" in warning
+
+
+def test_a_state_that_meets_the_target_replaces_a_best_that_does_not():
+    """The margin that keeps noise from leaving the original never keeps an original that
+    misses the target over a state that meets it; otherwise a clear gain is needed."""
+    from revise.unlearn.auto import _Best, _replaces
+    from revise.unlearn.target import Target
+
+    target = Target(SUBSET, 0.9, 0.04, 0.99, 0.95, 0.08, "held-out images of the group")
+    reading = Reading(forget=0.95, retain=0.99, heldout_forget=0.9, heldout_retain=0.95)
+    original = _Best("original (unchanged)", reading, 0.048)  # misses: above 0.04
+    assert _replaces(target, 0.035, original)  # meets the target: taken
+    assert not _replaces(target, 0.045, original)  # misses too, by less than the margin
+    assert _replaces(target, 0.02, _Best("original (unchanged)", reading, 0.048))
+    met = _Best("original (unchanged)", reading, 0.039)  # meets already
+    margin = target.half_width() / 4
+    assert not _replaces(target, 0.039 - margin / 2, met)  # inside the margin: noise
+    assert _replaces(target, 0.039 - 2 * margin, met)
+    moved = _Best("psg (subset)", reading, 0.039, state={}, step=5)  # a revision: any gain counts
+    assert _replaces(target, 0.0385, moved) and not _replaces(target, 0.039, moved)
