@@ -532,13 +532,13 @@ def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for i, run in enumerate(runs, 1):
         where = f"unlearn[{i}]"
-        if not isinstance(run, Mapping) or "method" not in run:
-            problems.add(where, "a mapping with method: (and settings:, name:, seed:)")
+        if not isinstance(run, Mapping):
+            problems.add(where, "a mapping with method: (default auto), settings:, name:, seed:")
             continue
         for key in run:
             if key not in RUN_KEYS:
                 problems.add(f"{where}.{key}", f"unknown key{_hint(str(key), RUN_KEYS)}")
-        method = str(run["method"])
+        method = str(run.get("method") or AUTO)  # as `revise unlearn` without --method
         name = str(run.get("name") or method)
         _check_name(problems, f"{where}.name", name)
         if name in out:
@@ -958,10 +958,11 @@ def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) 
 
     runs = []
     for run in doc.get("unlearn") or []:
-        if str(run["method"]) == AUTO:  # it chooses its settings; run.json records them
-            runs.append({**dict(run), "settings": {}})
+        method = str(run.get("method") or AUTO)
+        if method == AUTO:  # it chooses its settings; run.json records them
+            runs.append({**dict(run), "method": AUTO, "settings": {}})
             continue
-        config = make_config(str(run["method"]), run.get("settings") or {})
+        config = make_config(method, run.get("settings") or {})
         runs.append({**dict(run), "settings": dataclasses.asdict(config)})
     recipe = {k: v for k, v in doc.items() if k != "unlearn"} | {"unlearn": runs}
     # The copy goes into the bundle: selections as describe() writes them, never patient IDs.

@@ -46,6 +46,8 @@ def unlearn_args(
 ) -> list[object]:
     """Arguments of a quick `revise unlearn` of the shared model on the shared manifest."""
     pairs = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+    if pairs:  # settings are psg's unless ``extra`` names another method (the last one counts)
+        pairs = ["--method", "psg", *pairs]
     return [
         "unlearn",
         "--model",

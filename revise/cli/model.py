@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from revise import distributed
 from revise.cli._common import (
@@ -101,7 +102,7 @@ def _load_manifest(path: Path):
 )
 @click.option(
     "--method",
-    default="psg",
+    default="auto",
     show_default=True,
     help="Unlearning method (see `revise methods`); auto: no settings, no reference needed.",
 )
@@ -183,6 +184,12 @@ def unlearn_cmd(
     say = echo(ctx)
     check_output(out, overwrite=overwrite, inputs=[model_path, card, manifest_path], option="-o")
     if method == AUTO:
+        if settings and ctx.get_parameter_source("method") is ParameterSource.DEFAULT:
+            raise UsageError(
+                "--set gives a method's hyperparameters: name the method with --method",
+                hint="e.g. --method psg; without --method revise runs auto, which chooses the "
+                "method and its settings itself",
+            )
         if settings:
             raise UsageError(
                 "--method auto takes no --set: it chooses the method and its settings itself",

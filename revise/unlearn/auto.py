@@ -16,6 +16,7 @@ every candidate reached, and - when the best state still misses the target - a w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -38,6 +39,7 @@ from revise.unlearn.target import (
     Judge,
     Reading,
     Target,
+    class_weighted_accuracy,
     forgetting_kind,
     group_separability,
 )
@@ -194,6 +196,8 @@ def auto_revise(
     original = PixelSpaceModel(copy.deepcopy(net).float(), card).to(dev).eval()
     start = judge.read(original)
     target = judge.target(kind, start, source)
+    if kind == SUBSET and not separability >= DISTINCT_AUC:
+        target = _pooled_target(target, original, calibration_forget, calibration_retain, forget)
     best = _Best("original (unchanged)", start, target.distance(start))
     say(f"auto: {kind} forgetting; the original is at estimated distance {best.distance:.3f}")
     # a small site still gets a real revision: a floor in images, cheap where images are few
@@ -236,6 +240,35 @@ def auto_revise(
     if not record["target"]["met"]:
         log.warning("auto: %s", record["warning"])
     return UnlearnResult(model=model.cpu().eval(), card=card, record=record)
+
+
+def _pooled_target(
+    target: Target,
+    original: nn.Module,
+    calibration_forget: LabelledTensors,
+    calibration_retain: LabelledTensors,
+    forget: LabelledTensors,
+) -> Target:
+    """A subset its held-out images do not tell apart from the rest (patients, random rows,
+    instances) is read by a model that never saw it as that model reads held-out images of the
+    same classes: the target forget accuracy is then the original's on every calibration image,
+    weighted to the forget set's class mix - several times the images of the group's own slice,
+    so an interval tight enough to see the gap between seen and unseen images."""
+    pooled = LabelledTensors(
+        torch.cat([calibration_forget.x, calibration_retain.x]),
+        torch.cat([calibration_forget.y, calibration_retain.y]),
+    )
+    estimate = class_weighted_accuracy(original, pooled, forget.y)
+    if estimate is None:  # a forgotten class has no held-out image: keep the group's own slice
+        return target
+    level, half = estimate
+    source = (
+        f"{len(pooled)} held-out images, weighted to the forget set's class mix (the group's "
+        "images are not told apart from the others')"
+    )
+    return dataclasses.replace(
+        target, forget=level, forget_half_width=half, heldout_forget_source=source
+    )
 
 
 def _meets(target: Target, distance: float) -> bool:

@@ -9,7 +9,9 @@ judges). The kind of forgetting decides the target (metrics.md, "without a retra
   images and on held-out images of the class alike.
 * ``subset``: some images of classes that stay (a device, a site, patients, instances). A model
   that never saw them reads them as it reads held-out images of the same group: the target forget
-  accuracy is the original's accuracy on held-out images of that group (with a binomial interval).
+  accuracy is the original's accuracy on held-out images of that group (with a binomial interval);
+  where the group's images are not told apart from the others' (patients, random rows), the
+  automatic revision pools every calibration image, weighted to the forget set's class mix.
   Caveat, stated in every record: this cannot see that a model trained without a whole device
   might read that device worse than the original reads its held-out images.
 
@@ -73,6 +75,36 @@ def accuracy(model: nn.Module, data: LabelledTensors, batch_size: int = 1024) ->
         y = data.y[i : i + batch_size].to(device, non_blocking=True)
         hits += (model(x).argmax(1) == y).sum()
     return hits.item() / len(data)
+
+
+@torch.no_grad()
+def class_weighted_accuracy(
+    model: nn.Module, heldout: LabelledTensors, labels: torch.Tensor
+) -> tuple[float, float] | None:
+    """Accuracy on ``heldout`` re-weighted to the class mix of ``labels``, and its 95%
+    half-width (per class, binomial); None when a class of ``labels`` has no held-out image."""
+    classes, counts = labels.cpu().unique(return_counts=True)
+    weights = counts.double() / counts.sum()
+    device = next(model.parameters()).device
+    hits = (
+        torch.cat(
+            [
+                model(heldout.x[i : i + 1024].to(device)).argmax(1).cpu() == heldout.y[i : i + 1024]
+                for i in range(0, len(heldout), 1024)
+            ]
+        )
+        if len(heldout)
+        else torch.zeros(0, dtype=torch.bool)
+    )
+    level = variance = 0.0
+    for c, w in zip(classes.tolist(), weights.tolist(), strict=True):
+        mine = hits[heldout.y.cpu() == c]
+        if len(mine) == 0:
+            return None
+        p = mine.double().mean().item()
+        level += w * p
+        variance += w * w * max(p * (1 - p), 0.25 / len(mine)) / len(mine)
+    return level, Z95 * math.sqrt(variance)
 
 
 @dataclass

@@ -24,7 +24,7 @@ CLASS = "label == 3"
 def auto_run(cli, demo_site, tmp_path_factory):
     out = tmp_path_factory.mktemp("auto") / "run"
     args = ["unlearn", "--model", demo_site.model, "--data", demo_site.manifest]
-    result = cli(*args, "--forget", CLASS, "--method", "auto", "-o", out, "--device", "cpu")
+    result = cli(*args, "--forget", CLASS, "-o", out, "--device", "cpu")  # auto: the default
     return result, out
 
 
@@ -68,6 +68,10 @@ def test_auto_takes_no_settings(cli, demo_site, tmp_path):
         *args, "--forget", CLASS, "--method", "auto", "--set", "lr=1", "-o", tmp_path / "r", code=2
     )
     assert "--method auto takes no --set" in result.stderr
+    assert not (tmp_path / "r").exists()
+    # without --method, --set names no method: the message says how to name one
+    result = cli(*args, "--forget", CLASS, "--set", "lr=1", "-o", tmp_path / "r", code=2)
+    assert "name the method with --method" in result.stderr and "e.g. --method psg" in result.stderr
     assert not (tmp_path / "r").exists()
 
 

@@ -310,3 +310,15 @@ def test_a_changed_hidden_path_in_the_selection_still_changes_the_stage_fingerpr
     assert Stage("x", ["--forget", one], tmp_path).shown() == ["--forget", "path == <identifier>"]
     assert fingerprint(one) != fingerprint(other)
     assert fingerprint(one) == fingerprint(one)
+
+
+def test_a_run_without_a_method_is_the_automatic_revision(cli, demo_site, tmp_path):
+    """As `revise unlearn` without --method: the run is auto, named auto, with no settings."""
+    path = recipe(tmp_path, demo_site, unlearn=[{"seed": 3}])
+    lines = stage_lines(cli("run", path, "--dry-run", code=0))
+    assert list(lines) == ["index", "unlearn:auto", "export", "validate"]
+    argv = lines["unlearn:auto"].split()
+    assert argv[argv.index("--method") + 1] == "auto" and "--set" not in argv
+    path = recipe(tmp_path, demo_site, unlearn=[{"settings": {"lr": 0.1}}])
+    line = cli.one_line_error(cli("run", path, "--dry-run", code=2))
+    assert "method auto takes no settings" in line

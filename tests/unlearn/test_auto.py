@@ -243,3 +243,23 @@ def test_a_state_that_meets_the_target_replaces_a_best_that_does_not():
     assert _replaces(target, 0.039 - 2 * margin, met)
     moved = _Best("psg (subset)", reading, 0.039, state={}, step=5)  # a revision: any gain counts
     assert _replaces(target, 0.0385, moved) and not _replaces(target, 0.039, moved)
+
+
+def test_class_weighted_accuracy_follows_the_forget_sets_class_mix():
+    """A model that always answers 1 is right on every held-out 1 and wrong elsewhere: weighted
+    to a forget set that is a quarter 1s, its accuracy is 0.25, with the per-class interval."""
+    from revise.unlearn.target import Z95, class_weighted_accuracy
+
+    always_one = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        always_one.weight.zero_()
+        always_one.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    heldout = LabelledTensors(torch.randn(60, 4), torch.tensor([0, 1, 2] * 20))
+    forget_labels = torch.tensor([1, 0, 0, 2])
+    level, half = class_weighted_accuracy(always_one, heldout, forget_labels)
+    assert level == pytest.approx(0.25)
+    floor = 0.25 / 20 / 20  # p(1-p) = 0 on every class: the floor of binomial_half_width
+    weights = (0.25, 0.5, 0.25)
+    assert half == pytest.approx(Z95 * math.sqrt(sum(w * w * floor for w in weights)))
+    # a forgotten class with no held-out image: no estimate
+    assert class_weighted_accuracy(always_one, heldout, torch.tensor([1, 5])) is None
