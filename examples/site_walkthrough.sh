@@ -12,7 +12,7 @@ revise index "$site/dicom" -o "$work/manifest.parquet" --labels "$site/labels.cs
   --overwrite
 revise select "$work/manifest.parquet" "$forget"
 revise unlearn --model "$work/demo/original" --data "$work/manifest.parquet" --forget "$forget" \
-  --set lr=0.001 --set phi=2 --set epochs=10 --set freeze_bn=true \
+  --method psg --set lr=0.001 --set phi=2 --set epochs=10 --set freeze_bn=true \
   --cache "$work/cache" -o "$work/run" --overwrite
 revise evaluate --model "$work/run" --data "$work/manifest.parquet" --forget "$forget" \
   --cache "$work/cache" --json "$work/metrics.json" --overwrite

@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 from orthanc import orthanc  # noqa: F401  (the session fixture: one real PACS for the whole run)
 
+# Under pytest-xdist (`-n 2`) the workers share the cores: torch gets its share in each, so that
+# two workers do not oversubscribe the CPU (results do not depend on it: a test comparing runs
+# makes both in the same process or passes its thread count on, tests/clirunner.py).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
+
 # The shared sites (a DICOM demo site with its model and psg run; real export bundles) are
 # session fixtures every test folder can use, tests/adversarial included.
 pytest_plugins = ["cli_site", "export_site"]

@@ -85,6 +85,7 @@ def test_a_tiny_cpu_run_writes_sane_json_and_markdown(bench, tmp_path, keep_thre
     assert "| small_cnn | 3x32x32 | 8 |" in text
 
 
+@pytest.mark.slow  # compiles C++ kernels
 def test_compile_adds_psg_with_compiled_networks(bench, tmp_path, keep_threads):
     out = tmp_path / "throughput.json"
     argv = ["--models", "small_cnn", "--batch", "8", "--steps", "2", "--warmup", "1"]
@@ -197,6 +198,7 @@ def fashion_tiny(tmp_path_factory):
         yield root, report, module
 
 
+@pytest.mark.slow  # a benchmark end to end at its tiny scale
 def test_fashion_mnist_tiny_run_writes_every_number(fashion_tiny):
     root, report, fashion_module = fashion_tiny
     saved = json.loads((root / "r.json").read_text())
@@ -219,6 +221,7 @@ def test_fashion_mnist_tiny_run_writes_every_number(fashion_tiny):
     assert "| boundary_shrink |" in text and "Published (the paper" in text
 
 
+@pytest.mark.slow  # a benchmark end to end at its tiny scale
 def test_the_fashion_mnist_recipe_checks_out_against_the_saved_models(fashion_tiny, tmp_path):
     """examples/fashion_mnist_recipe.yaml is a valid recipe once the benchmark saved its models
     (checked as a whole, commands printed; the full run is a GPU job)."""
@@ -244,6 +247,7 @@ def test_the_fashion_mnist_recipe_checks_out_against_the_saved_models(fashion_ti
 # --- benchmarks/sweep_concurrency.py -----------------------------------------------------------
 
 
+@pytest.mark.slow  # a benchmark end to end at its tiny scale
 def test_sweep_concurrency_tiny_run_matches_the_sequential_sweep(tmp_path):
     require_fashion_mnist()
     out, md = tmp_path / "s.json", tmp_path / "sweep.md"
@@ -289,6 +293,7 @@ def suite_tiny(tmp_path_factory):
         yield root, report, module
 
 
+@pytest.mark.slow  # a benchmark end to end at its tiny scale
 def test_scenario_suite_tiny_run_has_every_row_and_sane_numbers(suite_tiny):
     root, report, module = suite_tiny
     saved = json.loads((root / "s.json").read_text())
@@ -354,6 +359,7 @@ def test_scenario_suite_tiny_run_has_every_row_and_sane_numbers(suite_tiny):
     assert ("of 4 scenarios." if auto else "No row: the automatic revision") in text
 
 
+@pytest.mark.slow  # a benchmark end to end at its tiny scale
 def test_scenario_suite_render_rewrites_the_markdown(suite_tiny, tmp_path):
     root, _, module = suite_tiny
     md = tmp_path / "again.md"

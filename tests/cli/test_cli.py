@@ -266,6 +266,7 @@ def test_unlearn_refuses_existing_run_folder(cli, demo_site, run_folder):
     assert cli.leftovers(run_folder.parent) == []
 
 
+@pytest.mark.slow  # compiles C++ kernels
 def test_unlearn_boundary_shrink(cli, demo_site, tmp_path):
     out = tmp_path / "bs"
     args = cli.unlearn_args(demo_site, out, "--method", "boundary_shrink", settings={"epochs": 1})
@@ -462,6 +463,7 @@ DEMO_PHI = re.compile(r"Demo\^Patient\d{2}|DEMO-\d{4}")
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # the whole demo: site, two trainings, bundle
 def test_demo_end_to_end(cli, tmp_path):
     import pydicom
 

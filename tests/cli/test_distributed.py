@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 EXACT = {"epochs": 2, "lr": 0.001, "freeze_bn": "true"}
 
 
+@pytest.mark.slow  # two worker processes
 def test_two_gloo_workers_match_one_process(cli, demo_site, tmp_path, monkeypatch):
     # torchrun gives each worker one thread unless told otherwise; match this process, so
     # that only the sharding differs between the two runs.

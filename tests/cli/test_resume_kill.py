@@ -11,9 +11,9 @@ from clirunner import kill_when
 from revise.unlearn.api import checkpoint_dir_for, partial_dir
 from revise.unlearn.checkpoint import FILE, peek
 
-# psg with its noise, a retain term and tallies; 30 passes of 8 steps run for a couple of seconds
+# psg with its noise, a retain term and tallies; 8 passes of 7 steps run for a couple of seconds
 # on a CPU: long after the first checkpoint (step 2), whose appearance triggers the kill.
-SETTINGS = {"epochs": 30, "lr": 0.001, "phi": 2}
+SETTINGS = {"epochs": 8, "lr": 0.001, "phi": 2}
 EVERY = 2
 
 

@@ -171,7 +171,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(cli, demo_site, tmp_pa
     the checkpoint and ends with the weights of an uninterrupted run."""
     from revise.models.io import load_model, weights_digest
 
-    settings = {"epochs": 30, "lr": 0.001, "phi": 2}
+    settings = {"epochs": 8, "lr": 0.001, "phi": 2}  # 56 steps: seconds after the checkpoint
     runs = {}
     for name in ("killed", "whole"):
         folder = tmp_path / name

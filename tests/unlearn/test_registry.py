@@ -60,6 +60,7 @@ def test_a_run_that_diverges_is_refused_not_handed_on(digits, name):
     assert "lower the learning rate (lr=1e+12)" in str(caught.value)
 
 
+@pytest.mark.slow  # compiles C++ kernels
 def test_compiled_run_agrees_with_eager(digits):
     """torch.compile changes how the passes run, not what they compute."""
     args = (digits["net"], digits["card"], digits["forget"], digits["retain"])
