@@ -296,10 +296,10 @@ def evaluate_cmd(
 ):
     """Accuracy on forget / retain / held-out sets, per device and per class."""
     from revise._io import check_output, write_json_atomic
+    from revise.data.manifest import FORBIDDEN_COLUMNS
     from revise.evaluate import evaluate
     from revise.pipeline import prepare
     from revise.registry import did_you_mean
-    from revise.validate.criteria import FORBIDDEN_COLUMNS
 
     if json_out is not None and json_out.is_dir():
         raise UsageError(f"--json {json_out} is a folder; give a file name")

@@ -106,6 +106,7 @@ def validate_cmd(
     from revise._io import check_finished, check_output
     from revise.data import manifest as manifest_mod
     from revise.data.calibration import run_record, without_calibration
+    from revise.data.manifest import FORBIDDEN_COLUMNS
     from revise.data.split import partition, share_of_sets
     from revise.export.bundle import attach_validation, is_bundle
     from revise.export.onnx import require_onnxruntime
@@ -113,7 +114,6 @@ def validate_cmd(
     from revise.pipeline import decode_sets
     from revise.validate.api import check_onnx_matches, validate, write_report
     from revise.validate.criteria import (
-        FORBIDDEN_COLUMNS,
         check_inputs,
         check_models,
         load_criteria,

@@ -55,6 +55,10 @@ ALIASES: dict[str, str] = {
 
 INT_COLUMNS = ("frame", "rows", "cols", "frames", "samples_per_pixel")
 
+# Columns a report never groups by and an error never lists values of: file paths can carry
+# patient names.
+FORBIDDEN_COLUMNS = ("path",)
+
 # The split values a label file may give (an empty cell counts as training, like "train").
 SPLITS = ("train", "heldout")
 

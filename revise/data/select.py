@@ -112,7 +112,7 @@ from revise.data._select_tree import (
     _quote,
     resolve_column,
 )
-from revise.data.manifest import ALIASES
+from revise.data.manifest import ALIASES, FORBIDDEN_COLUMNS
 from revise.errors import SelectionError
 from revise.phi import key_fingerprint, pseudonym, site_key
 
@@ -486,8 +486,6 @@ def _explain(leaf: Comparison, ctx: _Context) -> str | None:
 def _identifying_columns() -> set[str]:
     """Columns whose values an error never lists: ``path`` and every column a validation
     report refuses to group by."""
-    from revise.validate.criteria import FORBIDDEN_COLUMNS  # here: only an error needs it
-
     return {"path", *FORBIDDEN_COLUMNS}
 
 

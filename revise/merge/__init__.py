@@ -13,9 +13,9 @@
 from revise.merge._merge import merge_runs
 from revise.merge._runs import RunInput, check_aligned, load_run
 from revise.merge.arithmetic import task_arithmetic
-from revise.merge.batchnorm import reestimate_batchnorm
 from revise.merge.compose import compose, split_rules
 from revise.merge.search import DEFAULT_GRID, StrengthSearch, search_strengths
+from revise.unlearn.batchnorm import reestimate_batchnorm
 
 __all__ = [
     "DEFAULT_GRID",

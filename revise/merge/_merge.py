@@ -17,7 +17,6 @@ from revise.errors import UsageError
 from revise.evaluate import evaluate
 from revise.merge._runs import RunInput, check_aligned, digest_of, load_run, resolve
 from revise.merge.arithmetic import Override, task_arithmetic
-from revise.merge.batchnorm import _BN, reestimate_batchnorm
 from revise.merge.compose import compose, split_rules
 from revise.merge.search import DEFAULT_GRID, search_strengths
 from revise.models.card import ModelCard
@@ -25,6 +24,7 @@ from revise.pipeline import PreparedData
 from revise.train import TrainConfig, train_classifier
 from revise.unlearn.api import UnlearnResult, software_versions
 from revise.unlearn.base import steps_per_pass
+from revise.unlearn.batchnorm import _BN, reestimate_batchnorm
 
 if TYPE_CHECKING:
     from revise.validate.criteria import Criteria

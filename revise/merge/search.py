@@ -23,9 +23,9 @@ from torch import nn
 from revise.errors import UsageError
 from revise.evaluate import EvalSet, evaluate
 from revise.merge.arithmetic import Override, task_arithmetic
-from revise.merge.batchnorm import reestimate_batchnorm
 from revise.models.card import ModelCard
 from revise.sweep import distance
+from revise.unlearn.batchnorm import reestimate_batchnorm
 from revise.unlearn.target import forgetting_kind, reading_from_metrics, target_from_metrics
 
 DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)

@@ -31,6 +31,7 @@ from revise.unlearn.base import (
     sgd,
     steps_per_pass,
 )
+from revise.unlearn.batchnorm import reestimate_batchnorm
 from revise.unlearn.settings import setting
 
 FORGET_STREAM = 1  # batch stream of the forget images
@@ -260,8 +261,6 @@ def check_batchnorm_settings(ctx: UnlearnContext, config: PSGConfig) -> None:
 def reestimate_bn(ctx: UnlearnContext) -> None:
     """BatchNorm statistics of the updated model recomputed on the retain set (every worker
     alike: each holds the whole retain set), as a model retrained on it would have them."""
-    from revise.merge.batchnorm import reestimate_batchnorm  # revise.merge imports the API
-
     with ctx.timer.phase("reestimate_bn"):
         reestimate_batchnorm(ctx.model.net, ctx.card, ctx.retain, device=str(ctx.device))
 

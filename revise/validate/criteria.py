@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 from revise._io import not_utf8
+from revise.data.manifest import FORBIDDEN_COLUMNS
 from revise.errors import UsageError
 from revise.registry import did_you_mean
 from revise.validate.metrics import Estimate, group_values
@@ -43,7 +44,6 @@ from revise.validate.mia import MIN_PER_GROUP
 SETS = ("forget", "retain", "heldout_forget", "heldout_retain")
 BASELINES = ("original", "reference")
 OPERATORS = ("at_most", "at_least", "between")
-FORBIDDEN_COLUMNS = ("path",)  # file paths can carry patient names: never a reported group
 MAX_BYTES = 1 << 20  # a criteria file is a few lines: anything larger is another file
 
 

@@ -21,11 +21,11 @@ from torch import nn
 from revise.data import manifest as manifest_mod
 from revise.errors import UsageError
 from revise.evaluate import predict
-from revise.merge.batchnorm import reestimate_batchnorm
 from revise.models.io import load_model
 from revise.pipeline import prepare
 from revise.unlearn.api import unlearn
 from revise.unlearn.base import LabelledTensors
+from revise.unlearn.batchnorm import reestimate_batchnorm
 
 FORGET = 'device == "Borealis CR-7"'
 AUTHORS = {"lr": 1e-5, "freeze_bn": True}  # the run: phi = 0, other settings default

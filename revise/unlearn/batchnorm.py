@@ -1,4 +1,5 @@
-"""BatchNorm running statistics re-estimated on retain data after a weight-space merge."""
+"""BatchNorm running statistics re-estimated on retain data after the weights changed (a
+weight-space merge, an update with frozen statistics)."""
 
 from __future__ import annotations
 
