@@ -157,11 +157,16 @@ def merge_cmd(
         if forget:
             say(f"the forget selection selects {share_of_sets(data.counts())}")
     ref_model = load_model(reference).module if reference is not None else None
-    gates = None
+    judge = None
     if criteria is not None:
         from revise.validate.criteria import load_criteria
+        from revise.validate.judge import gate_judge
 
         gates = load_criteria(criteria)
+        if not search_strengths:
+            raise UsageError("--criteria steer the strength search: add --search-strengths")
+        if data is not None and base is not None:  # else merge_runs says what is missing
+            judge = gate_judge(gates, data, base, ref_model, loaded[0].card, device)
     result = merge_runs(
         loaded,
         base=base,
@@ -174,7 +179,7 @@ def merge_cmd(
         grid=values,
         data=data,
         reference=ref_model,
-        criteria=gates,
+        judge=judge,
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
         reestimate_bn=reestimate_bn,

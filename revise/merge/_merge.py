@@ -7,9 +7,9 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -18,16 +18,12 @@ from revise.evaluate import evaluate
 from revise.merge._runs import RunInput, check_aligned, digest_of, load_run, resolve
 from revise.merge.arithmetic import Override, task_arithmetic
 from revise.merge.compose import compose, split_rules
-from revise.merge.search import DEFAULT_GRID, search_strengths
-from revise.models.card import ModelCard
+from revise.merge.search import DEFAULT_GRID, GateJudge, search_strengths
 from revise.pipeline import PreparedData
 from revise.train import TrainConfig, train_classifier
 from revise.unlearn.api import UnlearnResult, software_versions
 from revise.unlearn.base import steps_per_pass
 from revise.unlearn.batchnorm import _BN, reestimate_batchnorm
-
-if TYPE_CHECKING:
-    from revise.validate.criteria import Criteria
 
 log = logging.getLogger(__name__)
 
@@ -41,48 +37,6 @@ def _normalise_overrides(overrides: Sequence[Any], n_runs: int) -> list[Override
             raise UsageError(f"strength override {pattern!r}: {len(values)} values, {n_runs} runs")
         out.append((str(pattern), values))
     return out
-
-
-def gate_judge(
-    criteria: Criteria,
-    data: PreparedData,
-    original: nn.Module,
-    reference: nn.Module | None,
-    card: ModelCard,
-    device: str,
-) -> Callable[[nn.Module], int]:
-    """``failed(candidate)``: how many gates of ``criteria`` the candidate fails, judged as
-    ``revise validate`` judges them (against the original and, if given, the reference).
-    Gates on the exported ONNX model are left to validation: no candidate is exported."""
-    from revise.validate.api import validate
-    from revise.validate.criteria import METRICS, check_models
-
-    on_weights = tuple(g for g in criteria.gates if METRICS[g.metric].requires != "onnx")
-    if len(on_weights) < len(criteria.gates):
-        log.info(
-            "%d gate(s) of %s judge the ONNX export: left to validation",
-            len(criteria.gates) - len(on_weights),
-            criteria.source,
-        )
-    if not on_weights:
-        raise UsageError(
-            f"{criteria.source}: every gate judges the ONNX export, none the merged weights",
-            hint="give criteria with accuracy, MIA or distance gates",
-        )
-    criteria = dataclasses.replace(criteria, gates=on_weights)
-    baselines = {"original": original}
-    if reference is not None:
-        baselines["reference"] = reference
-    check_models(criteria, list(baselines))  # before any candidate: a gate we cannot judge
-
-    measured: dict = {}  # the baselines' predictions and attacks, computed for the first only
-
-    def failed(candidate: nn.Module) -> int:
-        models = {"candidate": candidate, **baselines}
-        result = validate(models, data, criteria, card=card, device=device, reuse=measured)
-        return len(result.failed())
-
-    return failed
 
 
 def merge_runs(
@@ -102,7 +56,7 @@ def merge_runs(
     finetune_lr: float = 1e-4,
     reestimate_bn: bool | None = None,
     bn_batch_size: int = 1024,
-    criteria: Criteria | None = None,
+    judge: GateJudge | None = None,
     device: str = "auto",
     seed: int = 0,
 ) -> UnlearnResult:
@@ -113,9 +67,10 @@ def merge_runs(
     ``search`` over ``grid`` per run; ``overrides`` per key pattern) needs the ``base`` model
     the runs revise. BatchNorm statistics are re-estimated on ``data``'s retain set after a
     strength merge (``reestimate_bn`` None: automatic), then the model is optionally fine-tuned
-    on it. With acceptance ``criteria`` (revise validate's gates), the search prefers the
-    strengths whose merged model fails the fewest gates, then the best score. With ``data``
-    the result carries metrics on its four sets. Save it with :func:`revise.unlearn.api.save_run`.
+    on it. With a ``judge`` of acceptance gates (``revise.validate.judge.gate_judge``), the
+    search prefers the strengths whose merged model fails the fewest gates, then the best
+    score. With ``data`` the result carries metrics on its four sets. Save it with
+    :func:`revise.unlearn.api.save_run`.
     """
     t0 = time.perf_counter()
     runs = [r if isinstance(r, RunInput) else load_run(r) for r in runs]
@@ -132,8 +87,8 @@ def merge_runs(
         raise UsageError("give --strengths or --search-strengths, not both")
     if search and data is None:
         raise UsageError("searching strengths needs data", hint="give --data and --forget")
-    if criteria is not None and not search:
-        raise UsageError("acceptance criteria steer the strength search: add --search-strengths")
+    if judge is not None and not search:
+        raise UsageError("acceptance gates steer the strength search: pass search=True")
     sets = data.sets if data is not None else {}
     card = runs[0].card
     names = [run.name for run in runs]
@@ -179,9 +134,6 @@ def merge_runs(
             if reference is not None:
                 ref_metrics = evaluate(reference, card, sets, by=(), device=device)
                 ref_acc = {name: stats["accuracy"] for name, stats in ref_metrics.items()}
-            judge = None
-            if criteria is not None:
-                judge = gate_judge(criteria, data, base, reference, card, device)
             t1 = time.perf_counter()
             found = search_strengths(
                 runs[0].model,
@@ -194,7 +146,7 @@ def merge_runs(
                 reference=ref_acc,
                 bn_batch_size=bn_batch_size,
                 device=device,
-                judge=judge,
+                judge=judge.failed if judge is not None else None,
             )
             timings["search"] = round(time.perf_counter() - t1, 4)
             strengths = found.strengths
@@ -205,16 +157,16 @@ def merge_runs(
                 "reference_accuracy": ref_acc,
                 "candidates": found.table,
             }
-            if criteria is not None:
+            if judge is not None:
                 recipe["search"]["criteria"] = {
-                    "path": criteria.source,
-                    "sha256": criteria.sha256,
+                    "path": judge.source,
+                    "sha256": judge.sha256,
                     "gates_failed_by_best": found.gates_failed,
                 }
                 if found.gates_failed:
                     log.warning(
                         "no strengths pass every gate of %s: the best candidate fails %d",
-                        criteria.source,
+                        judge.source,
                         found.gates_failed,
                     )
         strengths = tuple(float(s) for s in strengths)

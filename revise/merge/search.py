@@ -42,6 +42,17 @@ class StrengthSearch:
     gates_failed: int | None = None  # by the best candidate, when gates were judged
 
 
+@dataclass(frozen=True)
+class GateJudge:
+    """Acceptance gates a strength search steers by (``revise.validate.judge.gate_judge``
+    makes one): ``failed(candidate)`` counts the gates the candidate fails; ``source`` and
+    ``sha256`` name the criteria in the run record."""
+
+    failed: Callable[[nn.Module], int]
+    source: str
+    sha256: str
+
+
 def check_search_size(values: int, runs: int) -> None:
     """Refuse a search of more than MAX_CANDIDATES candidates (``values`` per run, every
     combination), counted without building them."""

@@ -370,10 +370,10 @@ def test_a_gate_aware_search_prefers_strengths_that_pass_the_gates(merge_site, t
 
 
 def test_the_gate_judge_measures_the_baselines_once_and_judges_as_validate(merge_site, tmp_path):
-    from revise.merge._merge import gate_judge
     from revise.models.io import load_model
     from revise.validate.api import validate
     from revise.validate.criteria import load_criteria
+    from revise.validate.judge import gate_judge
 
     gates = tmp_path / "gates.yaml"
     gates.write_text(
@@ -391,9 +391,10 @@ def test_the_gate_judge_measures_the_baselines_once_and_judges_as_validate(merge
     calls = []
     base.module.register_forward_hook(lambda *_: calls.append(1))
     judge = gate_judge(criteria, merge_site.data, base.module, None, base.card, "cpu")
-    failed = [judge(candidates[0])]
+    assert (judge.source, judge.sha256) == (criteria.source, criteria.sha256)
+    failed = [judge.failed(candidates[0])]
     after_first = len(calls)
-    failed.append(judge(candidates[1]))
+    failed.append(judge.failed(candidates[1]))
     assert after_first > 0 and len(calls) == after_first  # the original: predicted once
     failing = []
     for candidate, n_failed in zip(candidates, failed, strict=True):
