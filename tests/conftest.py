@@ -27,7 +27,7 @@ pytest_plugins = ["cli_site", "export_site"]
 
 @contextlib.contextmanager
 def _site_env(mp: pytest.MonkeyPatch, home: Path) -> Iterator[None]:
-    from revise import plugins
+    from revise.data import plugins
 
     mp.setenv("REVISE_PHI_KEY", "test-site-key")
     mp.setenv("REVISE_CONFIG", str(home / "config.yaml"))

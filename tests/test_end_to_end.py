@@ -14,7 +14,7 @@ import torch
 from click.testing import Result
 from clirunner import invoke
 
-from revise import plugins
+from revise.data import plugins
 
 HERE = Path(__file__).resolve().parent
 FORGET = "label in [0]"

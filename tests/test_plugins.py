@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from revise import plugins
 from revise.data import manifest as manifest_mod
+from revise.data import plugins
 from revise.data.loaders import SiteLoader
 from revise.errors import DataError, PluginError, UnknownNameError
 from revise.phi import pseudonym, site_key
@@ -383,3 +383,13 @@ def test_read_pixels_of_a_vanished_file_is_a_data_error(loader, site):
     Path(row["path"]).unlink()
     with pytest.raises(DataError, match=re.escape(Path(row["path"]).name)):
         loader.read_pixels(row)
+
+
+def test_the_plugin_api_is_the_machinerys_own():
+    """Plugin authors import revise.plugins (plugins/revise-pngfolder does): its marker and
+    types are the ones the loader registry uses, so a hook marked with it is found."""
+    import revise.plugins as api
+
+    assert api.hookimpl is plugins.hookimpl and api.GROUP == plugins.GROUP == "revise"
+    assert api.plugin_infos is plugins.plugin_infos
+    assert {"hookimpl", "SiteLoader", "plugin_infos"} <= set(api.__all__)

@@ -8,7 +8,7 @@ import click
 @click.command("plugins")
 def plugins_cmd() -> None:
     """List site-loader plugins: loaded, or found but not on the allow-list."""
-    from revise.plugins import plugin_infos, site_loaders
+    from revise.data.plugins import plugin_infos, site_loaders
 
     for info in plugin_infos():
         state = (

@@ -54,9 +54,9 @@ from revise.data._dicom_header import UNDEFINED as UNDEFINED
 from revise.data._dicom_pixels import _decode, _display
 from revise.data.loaders import IndexFailure, IndexResult
 from revise.data.manifest import COLUMNS, normalize
+from revise.data.plugins import hookimpl
 from revise.errors import DataError
 from revise.phi import pseudonym, site_key
-from revise.plugins import hookimpl
 
 log = logging.getLogger(__name__)
 

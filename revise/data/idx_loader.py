@@ -46,8 +46,8 @@ import pandas as pd
 
 from revise.data.loaders import IndexFailure, IndexResult
 from revise.data.manifest import COLUMNS, normalize
+from revise.data.plugins import hookimpl
 from revise.errors import DataError
-from revise.plugins import hookimpl
 
 log = logging.getLogger(__name__)
 

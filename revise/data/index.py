@@ -30,7 +30,7 @@ DICOM = "dicom"
 
 def choose_loader(root: str | os.PathLike, loader: str = "auto") -> SiteLoader:
     """The loader named ``loader``, or for ``"auto"`` the first that recognises ``root``."""
-    from revise.plugins import get_loader, site_loaders
+    from revise.data.plugins import get_loader, site_loaders
 
     if loader != "auto":
         return get_loader(loader)

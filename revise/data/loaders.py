@@ -1,6 +1,7 @@
 """Site loaders: how a site's files become manifest rows and pixel arrays.
 
-DICOM and IDX (MNIST-format files) are built in; plugins add others (see :mod:`revise.plugins`).
+DICOM and IDX (MNIST-format files) are built in; plugins add others (see
+:mod:`revise.data.plugins`).
 Every row of a manifest names its loader in the ``loader`` column, and decoding dispatches on it,
 so one manifest may mix sources.
 """

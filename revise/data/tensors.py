@@ -209,7 +209,7 @@ def load_tensors(
     no row decodes, :class:`DataError`. Rows of one file are decoded together, so a file is
     read once. With ``cache_dir`` results are reused across calls (see module docs).
     """
-    from revise.plugins import get_loader
+    from revise.data.plugins import get_loader
 
     if manifest is None or len(manifest) == 0:
         raise DataError("nothing to decode: the manifest has no rows")

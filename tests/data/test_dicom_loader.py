@@ -236,7 +236,7 @@ def test_index_a_single_file_and_can_index(tmp_path):
 
 
 def test_the_builtin_plugin_provides_the_loader():
-    from revise.plugins import get_loader
+    from revise.data.plugins import get_loader
 
     loader = get_loader("dicom")
     assert isinstance(loader, DicomLoader) and loader.name == "dicom"

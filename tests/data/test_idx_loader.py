@@ -19,8 +19,8 @@ import pydicom
 import pytest
 from clirunner import invoke
 
-from revise import plugins
 from revise.data import manifest as manifest_mod
+from revise.data import plugins
 from revise.data.idx_loader import IdxLoader, read_idx, read_idx_header
 from revise.data.index import choose_loader, index
 from revise.data.loaders import SiteLoader

@@ -63,7 +63,7 @@ def test_named_loader_and_key(tmp_path):
 
 
 def test_auto_asks_plugins_before_dicom(monkeypatch):
-    from revise import plugins
+    from revise.data import plugins
 
     fake = FakeLoader(accepts=True)
     monkeypatch.setattr(plugins, "site_loaders", lambda: {"dicom": DicomLoader(), "fake": fake})
