@@ -65,14 +65,14 @@ DIR_MODE = 0o777 & ~_UMASK
 
 # A file that each kind of output folder revise makes holds (the folders are written atomically,
 # but for the demo's and the recipe's, which hold theirs once the first run got that far).
-MARKERS = (
-    "run.json",  # a run folder: revise unlearn, revise merge (and a bundle)
-    "bundle.json",  # revise export
-    "revision_report.json",  # revise validate
-    "sweep.json",  # revise sweep
-    "demo_report.json",  # revise demo
-    "recipe.resolved.yaml",  # the workdir of revise run (written before any stage)
-)
+RUN_RECORD = "run.json"  # a run folder: revise unlearn, revise merge (and a bundle)
+BUNDLE_MANIFEST = "bundle.json"  # revise export
+REPORT_JSON = "revision_report.json"  # revise validate (attached to a bundle)
+REPORT_HTML = "report.html"  # revise validate, beside REPORT_JSON
+SWEEP_RECORD = "sweep.json"  # revise sweep
+DEMO_REPORT = "demo_report.json"  # revise demo
+RESOLVED_RECIPE = "recipe.resolved.yaml"  # the workdir of revise run (before any stage)
+MARKERS = (RUN_RECORD, BUNDLE_MANIFEST, REPORT_JSON, SWEEP_RECORD, DEMO_REPORT, RESOLVED_RECIPE)
 MANIFEST_HEAD = ("sample_key", "path")  # a manifest's first columns (revise.data.manifest)
 FAILURES_HEAD = ("path", "reason")  # `revise index --failures`
 MAX_RECOGNISED_BYTES = 64 << 20  # a larger JSON is no metrics file of revise's

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revise._io import write_json_atomic
+from revise._io import DEMO_REPORT, REPORT_HTML, write_json_atomic
 
 FORGET = 'device == "Borealis CR-7"'
 # Chosen by a small grid on the demo: the demo model is small and briefly trained, so its
@@ -179,14 +179,14 @@ def run_demo(
         "verdict": validation.report["verdict"],
         "summary": validation.report["summary"],
         "failed": [v.gate.name for v in validation.failed()],
-        "report": str(out / "validation" / "report.html"),
+        "report": str(out / "validation" / REPORT_HTML),
     }
     table["parity"] = bundle.manifest["onnx"]["variants"]["model.onnx"]["parity"]
     table["bundle"] = str(bundle.path)
     table["attack_success_ratio"] = result.record.get("attack_success_ratio")
     table["counts"] = data.counts()
     table["timings_s"] = timings
-    write_json_atomic(out / "demo_report.json", table)
+    write_json_atomic(out / DEMO_REPORT, table)
     return DemoResult(out=out, table=table, timings=timings)
 
 

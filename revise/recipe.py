@@ -56,7 +56,15 @@ from typing import Any
 import click
 import yaml
 
-from revise._io import check_output, not_utf8, sha256_file, write_json_atomic, write_text_atomic
+from revise._io import (
+    REPORT_JSON,
+    RESOLVED_RECIPE,
+    check_output,
+    not_utf8,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from revise.errors import DataError, RevisionError, SelectionError, UsageError
 from revise.registry import did_you_mean
 
@@ -113,8 +121,6 @@ RESERVED = {
     },
 }
 STATE_FILE = "state.json"
-RESOLVED = "recipe.resolved.yaml"
-REPORT_FILE = "revision_report.json"  # what `revise validate` writes (and attaches to a bundle)
 # Options whose value is a selection: the command runs with the text as written, every record
 # and log line shows it as describe() writes it (patient values hidden).
 SELECTION_FLAGS = ("--forget", "--heldout-select")
@@ -294,7 +300,7 @@ def load_plan(recipe: str | Path) -> Plan:
         "--data",
         str(manifest),
         "--recipe",
-        str(workdir / RESOLVED),
+        str(workdir / RESOLVED_RECIPE),
         "--cache",
         str(cache),
         *_flags(export),
@@ -345,7 +351,9 @@ def run_plan(
     plan.workdir.mkdir(parents=True, exist_ok=True)
     state = {} if restart else _read_state(plan.state_path())
     done, started = state.setdefault("done", {}), state.setdefault("started", {})
-    write_text_atomic(plan.workdir / RESOLVED, yaml.safe_dump(plan.resolved, sort_keys=False))
+    write_text_atomic(
+        plan.workdir / RESOLVED_RECIPE, yaml.safe_dump(plan.resolved, sort_keys=False)
+    )
     verdict = 0
     ran: set[str] = set()
     for stage in plan.stages:
@@ -399,8 +407,8 @@ def _validation_outcome(stage: Stage, bundle: Path, code: int) -> int:
     """0 or 1 from the report this very `revise validate` wrote and attached to the bundle
     (the stage removed any earlier one first); any other outcome is a crash that stops the
     recipe."""
-    report = stage.output / REPORT_FILE
-    attached = bundle / REPORT_FILE
+    report = stage.output / REPORT_JSON
+    attached = bundle / REPORT_JSON
     verdict = None
     if code in (0, 1) and report.is_file():
         verdict = _read_verdict(report)
@@ -1002,7 +1010,7 @@ def _invoke(cli: click.Group, args: list[str]) -> int:
 
 def _verdict(report_folder: Path) -> int:
     """0 when the validation report says every gate passed, else 1."""
-    return 0 if _read_verdict(report_folder / REPORT_FILE) == "pass" else 1
+    return 0 if _read_verdict(report_folder / REPORT_JSON) == "pass" else 1
 
 
 def _read_verdict(report: Path) -> str | None:

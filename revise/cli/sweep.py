@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from revise._io import RUN_RECORD, SWEEP_RECORD
 from revise.cli._common import (
     arch_option,
     cache_option,
@@ -60,7 +61,7 @@ def reference_record(path: Path | None) -> dict[str, Any] | None:
     from revise._io import read_json_object
     from revise.errors import ModelError
 
-    record = path / "run.json" if path is not None and path.is_dir() else None
+    record = path / RUN_RECORD if path is not None and path.is_dir() else None
     if record is None or not record.is_file():
         return None
     fix = "write the reference again with `revise unlearn --method retrain` (or restore it)"
@@ -185,7 +186,7 @@ def sweep_cmd(
             }
             save_run(best, tmp / "best")
         write_json_atomic(
-            tmp / "sweep.json",
+            tmp / SWEEP_RECORD,
             {
                 "method": method,
                 "criterion": result.criterion,

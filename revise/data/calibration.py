@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from revise._io import read_json_object
+from revise._io import RUN_RECORD, read_json_object
 from revise.errors import ModelError
 
 FRACTION = 0.3  # of the held-out rows; the rest stay for validation
@@ -83,7 +83,7 @@ def without_calibration(
 def run_record(model: str | Path) -> dict[str, Any] | None:
     """The run.json of a run folder or bundle (None when there is none). A damaged one is an
     error: its calibration rows would otherwise be judged as if they were unseen."""
-    path = Path(model) / "run.json"
+    path = Path(model) / RUN_RECORD
     if not path.is_file():
         return None
     fix = "the run record is damaged: export or unlearn again (or restore it)"

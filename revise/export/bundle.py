@@ -37,7 +37,16 @@ from typing import Any
 
 import torch
 
-from revise._io import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
+from revise._io import (
+    BUNDLE_MANIFEST,
+    REPORT_HTML,
+    REPORT_JSON,
+    RUN_RECORD,
+    atomic_dir,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from revise.errors import DataError, ExportError, UsageError
 from revise.export.onnx import (
     INPUT_NAME,
@@ -52,11 +61,10 @@ from revise.models.io import LoadedModel, save_model, weights_digest
 log = logging.getLogger(__name__)
 
 SCHEMA = "revise.bundle/1"
-BUNDLE_FILE = "bundle.json"
-REPORT_FILES = ("revision_report.json", "report.html")
+REPORT_FILES = (REPORT_JSON, REPORT_HTML)
 SIGNATURE_FILES = ("signing.json", "revise.sig")
 # Written once the model is validated: the only files a validation report cannot bind.
-AFTER_VALIDATION = (BUNDLE_FILE, *REPORT_FILES, *SIGNATURE_FILES)
+AFTER_VALIDATION = (BUNDLE_MANIFEST, *REPORT_FILES, *SIGNATURE_FILES)
 # The ONNX metadata that attaching a report writes (checked against the report on their own).
 VALIDATION_PROPS = ("revise.validation_verdict", "revise.criteria_sha256")
 DEFAULT_OPSET = 18  # what the dynamo exporter writes best; ONNX Runtime >= 1.14 runs it
@@ -78,7 +86,7 @@ class Bundle:
 
 
 def is_bundle(path: str | Path) -> bool:
-    return (Path(path) / BUNDLE_FILE).is_file()
+    return (Path(path) / BUNDLE_MANIFEST).is_file()
 
 
 def check_name(name: str, what: str) -> None:
@@ -134,7 +142,7 @@ def write_bundle(
         if fp16:
             variants["model.fp16.onnx"] = _fp16_variant(model, tmp, samples)
         if run is not None:
-            shutil.copyfile(Path(model.path) / "run.json", tmp / "run.json")
+            shutil.copyfile(Path(model.path) / RUN_RECORD, tmp / RUN_RECORD)
         if recipe is not None:
             write_text_atomic(tmp / "recipe.yaml", recipe)
         if validation is not None:
@@ -158,8 +166,10 @@ def write_bundle(
 def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not is_bundle(path):
-        raise UsageError(f"{path} is not a revise bundle (no {BUNDLE_FILE})", hint="revise export")
-    return Bundle(path, json.loads((path / BUNDLE_FILE).read_text()))
+        raise UsageError(
+            f"{path} is not a revise bundle (no {BUNDLE_MANIFEST})", hint="revise export"
+        )
+    return Bundle(path, json.loads((path / BUNDLE_MANIFEST).read_text()))
 
 
 def attach_validation(bundle: str | Path, validation: str | Path) -> Bundle:
@@ -277,7 +287,7 @@ def _read_report(folder: str | Path, digest: str) -> dict[str, Any]:
             f"{folder} is not a validation report folder (missing {', '.join(missing)})",
             hint="pass the -o folder of `revise validate`",
         )
-    report = json.loads((folder / "revision_report.json").read_text())
+    report = json.loads((folder / REPORT_JSON).read_text())
     validated = (report.get("models") or {}).get("candidate", {}).get("sha256")
     if validated != digest:
         raise ExportError(
@@ -324,7 +334,7 @@ def _validation_props(summary: dict[str, Any] | None) -> dict[str, str]:
 
 
 def _run_record(path: Path) -> dict[str, Any] | None:
-    record = Path(path) / "run.json" if Path(path).is_dir() else None
+    record = Path(path) / RUN_RECORD if Path(path).is_dir() else None
     return json.loads(record.read_text()) if record is not None and record.is_file() else None
 
 
@@ -454,10 +464,10 @@ def _finish(folder: Path, manifest: dict[str, Any]) -> None:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel in (BUNDLE_FILE, *SIGNATURE_FILES):
+        if rel in (BUNDLE_MANIFEST, *SIGNATURE_FILES):
             continue
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    write_json_atomic(folder / BUNDLE_FILE, {**manifest, "files": files})
+    write_json_atomic(folder / BUNDLE_MANIFEST, {**manifest, "files": files})
     folder.chmod(0o755)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)

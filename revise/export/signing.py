@@ -40,15 +40,13 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from revise._io import atomic_path, sha256_file
+from revise._io import BUNDLE_MANIFEST, REPORT_JSON, atomic_path, sha256_file
 from revise.errors import DataError, SignatureError, UsageError
 
 SIGNATURE_NAME = "revise.sig"
 SIGNING_RECORD = "signing.json"
 SCHEMA = "revise.signing/1"
-BUNDLE_FILE = "bundle.json"
 BUNDLE_SCHEMA = "revise.bundle/1"
-REPORT_FILE = "revision_report.json"
 PRIVATE_KEY_NAME = "revise-signing.key"
 PUBLIC_KEY_NAME = "revise-signing.pub"
 
@@ -261,14 +259,14 @@ def _refuse_unvalidated(bundle: Path, verdict: str | None, unbound: bool) -> Non
     hint = "pass --allow-unvalidated to sign anyway; signing.json records that choice"
     if unbound:
         why = (
-            f"its {REPORT_FILE} validated a model folder, not this bundle's files (card.json, "
+            f"its {REPORT_JSON} validated a model folder, not this bundle's files (card.json, "
             "the Triton files, the ONNX metadata)"
         )
         hint = "validate the bundle itself: revise validate BUNDLE ...; or " + hint
     elif verdict == "fail":
-        why = f"it failed its acceptance gates ({REPORT_FILE}: verdict 'fail')"
+        why = f"it failed its acceptance gates ({REPORT_JSON}: verdict 'fail')"
     else:
-        why = f"it was never validated (no {REPORT_FILE})"
+        why = f"it was never validated (no {REPORT_JSON})"
     raise UsageError(f"refusing to sign {bundle}: {why}", hint=hint)
 
 
@@ -317,9 +315,9 @@ def _walk(bundle: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 def _check_signable(bundle: Path) -> None:
-    if not (bundle / BUNDLE_FILE).is_file():
+    if not (bundle / BUNDLE_MANIFEST).is_file():
         raise UsageError(
-            f"{bundle} is not a revise bundle (no {BUNDLE_FILE})",
+            f"{bundle} is not a revise bundle (no {BUNDLE_MANIFEST})",
             hint="write the bundle with `revise export` and sign that folder",
         )
     files, odd, empty = _walk(bundle)
@@ -355,13 +353,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _validation_verdict(bundle: Path) -> str | None:
     """The verdict of revision_report.json ("pass"/"fail"; None: no validation ran), checked
     against what bundle.json says about it."""
-    manifest = _read_json(bundle / BUNDLE_FILE)
+    manifest = _read_json(bundle / BUNDLE_MANIFEST)
     if manifest.get("schema") != BUNDLE_SCHEMA:
         raise DataError(
-            f"{bundle / BUNDLE_FILE} has schema {manifest.get('schema')!r}, not {BUNDLE_SCHEMA!r}",
+            f"{bundle / BUNDLE_MANIFEST} has schema {manifest.get('schema')!r}, "
+            f"not {BUNDLE_SCHEMA!r}",
             hint="re-export the bundle with this version of revise",
         )
-    report_path = bundle / REPORT_FILE
+    report_path = bundle / REPORT_JSON
     verdict: str | None = None
     if report_path.is_file():
         report = _read_json(report_path)
@@ -384,8 +383,8 @@ def _validation_verdict(bundle: Path) -> str | None:
         if claimed != verdict:
             found = f"says {verdict!r}" if report_path.is_file() else "is missing"
             raise DataError(
-                f"{bundle / BUNDLE_FILE} records validation verdict {claimed!r} but "
-                f"{REPORT_FILE} {found}",
+                f"{bundle / BUNDLE_MANIFEST} records validation verdict {claimed!r} but "
+                f"{REPORT_JSON} {found}",
                 hint="the bundle was edited after export; re-export it",
             )
     return verdict
@@ -398,7 +397,7 @@ def _check_contents(bundle: Path) -> None:
     for it (the one the report's parity check ran on). The first difference is named."""
     from revise.export.onnx import graph_digest, read_metadata
 
-    manifest_path = bundle / BUNDLE_FILE
+    manifest_path = bundle / BUNDLE_MANIFEST
     manifest = _read_json(manifest_path)
     listed = manifest.get("files")
     if not isinstance(listed, dict) or not listed:
@@ -407,7 +406,7 @@ def _check_contents(bundle: Path) -> None:
             hint="re-export the bundle with this version of revise",
         )
     files, _, _ = _walk(bundle)
-    present = set(files) - {BUNDLE_FILE, SIGNING_RECORD}
+    present = set(files) - {BUNDLE_MANIFEST, SIGNING_RECORD}
     extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
@@ -446,11 +445,11 @@ def _check_contents(bundle: Path) -> None:
     if triton:
         copy = f"{triton.get('repository')}/{triton.get('model')}/{triton.get('version')}"
         graphs[f"{copy}/model.onnx"] = graphs["model.onnx"]  # Triton serves the same graph
-    report = _read_json(bundle / REPORT_FILE) if (bundle / REPORT_FILE).is_file() else {}
+    report = _read_json(bundle / REPORT_JSON) if (bundle / REPORT_JSON).is_file() else {}
     validated = ((report.get("models") or {}).get("candidate") or {}).get("sha256")
     if report and validated != weights:
         raise DataError(
-            f"{bundle / REPORT_FILE} validates other weights ({str(validated)[:12]}...) than "
+            f"{bundle / REPORT_JSON} validates other weights ({str(validated)[:12]}...) than "
             f"the bundle's model.safetensors ({weights[:12]}...)",
             hint="validate the bundle itself: revise validate BUNDLE ...",
         )
@@ -475,7 +474,7 @@ def _check_contents(bundle: Path) -> None:
             )
     if checked and checked != graphs["model.onnx"]:
         raise DataError(
-            f"the parity check of {bundle / REPORT_FILE} ran on another ONNX graph "
+            f"the parity check of {bundle / REPORT_JSON} ran on another ONNX graph "
             f"({checked[:12]}...) than the bundle's model.onnx",
             hint="validate the bundle itself: revise validate BUNDLE ...",
         )
@@ -490,14 +489,14 @@ def _check_summary(manifest_path: Path, claimed: dict[str, Any], report: dict[st
     expected = validation_summary(report)
     if claimed.get("report_sha256") != expected["report_sha256"]:
         raise DataError(
-            f"{manifest_path.parent / REPORT_FILE} is not the report {manifest_path} records",
+            f"{manifest_path.parent / REPORT_JSON} is not the report {manifest_path} records",
             hint="validate the bundle again: revise validate BUNDLE ...",
         )
     for key, value in expected.items():
         if claimed.get(key) != value:
             raise DataError(
                 f"{manifest_path} records validation {key} {claimed.get(key)!r} but "
-                f"{REPORT_FILE} gives {value!r}",
+                f"{REPORT_JSON} gives {value!r}",
                 hint="the bundle was edited after validation; validate it again",
             )
 
@@ -510,7 +509,7 @@ def _check_validated_files(bundle: Path) -> bool:
     from revise.export.bundle import check_validated_files, validation_props
     from revise.export.onnx import read_metadata
 
-    report = _read_json(bundle / REPORT_FILE) if (bundle / REPORT_FILE).is_file() else None
+    report = _read_json(bundle / REPORT_JSON) if (bundle / REPORT_JSON).is_file() else None
     bound = report is None or check_validated_files(bundle, report)
     expected = validation_props(report)
     files, _, _ = _walk(bundle)
@@ -525,7 +524,7 @@ def _check_validated_files(bundle: Path) -> bool:
         for key, wanted in expected.items():
             if stated.get(key) != wanted:
                 source = (
-                    f"{REPORT_FILE} says {wanted!r}" if report else f"there is no {REPORT_FILE}"
+                    f"{REPORT_JSON} says {wanted!r}" if report else f"there is no {REPORT_JSON}"
                 )
                 what = key.removeprefix("revise.").replace("_", " ")
                 raise DataError(

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from revise._io import read_json_object
+from revise._io import RUN_RECORD, read_json_object
 from revise.errors import ModelError, UsageError
 from revise.models.card import ModelCard
 
@@ -37,7 +37,7 @@ def load_run(folder: str | Path) -> RunInput:
     from revise.models.io import load_model
 
     folder = Path(folder)
-    record_path = folder / "run.json"
+    record_path = folder / RUN_RECORD
     if not record_path.is_file():
         raise ModelError(
             f"{folder} is not a run folder: run.json is missing",

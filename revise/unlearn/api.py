@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import revise
-from revise._io import write_json_atomic
+from revise._io import RUN_RECORD, write_json_atomic
 from revise.distributed import init_from_env, rank_and_world
 from revise.errors import DivergedError, UsageError
 from revise.models.card import ModelCard
@@ -350,7 +350,7 @@ def save_run(result: UnlearnResult, folder: str | Path, *, overwrite: bool = Fal
     try:
         staged.mkdir(parents=True)
         save_model(result.model, result.card, staged)
-        write_json_atomic(staged / "run.json", result.record)
+        write_json_atomic(staged / RUN_RECORD, result.record)
         if target.exists():
             os.replace(target, replaced)
         try:

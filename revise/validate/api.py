@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from revise._io import REPORT_HTML, REPORT_JSON
 from revise.data.select import describe
 from revise.errors import DataError, UsageError
 from revise.evaluate import predict
@@ -222,8 +223,8 @@ def write_report(result: ValidationResult, out: str | Path, *, overwrite: bool =
 
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_json_atomic(tmp / "revision_report.json", result.report)
-        write_html(result.report, tmp / "report.html")
+        write_json_atomic(tmp / REPORT_JSON, result.report)
+        write_html(result.report, tmp / REPORT_HTML)
     return out
 
 
