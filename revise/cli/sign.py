@@ -85,7 +85,8 @@ def sign_cmd(ctx, bundle, key_path, password_env, allow_unvalidated) -> None:
     the model folder is no verdict on the bundle). Signing a signed bundle again (e.g. with a
     new key) replaces both files.
     """
-    from revise.export.signing import SIGNATURE_NAME, sign_bundle
+    from revise.export.bundle import SIGNATURE_NAME
+    from revise.export.signing import sign_bundle
 
     password = _password(password_env)
     echo(ctx)(f"signing {bundle} with {key_path} ...")

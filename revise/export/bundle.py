@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "revise.bundle/1"
 REPORT_FILES = (REPORT_JSON, REPORT_HTML)
-SIGNATURE_FILES = ("signing.json", "revise.sig")
+SIGNING_RECORD = "signing.json"  # written by `revise sign`, then covered by the signature
+SIGNATURE_NAME = "revise.sig"  # model-signing's signature of every other file
+SIGNATURE_FILES = (SIGNING_RECORD, SIGNATURE_NAME)
 # Written once the model is validated: the only files a validation report cannot bind.
 AFTER_VALIDATION = (BUNDLE_MANIFEST, *REPORT_FILES, *SIGNATURE_FILES)
 # The ONNX metadata that attaching a report writes (checked against the report on their own).

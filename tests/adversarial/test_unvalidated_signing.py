@@ -31,7 +31,8 @@ from export_site import validate_args
 
 from revise._io import sha256_file
 from revise.errors import DataError
-from revise.export.signing import SIGNATURE_NAME, SIGNING_RECORD, generate_keys, sign_bundle
+from revise.export.bundle import SIGNATURE_NAME, SIGNING_RECORD
+from revise.export.signing import generate_keys, sign_bundle
 
 
 @pytest.fixture

@@ -19,13 +19,8 @@ from clirunner import invoke
 from cryptography.exceptions import InvalidSignature
 
 from revise.errors import DataError, SignatureError, UsageError
-from revise.export.signing import (
-    SIGNATURE_NAME,
-    SIGNING_RECORD,
-    generate_keys,
-    sign_bundle,
-    verify_bundle,
-)
+from revise.export.bundle import SIGNATURE_NAME, SIGNING_RECORD
+from revise.export.signing import generate_keys, sign_bundle, verify_bundle
 
 
 @pytest.fixture
