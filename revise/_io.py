@@ -281,7 +281,8 @@ FULL_BELOW_BYTES = 1 << 20  # a file system with less free space than this count
 
 
 class OutputError(RevisionError, OSError):
-    """A write failed because its file system is full or read-only (exit 1). Also an OSError:
+    """A write failed because its file system is full or read-only, or a file could not be
+    opened for want of permission (exit 1). Also an OSError:
     code that carries on without an optional output (a cache entry) still catches it."""
 
     def __init__(self, message: str, *, hint: str, code: int) -> None:
@@ -299,7 +300,8 @@ def _full(folder: Path) -> bool:
 
 def write_error(exc: BaseException, target: str | os.PathLike | None = None) -> OutputError | None:
     """The one-line error for a write that failed because the file system is full or
-    read-only, naming ``target`` (else the file the OSError names); None for other failures.
+    read-only, or for a permission denied, naming ``target`` (else the file the OSError names);
+    None for other failures.
 
     Some writers hide the errno (safetensors, torch.save): their failure counts as "no space
     left" when ``target``'s file system has (almost) none left."""
@@ -308,10 +310,17 @@ def write_error(exc: BaseException, target: str | os.PathLike | None = None) -> 
     code = exc.errno if isinstance(exc, OSError) else None
     if code not in _REASONS and target is not None and _full(Path(target).parent):
         code = errno.ENOSPC
+    where = _finished_name(target if target is not None else getattr(exc, "filename", None))
+    if code in (errno.EACCES, errno.EPERM):  # a read or a write: the errno does not say which
+        return OutputError(
+            f"permission denied: {where}",
+            hint="check that this user may read and write there (owner, mode), or use another "
+            "folder",
+            code=code,
+        )
     if code not in _REASONS:
         return None
     what, hint = _REASONS[code]
-    where = _finished_name(target if target is not None else getattr(exc, "filename", None))
     return OutputError(f"cannot write {where}: {what}", hint=hint, code=code)
 
 

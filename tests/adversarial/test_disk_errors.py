@@ -187,3 +187,28 @@ def test_enospc_is_what_the_filler_met(full_fs):
     with pytest.raises(OSError) as caught, open(full_fs / "more", "wb", buffering=0) as f:
         f.write(b"\0" * 8192)
     assert caught.value.errno == errno.ENOSPC
+
+
+# --- permission denied ---------------------------------------------------------------------------
+
+
+def test_permission_denied_is_one_line_naming_the_file_not_an_internal_error(
+    cli, demo_site, tmp_path, monkeypatch
+):
+    """Tests run as root, whom permissions do not stop: the OS's own PermissionError is raised
+    where revise creates its output's temporary file, as it is for a user who may not write
+    in the folder."""
+    import errno
+    import tempfile
+
+    def denied(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    out = tmp_path / "sel.csv"
+    result = cli("-q", "select", demo_site.manifest, cli.forget, "-o", out)
+    assert result.exit_code == 1, cli.describe(result)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: permission denied: "), lines
+    assert str(out) in lines[0] and "owner, mode" in lines[0] and "internal" not in lines[0]
+    assert not out.exists()
