@@ -7,10 +7,11 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from revise.errors import UsageError
@@ -19,6 +20,7 @@ from revise.merge._runs import RunInput, check_aligned, digest_of, load_run, res
 from revise.merge.arithmetic import Override, task_arithmetic
 from revise.merge.compose import compose, split_rules
 from revise.merge.search import DEFAULT_GRID, GateJudge, search_strengths
+from revise.models.card import ModelCard
 from revise.pipeline import PreparedData
 from revise.train import TrainConfig, train_classifier
 from revise.unlearn.api import UnlearnResult, software_versions
@@ -91,121 +93,22 @@ def merge_runs(
         raise UsageError("acceptance gates steer the strength search: pass search=True")
     sets = data.sets if data is not None else {}
     card = runs[0].card
-    names = [run.name for run in runs]
-    recipe: dict[str, Any] = {}
     timings: dict[str, float] = {}
-
     if composing:
-        check_aligned(runs)
-        base_digest = runs[0].base_digest
-        if take:
-            rules = [(pattern, resolve(ref, runs)) for pattern, ref in take]
-            how = "patterns"
-        else:
-            if backbone is None or head is None:
-                raise UsageError("composition by parts needs both --backbone and --head")
-            rules = split_rules(runs[0].model, resolve(backbone, runs), resolve(head, runs))
-            how = "backbone/head"
-        merged, chosen = compose([run.model.state_dict() for run in runs], rules)
-        recipe = {
-            "mode": "compose",
-            "by": how,
-            "rules": [{"pattern": p, "run": names[i]} for p, i in rules],
-            "keys_per_run": {names[i]: n for i, n in sorted(Counter(chosen.values()).items())},
-        }
+        merged, recipe, base_digest = _compose_runs(runs, take, backbone, head)
     else:
-        if base is None:
-            raise UsageError(
-                "strength merging needs the base model the runs revise", hint="give --base"
-            )
-        from revise.models.io import weights_digest
-
-        base_digest = weights_digest(base)
-        base_state = base.state_dict()
-        check_aligned(runs, base_state, base_digest=base_digest)
-        states = [run.model.state_dict() for run in runs]
-        fixed = _normalise_overrides(overrides, len(runs))
-        recipe = {
-            "mode": "strengths",
-            "overrides": [{"pattern": p, "strengths": list(v)} for p, v in fixed],
-        }
-        if search:
-            ref_acc = None
-            if reference is not None:
-                ref_metrics = evaluate(reference, card, sets, by=(), device=device)
-                ref_acc = {name: stats["accuracy"] for name, stats in ref_metrics.items()}
-            t1 = time.perf_counter()
-            found = search_strengths(
-                runs[0].model,
-                card,
-                base_state,
-                states,
-                sets,
-                grid=grid,
-                overrides=fixed,
-                reference=ref_acc,
-                bn_batch_size=bn_batch_size,
-                device=device,
-                judge=judge.failed if judge is not None else None,
-            )
-            timings["search"] = round(time.perf_counter() - t1, 4)
-            strengths = found.strengths
-            recipe["search"] = {
-                "grid": list(found.grid),
-                "criterion": found.criterion,
-                "score": round(found.score, 4),
-                "reference_accuracy": ref_acc,
-                "candidates": found.table,
-            }
-            if judge is not None:
-                recipe["search"]["criteria"] = {
-                    "path": judge.source,
-                    "sha256": judge.sha256,
-                    "gates_failed_by_best": found.gates_failed,
-                }
-                if found.gates_failed:
-                    log.warning(
-                        "no strengths pass every gate of %s: the best candidate fails %d",
-                        judge.source,
-                        found.gates_failed,
-                    )
-        strengths = tuple(float(s) for s in strengths)
-        recipe["strengths"] = dict(zip(names, strengths, strict=True))
-        merged = task_arithmetic(base_state, states, strengths, fixed)
-
+        merged, recipe, base_digest = _weigh_runs(
+            runs, base, strengths, overrides, search, grid, sets, reference, judge,
+            bn_batch_size, device, timings,
+        )  # fmt: skip
     net = copy.deepcopy(runs[0].model).cpu()
     net.load_state_dict(merged)
     net.eval()
-    has_bn = any(isinstance(m, _BN) for m in net.modules())
     redo_bn = (not composing) if reestimate_bn is None else reestimate_bn
-    bn_layers = 0
-    if redo_bn and has_bn:
-        if data is None:
-            raise UsageError(
-                "BatchNorm statistics must be re-estimated on retain data after this merge",
-                hint="give --data and --forget",
-            )
-        t1 = time.perf_counter()
-        bn_layers = reestimate_batchnorm(
-            net, card, sets["retain"].data, batch_size=bn_batch_size, device=device
-        )
-        timings["batchnorm"] = round(time.perf_counter() - t1, 4)
-    recipe["batchnorm"] = {
-        "reestimated_layers": bn_layers,
-        "samples": len(sets["retain"]) if bn_layers else 0,
-    }
+    recipe["batchnorm"] = _redo_batchnorm(net, card, data, redo_bn, bn_batch_size, device, timings)
     if finetune_epochs:
-        if data is None:
-            raise UsageError("fine-tuning needs the retain set", hint="give --data and --forget")
-        # The paper's composition fine-tune: all parameters, Adam, constant learning rate.
-        config = TrainConfig(
-            epochs=finetune_epochs, lr=finetune_lr, optimizer="adam", weight_decay=0.0, cosine=False
-        )
-        t1 = time.perf_counter()
-        train_classifier(net, card, sets["retain"].data, config, device=device, seed=seed)
-        timings["finetune"] = round(time.perf_counter() - t1, 4)
-        steps = finetune_epochs * steps_per_pass(len(sets["retain"]), config.batch_size)
-        recipe["finetune"] = {**dataclasses.asdict(config), "steps": steps}
+        recipe["finetune"] = _finetune(net, card, data, finetune_epochs, finetune_lr, device, seed)
+        timings["finetune"] = recipe["finetune"].pop("seconds")
     net = net.cpu().eval()
     record: dict[str, Any] = {
         "method": "merge",
@@ -235,3 +138,162 @@ def merge_runs(
         record["retain_samples"] = len(sets["retain"])
     record["wall_clock_s"] = {"merge": round(time.perf_counter() - t0, 4), **timings}
     return UnlearnResult(model=net, card=card, record=record)
+
+
+def _compose_runs(
+    runs: list[RunInput],
+    take: Sequence[tuple[str, str | int]] | None,
+    backbone: str | int | None,
+    head: str | int | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None]:
+    """Each key whole from one run: (merged state, the recipe, the runs' base digest)."""
+    check_aligned(runs)
+    if take:
+        rules = [(pattern, resolve(ref, runs)) for pattern, ref in take]
+        how = "patterns"
+    else:
+        if backbone is None or head is None:
+            raise UsageError("composition by parts needs both --backbone and --head")
+        rules = split_rules(runs[0].model, resolve(backbone, runs), resolve(head, runs))
+        how = "backbone/head"
+    merged, chosen = compose([run.model.state_dict() for run in runs], rules)
+    names = [run.name for run in runs]
+    recipe = {
+        "mode": "compose",
+        "by": how,
+        "rules": [{"pattern": p, "run": names[i]} for p, i in rules],
+        "keys_per_run": {names[i]: n for i, n in sorted(Counter(chosen.values()).items())},
+    }
+    return merged, recipe, runs[0].base_digest
+
+
+def _weigh_runs(
+    runs: list[RunInput],
+    base: nn.Module | None,
+    strengths: Sequence[float] | None,
+    overrides: Sequence[tuple[str, float | Sequence[float]]],
+    search: bool,
+    grid: Sequence[float],
+    sets: Mapping[str, Any],
+    reference: nn.Module | None,
+    judge: GateJudge | None,
+    bn_batch_size: int,
+    device: str,
+    timings: dict[str, float],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """Task vectors of the runs weighted by strengths, given or searched: (merged state, the
+    recipe, the base model's digest)."""
+    if base is None:
+        raise UsageError(
+            "strength merging needs the base model the runs revise", hint="give --base"
+        )
+    from revise.models.io import weights_digest
+
+    base_digest = weights_digest(base)
+    base_state = base.state_dict()
+    check_aligned(runs, base_state, base_digest=base_digest)
+    states = [run.model.state_dict() for run in runs]
+    fixed = _normalise_overrides(overrides, len(runs))
+    recipe: dict[str, Any] = {
+        "mode": "strengths",
+        "overrides": [{"pattern": p, "strengths": list(v)} for p, v in fixed],
+    }
+    if search:
+        card = runs[0].card
+        ref_acc = None
+        if reference is not None:
+            ref_metrics = evaluate(reference, card, sets, by=(), device=device)
+            ref_acc = {name: stats["accuracy"] for name, stats in ref_metrics.items()}
+        t1 = time.perf_counter()
+        found = search_strengths(
+            runs[0].model,
+            card,
+            base_state,
+            states,
+            sets,
+            grid=grid,
+            overrides=fixed,
+            reference=ref_acc,
+            bn_batch_size=bn_batch_size,
+            device=device,
+            judge=judge.failed if judge is not None else None,
+        )
+        timings["search"] = round(time.perf_counter() - t1, 4)
+        strengths = found.strengths
+        recipe["search"] = {
+            "grid": list(found.grid),
+            "criterion": found.criterion,
+            "score": round(found.score, 4),
+            "reference_accuracy": ref_acc,
+            "candidates": found.table,
+        }
+        if judge is not None:
+            recipe["search"]["criteria"] = {
+                "path": judge.source,
+                "sha256": judge.sha256,
+                "gates_failed_by_best": found.gates_failed,
+            }
+            if found.gates_failed:
+                log.warning(
+                    "no strengths pass every gate of %s: the best candidate fails %d",
+                    judge.source,
+                    found.gates_failed,
+                )
+    if strengths is None:
+        raise UsageError(
+            "strength overrides apply on top of strengths for every key",
+            hint="give --strengths or --search-strengths with --strength",
+        )
+    strengths = tuple(float(s) for s in strengths)
+    recipe["strengths"] = dict(zip([run.name for run in runs], strengths, strict=True))
+    return task_arithmetic(base_state, states, strengths, fixed), recipe, base_digest
+
+
+def _redo_batchnorm(
+    net: nn.Module,
+    card: ModelCard,
+    data: PreparedData | None,
+    redo: bool,
+    batch_size: int,
+    device: str,
+    timings: dict[str, float],
+) -> dict[str, int]:
+    """BatchNorm statistics re-estimated on the retain set where ``redo`` and the network has
+    BatchNorm layers: the record's ``batchnorm`` entry."""
+    if not (redo and any(isinstance(m, _BN) for m in net.modules())):
+        return {"reestimated_layers": 0, "samples": 0}
+    if data is None:
+        raise UsageError(
+            "BatchNorm statistics must be re-estimated on retain data after this merge",
+            hint="give --data and --forget",
+        )
+    t1 = time.perf_counter()
+    retain = data.sets["retain"]
+    layers = reestimate_batchnorm(net, card, retain.data, batch_size=batch_size, device=device)
+    timings["batchnorm"] = round(time.perf_counter() - t1, 4)
+    return {"reestimated_layers": layers, "samples": len(retain) if layers else 0}
+
+
+def _finetune(
+    net: nn.Module,
+    card: ModelCard,
+    data: PreparedData | None,
+    epochs: int,
+    lr: float,
+    device: str,
+    seed: int,
+) -> dict[str, Any]:
+    """The paper's composition fine-tune on the retain set (all parameters, Adam, a constant
+    learning rate): the record's ``finetune`` entry, with its ``seconds``."""
+    if data is None:
+        raise UsageError("fine-tuning needs the retain set", hint="give --data and --forget")
+    config = TrainConfig(epochs=epochs, lr=lr, optimizer="adam", weight_decay=0.0, cosine=False)
+    retain = data.sets["retain"]
+    t1 = time.perf_counter()
+    train_classifier(net, card, retain.data, config, device=device, seed=seed)
+    steps = epochs * steps_per_pass(len(retain), config.batch_size)
+    return {
+        **dataclasses.asdict(config),
+        "steps": steps,
+        "seconds": round(time.perf_counter() - t1, 4),
+    }

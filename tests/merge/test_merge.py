@@ -194,6 +194,14 @@ def test_merge_mode_must_be_one_or_the_other():
         merge_runs(runs)
     with pytest.raises(UsageError, match="no run is called 'c'"):
         merge_runs(runs, backbone="a", head="c")
+    # per-key overrides alone leave every other key without a strength
+    from revise.models.io import weights_digest
+
+    base = _net(0)
+    runs = [_run(n, _net(i), weights_digest(base)) for i, n in ((1, "a"), (2, "b"))]
+    with pytest.raises(UsageError, match="overrides apply on top of strengths") as caught:
+        merge_runs(runs, base=base, overrides=[("fc.*", 1.0)])
+    assert "--strengths" in caught.value.hint
 
 
 # ------------------------------------------------------------------------------------------
