@@ -183,21 +183,19 @@ def unlearn_cmd(
         ctx.obj["quiet"] = True  # stdout carries the JSON alone
     say = echo(ctx)
     check_output(out, overwrite=overwrite, inputs=[model_path, card, manifest_path], option="-o")
-    if method == AUTO:
-        if settings and ctx.get_parameter_source("method") is ParameterSource.DEFAULT:
+    if method == AUTO and settings:
+        if ctx.get_parameter_source("method") is ParameterSource.DEFAULT:
             raise UsageError(
                 "--set gives a method's hyperparameters: name the method with --method",
                 hint="e.g. --method psg; without --method revise runs auto, which chooses the "
                 "method and its settings itself",
             )
-        if settings:
-            raise UsageError(
-                "--method auto takes no --set: it chooses the method and its settings itself",
-                hint="drop --set, or choose a method (e.g. psg) to set its hyperparameters",
-            )
-        config = None
-    else:
-        config = make_config(method, parse_settings(settings))  # bad settings fail before work
+        raise UsageError(
+            "--method auto takes no --set: it chooses the method and its settings itself",
+            hint="drop --set, or choose a method (e.g. psg) to set its hyperparameters",
+        )
+    # bad settings fail before any work; auto has none
+    config = None if method == AUTO else make_config(method, parse_settings(settings))
     launcher = nproc_per_node > 1 and not distributed.launched_by_torchrun()
     if not launcher and _first_worker():  # the run's own process, or rank 0 of torchrun's
         _prepare_partial(say, out, resume)

@@ -64,17 +64,23 @@ def subsample(data: LabelledTensors, limit: int = CHECK_IMAGES, seed: int = 0) -
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: LabelledTensors, batch_size: int = 1024) -> float:
+def _hits(model: nn.Module, data: LabelledTensors, batch_size: int = 1024) -> torch.Tensor:
+    """Per image, whether a pixel-space model (in its current mode) gets it right: a bool
+    tensor on the model's device (no host sync per batch)."""
+    device = next(model.parameters()).device
+    out = [
+        model(data.x[i : i + batch_size].to(device, non_blocking=True)).argmax(1)
+        == data.y[i : i + batch_size].to(device, non_blocking=True)
+        for i in range(0, len(data), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=device)
+
+
+def accuracy(model: nn.Module, data: LabelledTensors) -> float:
     """Accuracy of a pixel-space model in its current mode (callers put it in eval mode)."""
     if len(data) == 0:
         return float("nan")
-    device = next(model.parameters()).device
-    hits = torch.zeros((), dtype=torch.long, device=device)
-    for i in range(0, len(data), batch_size):
-        x = data.x[i : i + batch_size].to(device, non_blocking=True)
-        y = data.y[i : i + batch_size].to(device, non_blocking=True)
-        hits += (model(x).argmax(1) == y).sum()
-    return hits.item() / len(data)
+    return _hits(model, data).sum().item() / len(data)
 
 
 @torch.no_grad()
@@ -85,17 +91,7 @@ def class_weighted_accuracy(
     half-width (per class, binomial); None when a class of ``labels`` has no held-out image."""
     classes, counts = labels.cpu().unique(return_counts=True)
     weights = counts.double() / counts.sum()
-    device = next(model.parameters()).device
-    hits = (
-        torch.cat(
-            [
-                model(heldout.x[i : i + 1024].to(device)).argmax(1).cpu() == heldout.y[i : i + 1024]
-                for i in range(0, len(heldout), 1024)
-            ]
-        )
-        if len(heldout)
-        else torch.zeros(0, dtype=torch.bool)
-    )
+    hits = _hits(model, heldout).cpu()
     level = variance = 0.0
     for c, w in zip(classes.tolist(), weights.tolist(), strict=True):
         mine = hits[heldout.y.cpu() == c]
