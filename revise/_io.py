@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from revise.errors import RevisionError, UsageError
+from revise.errors import OptionError, RevisionError, UsageError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -144,21 +144,27 @@ def check_output(
 ) -> None:
     """Refuse, before any work, an output that would destroy an input or a file revise did not
     write (the rules are in this module's docstring). ``inputs`` are the paths the command
-    reads (None for options not given); ``option`` is how the user named the output (-o)."""
+    reads (None for options not given); ``option`` is the library's name of the output option
+    (``out``), which each shell says its own way (``-o``)."""
     target = Path(path)
-    named = f"{option} {target}" if option else f"output {target}"
-    elsewhere = f"choose another {option}" if option else "write it elsewhere"
+
+    def refuse(rest: str, hint: str) -> UsageError:
+        if option is None:
+            return UsageError(f"output {target} {rest}", hint=hint, options=("overwrite",))
+        return OptionError(option, f"{target} {rest}", hint=hint, options=("overwrite",))
+
+    elsewhere = f"choose another {{{option}}}" if option else "write it elsewhere"
     for source in inputs:
         if source is not None and _replaces(target, Path(source)):
-            raise UsageError(f"{named} would replace the input {source}", hint=elsewhere)
+            raise refuse(f"would replace the input {source}", elsewhere)
     if not (target.exists() or target.is_symlink()):
         return
     if not overwrite:
-        raise UsageError(f"{named} already exists", hint=f"{elsewhere} or pass --overwrite")
+        raise refuse("already exists", f"{elsewhere} or pass {{overwrite}}")
     if not written_by_revise(target):
-        raise UsageError(
-            f"{named} does not look like revise's output: revise replaces only its own outputs",
-            hint=f"{elsewhere}, or move {target} away yourself",
+        raise refuse(
+            "does not look like revise's output: revise replaces only its own outputs",
+            f"{elsewhere}, or move {target} away yourself",
         )
 
 
@@ -220,8 +226,9 @@ def check_finished(path: str | os.PathLike, what: str) -> None:
     if any(
         _UNFINISHED.fullmatch(part) for part in (*given.absolute().parts, *given.resolve().parts)
     ):
-        raise UsageError(
-            f"{what} {given} is an unfinished output (the temporary of an interrupted or running "
+        raise OptionError(
+            what,
+            f"{given} is an unfinished output (the temporary of an interrupted or running "
             "write), not a finished one",
             hint="use the finished output beside it, or run the command that writes it again",
         )

@@ -23,12 +23,14 @@ to it (every ``@file`` read), a held-out manifest, the merge criteria, the signi
 with its password - so that nothing fails hours later. Run and bundle names are letters,
 digits, '-' and '_' only (folder names inside the workdir).
 
-Each stage is the CLI command of the same name run in-process, so a recipe does exactly what
-the commands do. A stage whose output exists and whose fingerprint (its arguments, the
-fingerprints of the stages it reads, the digests of its input files and folders) is unchanged is
-skipped; an unlearning run interrupted mid-way continues from its checkpoint. The resolved recipe
-(absolute paths, every hyperparameter) is stored in the bundle; its selections are stored as
-`revise.data.select.describe` writes them (values given for ``patient`` hidden).
+Each stage calls the library function that the CLI command of the same name calls
+(:mod:`revise.stages`), so a recipe does exactly what the commands do; each stage's equivalent
+command line is shown, recorded and pasteable. A stage whose output exists and whose fingerprint
+(its arguments, the fingerprints of the stages it reads, the digests of its input files and
+folders) is unchanged is skipped; an unlearning run interrupted mid-way continues from its
+checkpoint. The resolved recipe (absolute paths, every hyperparameter) is stored in the bundle;
+its selections are stored as `revise.data.select.describe` writes them (values given for
+``patient`` hidden).
 
 Input digests: every path a stage reads from outside the workdir - the deployed model, the
 manifest, the image folder and labels, the card, the reference model, the criteria, the held-out
@@ -50,10 +52,10 @@ import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import yaml
 
 from revise._io import (
@@ -65,8 +67,12 @@ from revise._io import (
     write_json_atomic,
     write_text_atomic,
 )
-from revise.errors import DataError, RevisionError, SelectionError, UsageError
+from revise.errors import RevisionError, SelectionError, UsageError
 from revise.registry import did_you_mean
+from revise.stages._options import StageOptions, collect, parse_scalar
+
+if TYPE_CHECKING:
+    from revise.stages.unlearn import UnlearnJob
 
 TOP_LEVEL = (
     "workdir",
@@ -90,36 +96,6 @@ TOP_LEVEL = (
 DATA_KEYS = ("manifest", "images", "labels", "site", "loader")  # images: what `revise index` reads
 RUN_KEYS = ("name", "method", "settings", "seed")
 SIGN_KEYS = ("key", "password_env", "allow_unvalidated")
-# Options of the commands that the recipe sets itself (not allowed in their sections)
-RESERVED = {
-    "merge": {"runs", "out", "data", "forget", "overwrite", "as_json", "cache", "device", "seed"},
-    "export": {
-        "model_path",
-        "out",
-        "data",
-        "validation",
-        "recipe",
-        "overwrite",
-        "cache",
-        "card",
-        "arch",
-        "manifest_path",
-    },
-    "validate": {
-        "model_path",
-        "original",
-        "manifest_path",
-        "forget",
-        "out",
-        "overwrite",
-        "onnx_path",
-        "card",
-        "arch",
-        "cache",
-        "device",
-        "seed",
-    },
-}
 STATE_FILE = "state.json"
 # Options whose value is a selection: the command runs with the text as written, every record
 # and log line shows it as describe() writes it (patient values hidden).
@@ -127,13 +103,29 @@ SELECTION_FLAGS = ("--forget", "--heldout-select")
 
 
 @dataclass
+class StageCall:
+    """How one stage runs this time."""
+
+    overwrite: bool  # its output exists from an earlier run that is now out of date
+    resume: bool  # an interrupted unlearning run continues from its checkpoint
+    say: Callable[[str], None]  # progress lines (silent with --quiet)
+    tell: Callable[[str], None]  # results: the verdict of each gate, unreadable files
+    progress: Callable[[str], Any] | None  # a step-progress context manager, as the CLI's
+    global_args: list[str]  # --quiet / --debug, for torchrun workers
+
+
+@dataclass
 class Stage:
     name: str
-    args: list[str]  # the revise command line, without "revise"
+    args: list[str]  # the equivalent revise command line, without "revise"
     output: Path  # exists once the stage is complete
+    # the library call: 0, or 1 when the validation gates failed
+    run: Callable[[StageCall], int] = field(repr=False, default=lambda call: 0)
     inputs: list[Path] = field(default_factory=list)  # files whose content the stage depends on
     after: list[str] = field(default_factory=list)  # stages whose outputs it reads
     partial: Path | None = None  # unlearning: the <run>.partial folder a checkpoint lives in
+    overwrites: bool = True  # replaces an out-of-date output (sign re-signs in place)
+    spell: Mapping[str, str] = field(default_factory=dict)  # library option -> recipe key
     fingerprint: str = ""
 
     def shown(self) -> list[str]:
@@ -198,6 +190,16 @@ class _Build:
     cache: Path
     stages: list[Stage] = field(default_factory=list)
     arch: str | None = None  # the recipe's arch:, for the stages that load the deployed model
+    checkpoint_every: int = 50
+    workers: int = 1  # torchrun workers for each unlearning run (one per GPU)
+    compile: bool = False
+
+    def spell(self, section: str, **keys: str) -> _Spelling:
+        """Library option -> the recipe key that gives it, for a stage of ``section``."""
+        top = {"model": "model", "original": "model", "card": "card", "arch": "arch"}
+        top |= {"forget": "forget", "cache": "cache", "device": "device", "seed": "seed"}
+        top |= {"data": "data", "manifest": "data.manifest", "out": "workdir"}
+        return _Spelling(section, top | keys)
 
     def runtime(self) -> list[str]:
         """--device, --seed, --cache: what every computing stage takes from the recipe."""
@@ -224,6 +226,20 @@ class _Build:
         card = self.card[0] if self.card and with_card else None
         arch = self.arch if with_card else None
         self.problems.check(where, lambda: load_model(model, card=card, architecture=arch))
+
+
+class _Spelling(dict):
+    """Library option -> recipe key: the recipe's own keys, else ``<section>.<option>``."""
+
+    def __init__(self, section: str, known: Mapping[str, str]) -> None:
+        super().__init__(known)
+        self.section = section
+
+    def __missing__(self, option: str) -> str:
+        return f"{self.section}.{option}"
+
+    def get(self, option: str, default: Any = None) -> str:  # every option has a key
+        return self[option]
 
 
 def load_plan(recipe: str | Path) -> Plan:
@@ -258,12 +274,9 @@ def load_plan(recipe: str | Path) -> Plan:
     every = _int(problems, "checkpoint_every", doc.get("checkpoint_every", 50), minimum=0)
     workers = _int(problems, "nproc_per_node", doc.get("nproc_per_node", 1), minimum=1)
     # torchrun workers for each unlearning run (one per GPU), as `revise unlearn` launches them
-    every_args = ["--checkpoint-every", str(every)]
-    every_args += ["--nproc-per-node", str(workers)] if workers > 1 else []
     compiled = doc.get("compile", False)
     if not isinstance(compiled, bool):
         problems.add("compile", f"{compiled!r} is not true or false")
-    every_args += ["--compile"] if compiled is True else []
     forget = doc.get("forget")
     if forget is not None:
         _check_selection(problems, str(forget))
@@ -286,27 +299,11 @@ def load_plan(recipe: str | Path) -> Plan:
         arch=None if doc.get("arch") is None else str(doc.get("arch")),
     )
     _check_runtime(b)
-    runs = _unlearn_stages(b, doc.get("unlearn"), every_args)
+    b.checkpoint_every, b.workers, b.compile = every, workers, compiled is True
+    runs = _unlearn_stages(b, doc.get("unlearn"))
     candidate = _merge_stage(b, doc.get("merge"), runs)
     bundle = workdir / "bundle"
-    export = _section(problems, "export", doc.get("export"), _command("export"), path)
-    if export.get("name") is not None:  # the bundle's triton/<name>/ folder
-        _check_name(problems, "export.name", str(export["name"]))
-    args = [
-        "export",
-        str(candidate),
-        "-o",
-        str(bundle),
-        "--data",
-        str(manifest),
-        "--recipe",
-        str(workdir / RESOLVED_RECIPE),
-        "--cache",
-        str(cache),
-        *_flags(export),
-    ]
-    after = [s.name for s in stages if s.output == candidate or s.name == "index"]
-    stages.append(Stage("export", args, bundle, inputs=_paths(export), after=after))
+    _export_stage(b, doc.get("export"), candidate, bundle)
     validate = _validate_stage(b, doc.get("validate"))
     _sign_stage(problems, doc.get("sign"), path, bundle, validate, stages)
     problems.raise_if_any()
@@ -337,13 +334,15 @@ def run_plan(
     plan: Plan,
     *,
     say: Callable[[str], None],
+    tell: Callable[[str], None] | None = None,
+    progress: Callable[[str], Any] | None = None,
     restart: bool = False,
     global_args: list[str] | None = None,
 ) -> int:
     """Run the stages not already done; 0 when the bundle is complete (validated and, if asked,
-    signed), 1 when validation failed (the bundle is left unsigned)."""
-    from revise.cli import cli
-
+    signed), 1 when validation failed (the bundle is left unsigned). ``say``: progress lines;
+    ``tell``: results (default ``say``); ``progress(description)``: a step-progress context
+    manager for the unlearning runs; ``global_args``: --quiet/--debug for torchrun workers."""
     # new, empty or a recipe's own (its resolved recipe is written first): never a folder of
     # the user's files, nor one holding an input, which the stages would write over
     inputs = [plan.recipe, *(path for stage in plan.stages for path in stage.inputs)]
@@ -363,35 +362,49 @@ def run_plan(
             if stage.name == "validate":
                 verdict = _verdict(stage.output)
             continue
-        args = list(stage.args)
+        call = StageCall(False, False, say, tell or say, progress, list(global_args or []))
         if stage.name == "validate" and stage.output.exists():
             # Its verdict is read from the report it writes: a report left by an earlier run
             # must not pass for this run's when validation crashes before writing one.
             shutil.rmtree(stage.output)
-        if stage.output.exists() and _takes_overwrite(args[0]):
-            args.append("--overwrite")  # out of date: the recipe or an input changed
+        call.overwrite = stage.output.exists() and stage.overwrites  # out of date
         if stage.partial is not None and stage.partial.exists():
             if started.get(stage.name) == stage.fingerprint:
-                args.append("--resume")  # the same run was interrupted: continue it
+                call.resume = True  # the same run was interrupted: continue it
             else:
                 shutil.rmtree(stage.partial)
-        if stage.name == "sign" and verdict != 0 and "--allow-unvalidated" not in args:
+        if stage.name == "sign" and verdict != 0 and "--allow-unvalidated" not in stage.args:
             say("[sign] skipped: the validation gates failed; the bundle is left unsigned")
             continue
         started[stage.name] = stage.fingerprint
         for name in _dependents(plan, stage.name):  # their outputs go stale once this starts
             done.pop(name, None)
         _write_state(plan.state_path(), state)
-        say(f"[{stage.name}] revise {' '.join(_quote(a) for a in shown_args(args))}")
-        code = _invoke(cli, [*(global_args or []), *args])
+        shown = shown_args(call_args(stage.args, call))
+        say(f"[{stage.name}] revise {' '.join(_quote(a) for a in shown)}")
+        try:
+            code = stage.run(call)
+        except RevisionError as exc:  # which stage, and the options it names as recipe keys
+            before = f"the {stage.name} stage failed: "
+            exc.respell(
+                lambda option, spelling=stage.spell: spelling.get(option, option), before=before
+            )
+            raise
         if stage.name == "validate":
-            verdict = _validation_outcome(stage, plan.workdir / "bundle", code)
-        elif code != 0:
-            raise click.exceptions.Exit(code)
+            verdict = code
         done[stage.name] = stage.fingerprint
         ran.add(stage.name)
         _write_state(plan.state_path(), state)
     return verdict
+
+
+def call_args(args: list[str], call: StageCall) -> list[str]:
+    """A stage's command line as run this time (replacing or resuming its output)."""
+    return [
+        *args,
+        *(["--overwrite"] if call.overwrite else []),
+        *(["--resume"] if call.resume else []),
+    ]
 
 
 def _dependents(plan: Plan, name: str) -> list[str]:
@@ -401,28 +414,6 @@ def _dependents(plan: Plan, name: str) -> list[str]:
         if set(stage.after) & set(out) and stage.name not in out:
             out.append(stage.name)
     return out
-
-
-def _validation_outcome(stage: Stage, bundle: Path, code: int) -> int:
-    """0 or 1 from the report this very `revise validate` wrote and attached to the bundle
-    (the stage removed any earlier one first); any other outcome is a crash that stops the
-    recipe."""
-    report = stage.output / REPORT_JSON
-    attached = bundle / REPORT_JSON
-    verdict = None
-    if code in (0, 1) and report.is_file():
-        verdict = _read_verdict(report)
-        if not attached.is_file() or attached.read_bytes() != report.read_bytes():
-            verdict = None  # written but never attached: validation stopped half-way
-    if verdict is not None and code == (0 if verdict == "pass" else 1):
-        return code  # failed gates are a result, not a crash
-    if code == 2:
-        raise click.exceptions.Exit(code)  # a usage error: its message is above
-    raise DataError(
-        f"the validate stage failed (exit {code}) without writing and attaching a new report "
-        f"{report}; its error is above, and the recipe stops here",
-        hint="fix what the error names and run the recipe again (validation will run again)",
-    )
 
 
 # -- inputs, checked as the stages read them ----------------------------------------------------
@@ -519,14 +510,35 @@ def _data_stage(problems, data, path, workdir: Path, stages: list[Stage]) -> Pat
     root = path("data.images", data["images"])
     labels = path("data.labels", data.get("labels"))
     out = workdir / "manifest.parquet"
+    site, loader = data.get("site"), data.get("loader")
     args = ["index", str(root), "-o", str(out)]
-    args += _opt("--labels", labels) + _opt("--site", data.get("site"))
-    args += _opt("--loader", data.get("loader"))
-    stages.append(Stage("index", args, out, inputs=[p for p in (root, labels) if p]))
+    args += _opt("--labels", labels) + _opt("--site", site) + _opt("--loader", loader)
+
+    def run(call: StageCall) -> int:
+        from revise.stages.index import failure_lines, index_site
+
+        assert root is not None  # a missing folder stops the plan
+        result = index_site(
+            root,
+            out,
+            labels=labels,
+            site="" if site is None else str(site),
+            loader="auto" if loader is None else str(loader),
+            overwrite=call.overwrite,
+            say=call.say,
+        )
+        for line in failure_lines(result):
+            call.tell(line)
+        return 0
+
+    spell = _Spelling("data", {"root": "data.images", "labels": "data.labels"})
+    inputs = [p for p in (root, labels) if p]
+    stages.append(Stage("index", args, out, run, inputs=inputs, spell=spell))
     return out
 
 
-def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
+def _unlearn_stages(b: _Build, runs: Any) -> dict[str, Path]:
+    from revise.stages.unlearn import UnlearnJob
     from revise.unlearn.api import make_config
     from revise.unlearn.auto import AUTO
     from revise.unlearn.base import METHODS
@@ -566,8 +578,9 @@ def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
                 problems.add(f"{where}.settings", str(exc))
         folder = b.workdir / "runs" / name
         out[name] = folder
-        given = settings.items() if isinstance(settings, Mapping) else []
-        pairs = [a for k, v in given for a in ("--set", f"{k}={_text(v)}")]
+        given = dict(settings) if isinstance(settings, Mapping) else {}
+        pairs = [a for k, v in given.items() for a in ("--set", f"{k}={_text(v)}")]
+        seed = _int(problems, f"{where}.seed", run["seed"]) if "seed" in run else b.seed
         args = [
             "unlearn",
             "--model",
@@ -578,23 +591,73 @@ def _unlearn_stages(b: _Build, runs: Any, every: list[str]) -> dict[str, Path]:
             *pairs,
             "-o",
             str(folder),
-            *b.runtime(),
-            *every,
+            "--device",
+            b.device,
+            "--seed",
+            str(seed),
+            "--cache",
+            str(b.cache),
+            "--checkpoint-every",
+            str(b.checkpoint_every),
+            *(["--nproc-per-node", str(b.workers)] if b.workers > 1 else []),
+            *(["--compile"] if b.compile else []),
             *b.common,
         ]
-        if "seed" in run:
-            args[args.index("--seed") + 1] = str(_int(problems, f"{where}.seed", run["seed"]))
+        job = None
+        if model is not None and b.forget is not None:
+            job = UnlearnJob(
+                model=model,
+                manifest=b.manifest,
+                forget=str(b.forget),
+                out=folder,
+                method=method,
+                # as the command line reads them: YAML 1.1 reads 1e-3 as text
+                settings={k: parse_scalar(_text(v)) for k, v in given.items()},
+                card=b.card[0] if b.card else None,
+                arch=b.arch,
+                checkpoint_every=b.checkpoint_every,
+                compile=b.compile,
+                cache=b.cache,
+                device=b.device,
+                seed=seed,
+            )
         b.stages.append(
             Stage(
                 f"unlearn:{name}",
                 args,
                 folder,
+                partial(_unlearn, job, b.workers, args),
                 inputs=[*([model] if model else []), *b.data_inputs()],
                 after=[s.name for s in b.stages if s.name == "index"],
                 partial=folder.with_name(folder.name + ".partial"),
+                spell=b.spell(where, settings=f"{where}.settings"),
             )
         )
     return out
+
+
+def _unlearn(job: UnlearnJob | None, workers: int, args: list[str], call: StageCall) -> int:
+    """One unlearning run: in this process, or in ``workers`` torchrun workers (one per GPU)
+    that run its command line, as `revise unlearn --nproc-per-node` does."""
+    from revise import distributed
+    from revise.stages.unlearn import summary, unlearn_run
+
+    assert job is not None  # a plan without a model or selection is refused
+    if workers > 1:
+        code = distributed.relaunch(workers, [*call.global_args, *call_args(args, call)])
+        if code != 0:
+            raise RevisionError(
+                f"the unlearning run {job.out.name} failed in its torchrun workers (exit "
+                f"{code}); their error is above"
+            )
+        return 0
+    result = unlearn_run(
+        job, overwrite=call.overwrite, resume=call.resume, say=call.say, progress=call.progress
+    )
+    for line in summary(result.record) if result is not None else []:
+        call.say(line)
+    call.say(f"run written to {job.out}")
+    return 0
 
 
 def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
@@ -604,18 +667,25 @@ def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
         return next(iter(runs.values()), b.workdir / "runs" / "missing")
     if len(runs) < 2:
         b.problems.add("merge", "merging needs at least two unlearning runs")
-    options = _section(b.problems, "merge", merge, _command("merge"), b.path)
-    for key in ("reference", "base_path"):  # `revise merge` loads them without a card
-        b.check_model(f"merge.{key}", options.get(key), with_card=False)
-    criteria = options.get("criteria")
+    from revise.stages.merge import MergeOptions
+
+    options = _section(b.problems, "merge", merge, MergeOptions, b.path)
+    if options is None:
+        return b.workdir / "merged"
+    for key in ("reference", "base"):  # `revise merge` loads them without a card
+        b.check_model(f"merge.{key}", getattr(options, key), with_card=False)
+    criteria = options.criteria
     if criteria is not None and criteria.is_file():
         from revise.validate.criteria import load_criteria
 
         b.problems.check("merge.criteria", lambda: load_criteria(criteria))
     names = list(runs)
-    for key in ("backbone", "head"):  # runs are named in the recipe, folders in the command
-        if key in options and str(options[key]) in runs:
-            options[key] = str(names.index(str(options[key])))
+    renamed = {  # runs are named in the recipe, folders in the command
+        key: str(names.index(str(getattr(options, key))))
+        for key in ("backbone", "head")
+        if str(getattr(options, key)) in runs
+    }
+    options = options.model_copy(update=renamed)
     out = b.workdir / "merged"
     args = [
         "merge",
@@ -624,42 +694,99 @@ def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
         str(out),
         *b.selection(),
         *b.runtime(),
-        *_flags(options),
+        *options.flags(),
     ]
+
+    def run(call: StageCall) -> int:
+        from revise.stages.merge import merge_to_run, summary
+
+        result = merge_to_run(
+            list(runs.values()),
+            out,
+            options,
+            manifest=b.manifest,
+            forget=str(b.forget),
+            cache=b.cache,
+            device=b.device,
+            seed=b.seed,
+            overwrite=call.overwrite,
+            say=call.say,
+        )
+        for line in summary(result.record):
+            call.say(line)
+        return 0
+
     after = [s.name for s in b.stages if s.name.startswith("unlearn:") or s.name == "index"]
     inputs = [*_paths(options), *b.data_inputs()]
-    b.stages.append(Stage("merge", args, out, inputs=inputs, after=after))
+    b.stages.append(
+        Stage("merge", args, out, run, inputs=inputs, after=after, spell=b.spell("merge"))
+    )
     return out
+
+
+def _export_stage(b: _Build, export: Any, candidate: Path, bundle: Path) -> None:
+    from revise.stages.export import ExportOptions
+
+    options = _section(b.problems, "export", export, ExportOptions, b.path)
+    if options is None:
+        return
+    recipe = b.workdir / RESOLVED_RECIPE
+    args = ["export", str(candidate), "-o", str(bundle), "--data", str(b.manifest)]
+    args += ["--recipe", str(recipe), "--cache", str(b.cache), *options.flags()]
+
+    def run(call: StageCall) -> int:
+        from revise.stages.export import export_bundle
+
+        export_bundle(
+            candidate,
+            bundle,
+            options,
+            manifest=b.manifest,
+            recipe=recipe,
+            cache=b.cache,
+            overwrite=call.overwrite,
+            say=call.say,
+        )
+        return 0
+
+    after = [s.name for s in b.stages if s.output == candidate or s.name == "index"]
+    spell = b.spell("export")
+    b.stages.append(
+        Stage("export", args, bundle, run, inputs=_paths(options), after=after, spell=spell)
+    )
 
 
 def _validate_stage(b: _Build, validate: Any) -> Stage | None:
     if validate is None:
         return None
-    problems, path = b.problems, b.path
-    options = _section(problems, "validate", validate, _command("validate"), path)
-    criteria = options.pop("criteria", None)
-    if criteria is None and "criteria" in validate:
-        criteria = Path("<missing>")  # reported by _section
-    elif criteria is None:
-        problems.add("validate.criteria", "missing: the acceptance criteria file")
-    reference = options.get("reference")
-    heldout = options.get("heldout")
-    from revise.validate.heldout import is_dicomweb
+    from revise.stages.validate import ValidateOptions
 
-    if heldout is not None and not is_dicomweb(str(heldout)):
-        options["heldout"] = path("validate.heldout", heldout)
-    held_select = options.get("heldout_select")
+    problems, path = b.problems, b.path
+    section = dict(validate) if isinstance(validate, Mapping) else validate
+    criteria = None
+    if isinstance(section, dict) and "criteria" in section:
+        criteria = path("validate.criteria", section.pop("criteria")) or Path("<missing>")
+    elif isinstance(section, dict):
+        problems.add("validate.criteria", "missing: the acceptance criteria file")
+    options = _section(problems, "validate", section, ValidateOptions, path)
+    if options is None:
+        return None
+    if options.heldout is not None and not options.is_url():
+        options = options.model_copy(
+            update={"heldout": str(path("validate.heldout", options.heldout))}
+        )
+    held_select = options.heldout_select
     if held_select is not None:
-        _check_selection(problems, str(held_select), "validate.heldout_select")
-    _check_heldout(problems, options.get("heldout"), held_select)
-    b.check_model("validate.reference", reference)
+        _check_selection(problems, held_select, "validate.heldout_select")
+    local = Path(options.heldout) if options.heldout and not options.is_url() else None
+    _check_heldout(problems, local or options.heldout, held_select)
+    b.check_model("validate.reference", options.reference)
     if criteria is not None and criteria.exists():
         from revise.validate.criteria import check_models, load_criteria
 
+        have = ["original", "onnx", *(["reference"] if options.reference else [])]
         try:
-            check_models(
-                load_criteria(criteria), ["original", "onnx", *(["reference"] if reference else [])]
-            )
+            check_models(load_criteria(criteria), have)
         except UsageError as exc:  # the CLI's flag, said as the recipe key that gives it
             problems.add(
                 "validate.criteria",
@@ -679,16 +806,44 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
         str(out),
         *b.runtime(),
         *b.common,
-        *_flags(options),
+        *options.flags(),
     ]
+
+    def run(call: StageCall) -> int:
+        from revise.stages.validate import validate_model, verdict_lines
+
+        assert b.model is not None and criteria is not None  # else the plan is refused
+        result = validate_model(
+            bundle,
+            b.model,
+            b.manifest,
+            str(b.forget),
+            criteria,
+            out,
+            options,
+            card=b.card[0] if b.card else None,
+            arch=b.arch,
+            cache=b.cache,
+            device=b.device,
+            seed=b.seed,
+            overwrite=call.overwrite,
+            say=call.say,
+        )
+        for line in verdict_lines(result):
+            call.tell(line)
+        call.tell(f"{result.report['summary']}; report in {out}/report.html")
+        return 0 if result.passed else 1
+
     inputs = [
         *([criteria] if criteria else []),
         *([b.model] if b.model else []),
         *_paths(options),
+        *([local] if local else []),
         *b.data_inputs(),
         *(_selection_files(held_select) if held_select is not None else []),
     ]
-    stage = Stage("validate", args, out, inputs=inputs, after=["export"])
+    spell = b.spell("validate", model="the bundle")
+    stage = Stage("validate", args, out, run, inputs=inputs, after=["export"], spell=spell)
     b.stages.append(stage)
     return stage
 
@@ -721,74 +876,61 @@ def _sign_stage(problems, sign, path, bundle: Path, validate, stages: list[Stage
     args = ["sign", str(bundle), "--key", str(key), *_opt("--password-env", env)]
     args += ["--allow-unvalidated"] if allow else []
     after = ["export"] + (["validate"] if validate else [])
+
+    def run(call: StageCall) -> int:
+        from revise.export.bundle import SIGNATURE_NAME
+        from revise.export.signing import sign_bundle
+
+        assert key is not None  # else the plan is refused
+        password = os.environ[env].encode("utf-8") if env else None
+        call.say(f"signing {bundle} with {key} ...")
+        record = sign_bundle(bundle, key, password=password, allow_unvalidated=allow)
+        verdict = record["validation_verdict"] or "not validated"
+        forced = ", signed with allow_unvalidated" if record["allow_unvalidated"] else ""
+        call.tell(f"signed {bundle} -> {bundle / SIGNATURE_NAME} (validation: {verdict}{forced})")
+        return 0
+
+    inputs = [key] if key else []
     stages.append(
-        Stage("sign", args, bundle / "revise.sig", inputs=[key] if key else [], after=after)
+        Stage(
+            "sign", args, bundle / "revise.sig", run, inputs=inputs, after=after, overwrites=False
+        )
     )
 
 
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _command(name: str) -> click.Command:
-    from revise.cli import cli
-
-    return cli.commands[name]
-
-
 def _section(
-    problems, where: str, value: Any, command: click.Command, path: Callable[..., Path | None]
-) -> dict[str, Any]:
-    """A recipe section holding options of ``command``: names checked against the command's own
-    options (one source of truth), values converted by click's types, file options resolved
-    against the recipe's folder."""
+    problems, where: str, value: Any, options: type[StageOptions], path: Callable[..., Path | None]
+) -> StageOptions | None:
+    """A recipe section holding a stage's options: names checked against the stage's options
+    model (one source of truth with the CLI's flags), values converted and checked by it, file
+    options resolved against the recipe's folder. None when a problem was found."""
     if value is None:
-        return {}
+        return options()
     if not isinstance(value, Mapping):
-        problems.add(where, f"a mapping of `revise {command.name}` options")
-        return {}
-    params = {p.name: p for p in command.params if isinstance(p, click.Option)}
-    allowed = sorted(set(params) - RESERVED.get(where, set()))
-    options: dict[str, Any] = {}
+        problems.add(where, f"a mapping of `revise {where}` options")
+        return None
+    allowed = sorted(options.model_fields)
+    files = options.path_fields()
+    given: dict[str, Any] = {}
+    known = True
     for key, raw in value.items():
         name = str(key).replace("-", "_")
         if name not in allowed:
             problems.add(f"{where}.{key}", f"not an option of this stage{_hint(name, allowed)}")
-            continue
-        param = params[name]
-        if isinstance(param.type, click.Path):
-            options[name] = path(f"{where}.{key}", raw, must_exist=bool(param.type.exists))
-            continue
-        try:
-            options[name] = _convert(param, raw)
-        except click.BadParameter as exc:
-            problems.add(f"{where}.{key}", exc.format_message())
-    return options
-
-
-def _convert(param: click.Option, raw: Any) -> Any:
-    """A recipe value as the command would take it (paths are resolved by the caller)."""
-    if param.is_flag:
-        if not isinstance(raw, bool):
-            raise click.BadParameter(f"{raw!r} is not true or false")
-        return raw
-    if param.multiple:
-        items = raw if isinstance(raw, list) else [raw]
-        return [param.type.convert(item, param, None) for item in items]
-    return param.type.convert(raw, param, None)
-
-
-def _flags(options: Mapping[str, Any]) -> list[str]:
-    out: list[str] = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            out += [flag] if value else []
-        elif isinstance(value, list | tuple):
-            for item in value:
-                out += [flag, _text(item)]
-        elif value is not None:
-            out += [flag, _text(value)]
-    return out
+            known = False
+        elif name in files and raw is not None:
+            given[name] = path(f"{where}.{key}", raw, must_exist=files[name])
+        else:
+            given[name] = raw
+    found = collect(options, given, spell=lambda field: f"{where}.{field}")
+    for problem in found.problems:  # "<key> <what is wrong>", said as "<key>: <...>"
+        key = f"{where}.{problem.field}" if problem.field else where
+        text = problem.text.removeprefix(key).lstrip(": ") if problem.field else problem.text
+        problems.add(key, text + (f" ({problem.hint})" if problem.hint else ""))
+    return found.value if known else None
 
 
 def _opt(flag: str, value: Any) -> list[str]:
@@ -829,16 +971,10 @@ def _check_selection(problems, text: str, where: str = "forget") -> None:
         problems.add(where, str(exc))
 
 
-def _takes_overwrite(command: str) -> bool:
-    """Whether `revise COMMAND` has --overwrite (index rewrites its manifest anyway; sign
-    replaces the signature of the bundle it signs)."""
-    return any(p.name == "overwrite" for p in _command(command).params)
-
-
-def _paths(options: Mapping[str, Any]) -> list[Path]:
+def _paths(options: StageOptions | None) -> list[Path]:
     """The file and folder options of a section (resolved to Paths by _section)."""
     out: list[Path] = []
-    for value in options.values():
+    for value in options.model_dump().values() if options is not None else []:
         for item in value if isinstance(value, list | tuple) else [value]:
             if isinstance(item, Path):
                 out.append(item)
@@ -996,16 +1132,6 @@ def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) 
         },
         "commands": {stage.name: ["revise", *stage.shown()] for stage in stages},
     }
-
-
-def _invoke(cli: click.Group, args: list[str]) -> int:
-    """Run ``revise ARGS`` in this process; its exit code (click returns it from main when not
-    in standalone mode, and raises Exit from nested contexts)."""
-    try:
-        code = cli.main(args=args, prog_name="revise", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    return code if isinstance(code, int) else 0
 
 
 def _verdict(report_folder: Path) -> int:

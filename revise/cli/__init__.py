@@ -28,7 +28,9 @@ class ReviseGroup(click.Group):
         except RevisionError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            # the options it names, as this command spells them
+            message = exc.said_as(lambda option: self.spelled(ctx.invoked_subcommand, option))
+            click.echo(f"error: {message}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
@@ -48,6 +50,19 @@ class ReviseGroup(click.Group):
                 f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True
             )
             ctx.exit(1)
+
+    def spelled(self, command: str | None, option: str) -> str:
+        """A library option name as ``revise COMMAND`` writes it: its flag as the command
+        declares it first (``heldout_select``: ``--heldout-select``, ``out``: ``-o``), or its
+        argument's name (``model``: ``MODEL_PATH``)."""
+        found = self.commands.get(command or "")
+        flag = "--" + option.replace("_", "-")
+        for param in found.params if found else []:
+            if flag in param.opts:
+                return param.opts[0]
+            if isinstance(param, click.Argument) and param.name in (option, f"{option}_path"):
+                return param.human_readable_name
+        return option
 
 
 @click.group(cls=ReviseGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from revise.errors import UsageError
 
@@ -61,19 +60,10 @@ cache_option = click.option(
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 
 
-def parse_scalar(text: str) -> Any:
-    """A command-line value: int, then float (``1e-4`` too, which YAML 1.1 reads as text),
-    then a YAML scalar (true/false, strings)."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
-
-
 def parse_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``--set name=value`` pairs; values parsed as YAML scalars (numbers, true/false)."""
+    from revise.stages._options import parse_scalar
+
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -193,6 +183,13 @@ def worker_argv(ctx: click.Context, *, drop: tuple[str, ...] = ()) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def spelling(ctx: click.Context) -> Callable[[str], str]:
+    """How this command writes a library option's name (its flag, e.g. ``out``: ``-o``)."""
+    root = ctx.find_root().command
+    spelled = getattr(root, "spelled", None)
+    return (lambda option: spelled(ctx.info_name, option)) if spelled else str
 
 
 def echo(ctx: click.Context) -> Callable[[str], None]:

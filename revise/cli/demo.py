@@ -28,7 +28,7 @@ def demo(ctx: click.Context, out: Path, device: str, seed: int) -> None:
     from revise.demo import FORGET, format_table, run_demo
     from revise.export.onnx import require_onnxruntime
 
-    check_output(out, overwrite=True, option="-o")  # new, empty, or an earlier demo's folder
+    check_output(out, overwrite=True, option="out")  # new, empty, or an earlier demo's folder
     require_onnxruntime()  # the demo exports and checks ONNX parity: say so before any work
     say = echo(ctx)
     say(f"revise demo: forget every image of one device ({FORGET}) in {out}/")

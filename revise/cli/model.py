@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import click
@@ -22,6 +20,7 @@ from revise.cli._common import (
     model_option,
     parse_settings,
     seed_option,
+    spelling,
     step_progress,
     worker_argv,
 )
@@ -39,45 +38,6 @@ SUMMARY_KEYS = (
     "target",
     "warning",
 )
-
-
-def _auto_summary(record: dict) -> str:
-    """What the automatic revision chose, how close it estimates it came, and any warning."""
-    target = record["target"]
-    low, high = target["estimated_distance_interval"]
-    text = (
-        f"auto ({target['kind']} forgetting): chose {record['chosen']} in "
-        f"{record['wall_clock_s']['unlearn']:.2f} s; estimated distance to a retrained model "
-        f"{target['estimated_distance']:.3f} (95% interval {low:.3f}-{high:.3f})"
-    )
-    if record.get("warning"):
-        text += f"\nWARNING: {record['warning']}"
-    return text
-
-
-def _first_worker() -> bool:
-    """Rank 0 under torchrun (known from its environment before the process group exists)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _prepare_partial(say, out: Path, resume: bool) -> None:
-    """Say what happens to an unfinished run of ``out`` (its ``.partial`` folder): continued
-    with --resume when it holds a checkpoint, otherwise removed for a fresh start."""
-    from revise.unlearn import checkpoint
-    from revise.unlearn.api import check_partial, checkpoint_dir_for, partial_dir
-
-    check_partial(out)  # never remove a folder revise did not make
-    partial = partial_dir(out)
-    saved = checkpoint.peek(checkpoint_dir_for(out)) if partial.exists() else None
-    if resume and saved is not None:
-        say(f"resuming from step {saved['global_step']} (checkpoint in {partial})")
-    elif resume:
-        say(f"no checkpoint in {partial}: starting fresh")
-        shutil.rmtree(partial, ignore_errors=True)
-    elif partial.exists():
-        what = f"its checkpoint at step {saved['global_step']}" if saved else "it"
-        say(f"starting fresh: removing the unfinished run {partial} (--resume continues {what})")
-        shutil.rmtree(partial)
 
 
 def _load(model_path: Path, card: Path | None, arch: str | None):
@@ -167,22 +127,15 @@ def unlearn_cmd(
     N a killed run can be continued with --resume and ends as the uninterrupted run would.
     """
     from revise._io import check_output
-    from revise.data.split import share_of_sets
-    from revise.models.io import weights_digest
-    from revise.pipeline import prepare, run_unlearning
-    from revise.unlearn.api import (
-        checkpoint_dir_for,
-        discard_partial,
-        make_config,
-        save_run,
-    )
+    from revise.stages.unlearn import UnlearnJob, check_job, unlearn_run
+    from revise.stages.unlearn import summary as run_summary
     from revise.unlearn.auto import AUTO
 
     quiet_progress = bool(ctx.obj.get("quiet"))  # on stderr: shown with --json too
     if as_json:
         ctx.obj["quiet"] = True  # stdout carries the JSON alone
     say = echo(ctx)
-    check_output(out, overwrite=overwrite, inputs=[model_path, card, manifest_path], option="-o")
+    check_output(out, overwrite=overwrite, inputs=[model_path, card, manifest_path], option="out")
     if method == AUTO and settings:
         if ctx.get_parameter_source("method") is ParameterSource.DEFAULT:
             raise UsageError(
@@ -194,77 +147,45 @@ def unlearn_cmd(
             "--method auto takes no --set: it chooses the method and its settings itself",
             hint="drop --set, or choose a method (e.g. psg) to set its hyperparameters",
         )
-    # bad settings fail before any work; auto has none
-    config = None if method == AUTO else make_config(method, parse_settings(settings))
-    launcher = nproc_per_node > 1 and not distributed.launched_by_torchrun()
-    if not launcher and _first_worker():  # the run's own process, or rank 0 of torchrun's
-        _prepare_partial(say, out, resume)
-    if launcher:
-        ctx.exit(distributed.relaunch(nproc_per_node, worker_argv(ctx, drop=("nproc_per_node",))))
-    loaded = _load(model_path, card, arch)
-    quiet = bool(ctx.obj.get("quiet"))
-    data = prepare(
-        _load_manifest(manifest_path), loaded.card, forget, cache_dir=cache, progress=not quiet
+    job = UnlearnJob(
+        model=model_path,
+        manifest=manifest_path,
+        forget=forget,
+        out=out,
+        method=method,
+        settings=parse_settings(settings),
+        card=card,
+        arch=arch,
+        checkpoint_every=checkpoint_every,
+        compile=compile_,
+        cache=cache,
+        device=device,
+        seed=seed,
     )
-    say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
-    say(f"the forget selection selects {share_of_sets(data.counts())}")
-    try:
-        with step_progress(ctx, f"unlearn {method}", quiet=quiet_progress) as progress:
-            result = run_unlearning(
-                loaded.module,
-                loaded.card,
-                data,
-                method=method,
-                config=config,
-                device=device,
-                seed=seed,
-                base_digest=weights_digest(loaded.module),
-                progress=progress,
-                checkpoint_dir=checkpoint_dir_for(out),
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                compile=compile_,
-            )
-    except BaseException:
-        if _first_worker():
-            discard_partial(out)  # kept if it holds a checkpoint: --resume continues from it
-        raise
-    if not distributed.is_main_process():
+    check_job(job)  # bad settings fail before any work (and before workers start)
+    if nproc_per_node > 1 and not distributed.launched_by_torchrun():
+        ctx.exit(distributed.relaunch(nproc_per_node, worker_argv(ctx, drop=("nproc_per_node",))))
+    result = unlearn_run(
+        job,
+        overwrite=overwrite,
+        resume=resume,
+        say=say,
+        progress=lambda text: step_progress(ctx, text, quiet=quiet_progress),
+        quiet=bool(ctx.obj.get("quiet")),
+    )
+    if result is None:  # a torchrun worker other than rank 0
         distributed.finish()
         return
-    result.record["base_model"] = {
-        "path": str(Path(model_path).resolve()),  # found again from any folder (revise merge)
-        "format": loaded.format,
-        "sha256": loaded.card.source_sha256,
-    }
-    try:
-        save_run(result, out, overwrite=overwrite)
-    except BaseException:
-        if not overwrite or out.exists():  # else the previous run may wait in the partial folder
-            discard_partial(out)  # e.g. a full disk: no half-written run is left behind
-        raise
-    metrics = result.record["metrics"]
     if as_json:
+        metrics = result.record["metrics"]
         summary = {key: result.record.get(key) for key in SUMMARY_KEYS}
         summary["accuracy"] = {name: stats["accuracy"] for name, stats in metrics.items()}
         summary["run"] = str(out)
         click.echo(json.dumps(summary, sort_keys=True))
-        distributed.finish()
-        return
-    resumed = result.record.get("resumed_from_step")
-    if method == AUTO:
-        say(_auto_summary(result.record))
     else:
-        say(
-            f"{method}: unlearned in {result.record['wall_clock_s']['unlearn']:.2f} s; attack "
-            f"success {result.record.get('attack_success_ratio')}"
-            + (f"; resumed from step {resumed}" if resumed else "")
-        )
-        if result.record.get("warning"):
-            say(f"WARNING: {result.record['warning']}")
-    for name, stats in metrics.items():
-        say(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
-    say(f"run written to {out}")
+        for line in run_summary(result.record):
+            say(line)
+        say(f"run written to {out}")
     distributed.finish()
 
 
@@ -303,7 +224,7 @@ def evaluate_cmd(
         raise UsageError(f"--json {json_out} is a folder; give a file name")
     if json_out is not None:
         inputs = [model_path, card, manifest_path]
-        check_output(json_out, overwrite=overwrite, inputs=inputs, option="--json")
+        check_output(json_out, overwrite=overwrite, inputs=inputs, option="json")
     bad = [column for column in by if column in FORBIDDEN_COLUMNS]
     if bad:  # its values would be printed and written to --json
         raise UsageError(
@@ -391,68 +312,28 @@ def export_cmd(
 ):
     """Export a model (e.g. a run folder) as a bundle: ONNX with a parity check in ONNX Runtime,
     weights, card, run record, validation report, Triton model repository."""
-    import torch
+    from revise.stages._options import build
+    from revise.stages.export import ExportOptions, export_bundle
 
-    from revise._io import check_output
-    from revise.export.bundle import write_bundle
-    from revise.export.onnx import require_onnxruntime
-    from revise.models.pixel import normalize
-
-    say = echo(ctx)
-    if out.suffix.lower() == ".onnx":
-        raise UsageError(
-            f"-o {out}: the bundle is a folder (its ONNX file is model.onnx inside it)",
-            hint=f"e.g. -o {out.with_suffix('')}; then use {out.with_suffix('') / 'model.onnx'}",
-        )
-    inputs = [model_path, card, manifest_path, validation, recipe]
-    check_output(out, overwrite=overwrite, inputs=inputs, option="-o")
-    require_onnxruntime()  # the parity check needs it: say so before any work
-    loaded = _load(model_path, card, arch)
-    c = loaded.card
-    source = "random pixel-range images"
-    if manifest_path is not None:
-        samples, source = _heldout_samples(manifest_path, c, parity_samples, cache)
-    else:
-        g = torch.Generator().manual_seed(0)
-        low, high = c.pixel_range
-        samples = low + (high - low) * torch.rand(
-            parity_samples, c.in_channels, *c.input_size, generator=g
-        )
-    bundle = write_bundle(
-        loaded,
-        out,
-        samples=normalize(samples, c),
-        name=name,
-        opset=opset,
-        fp16=fp16,
-        validation=validation,
-        recipe=recipe.read_text() if recipe else None,
-        overwrite=overwrite,
+    options = build(
+        ExportOptions,
+        {"name": name, "fp16": fp16, "parity_samples": parity_samples, "opset": opset},
+        what="revise export",
+        spell=spelling(ctx),
     )
-    for file, variant in bundle.manifest["onnx"]["variants"].items():
-        p = variant["parity"]
-        say(
-            f"{file}: parity on {p['n']} {source}: max |diff| {p['max_abs_diff']:.2e}, "
-            f"labels agree {p['label_agreement']:.3f}"
-        )
-    verdict = bundle.verdict or "not validated"
-    files = len(bundle.manifest["files"]) + 1  # and bundle.json, which lists the others
-    say(f"wrote bundle {out} ({files} files; validation: {verdict})")
-
-
-def _heldout_samples(manifest_path: Path, card, n: int, cache):
-    """Images for the parity check: the held-out rows of the manifest, or its first rows
-    (training images) when it has none; and the words saying which were used."""
-    from revise.data.tensors import load_tensors
-
-    df = _load_manifest(manifest_path)
-    heldout = df[df["split"].astype("string").fillna("").str.lower() == "heldout"]
-    if len(heldout):
-        rows, source = heldout.head(n), "held-out images"
-    else:
-        rows = df.head(n)
-        source = f"training images ({manifest_path} has no held-out rows)"
-    return load_tensors(rows, card, cache_dir=cache).x, source
+    export_bundle(
+        model_path,
+        out,
+        options,
+        card=card,
+        arch=arch,
+        manifest=manifest_path,
+        validation=validation,
+        recipe=recipe,
+        cache=cache,
+        overwrite=overwrite,
+        say=echo(ctx),
+    )
 
 
 COMMANDS = [unlearn_cmd, evaluate_cmd, export_cmd]

@@ -24,6 +24,7 @@ def run_cmd(ctx: click.Context, recipe: Path, dry_run: bool, restart: bool) -> N
     skipped, and an interrupted unlearning run continues from its checkpoint. Exit 0 when the
     bundle is complete, 1 when the validation gates failed (the bundle is then left unsigned).
     """
+    from revise.cli._common import step_progress
     from revise.recipe import load_plan, run_plan
 
     say = echo(ctx)
@@ -36,7 +37,14 @@ def run_cmd(ctx: click.Context, recipe: Path, dry_run: bool, restart: bool) -> N
         *(["--debug"] if ctx.obj.get("debug") else []),
         *(["-q"] if ctx.obj.get("quiet") else []),
     ]
-    code = run_plan(plan, say=say, restart=restart, global_args=flags)
+    code = run_plan(
+        plan,
+        say=say,
+        tell=click.echo,
+        progress=lambda description: step_progress(ctx, description),
+        restart=restart,
+        global_args=flags,
+    )
     bundle = plan.workdir / "bundle"
     if code == 0:
         click.echo(f"bundle ready: {bundle}")

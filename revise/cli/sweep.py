@@ -16,10 +16,10 @@ from revise.cli._common import (
     device_option,
     echo,
     model_option,
-    parse_scalar,
     parse_settings,
     seed_option,
 )
+from revise.stages._options import parse_scalar
 
 GRID_HELP = (
     "name=v1,v2,... (repeatable; at most 4096 points in all); e.g. --grid gamma=0,1e-4,0.1 "
@@ -144,7 +144,7 @@ def sweep_cmd(
 
     say = echo(ctx)
     inputs = [model_path, card, manifest_path, reference]  # before any work: refusing is free
-    check_output(out, overwrite=overwrite, inputs=inputs, option="-o")
+    check_output(out, overwrite=overwrite, inputs=inputs, option="out")
     grid = parse_grid(grid_items)
     fixed = parse_settings(settings)
     sweep_points(method, grid, fixed)  # a huge grid or a bad value: refused before any loading

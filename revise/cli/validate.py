@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from revise.cli._common import arch_option, cache_option, card_option, device_option, echo
-from revise.errors import UsageError
-from revise.registry import did_you_mean
+from revise.cli._common import arch_option, cache_option, card_option, device_option, echo, spelling
 
 
 @click.command("validate")
@@ -103,95 +101,41 @@ def validate_cmd(
     Exit codes: 0 every gate passed, 1 a gate failed (or the data could not be read), 2 the
     command or criteria are wrong.
     """
-    from revise._io import check_finished, check_output
-    from revise.data import manifest as manifest_mod
-    from revise.data.calibration import run_record, without_calibration
-    from revise.data.manifest import FORBIDDEN_COLUMNS
-    from revise.data.split import partition, share_of_sets
-    from revise.export.bundle import attach_validation, is_bundle
-    from revise.export.onnx import require_onnxruntime
-    from revise.models.io import load_model
-    from revise.pipeline import decode_sets
-    from revise.validate.api import check_onnx_matches, validate, write_report
-    from revise.validate.criteria import (
-        check_inputs,
-        check_models,
-        load_criteria,
-    )
-    from revise.validate.heldout import load_heldout, with_heldout
+    from revise.stages._options import build
+    from revise.stages.validate import ValidateOptions, validate_model, verdict_lines
 
-    say = echo(ctx)
-    named = {"MODEL": model_path, "--original": original, "--reference": reference}
-    named["--data"] = manifest_path
-    for what, path in named.items():
-        if path is not None:
-            check_finished(path, what)
-    bundle = model_path if is_bundle(model_path) else None
-    if bundle is not None and onnx_path is None:
-        onnx_path = bundle / "model.onnx"  # a bundle is validated with the ONNX file it ships
-    if onnx_path is not None:
-        require_onnxruntime()  # the parity check needs it: say so before any work
-    gates = load_criteria(criteria)  # a wrong criteria file stops here, before any work
-    have = ["original"] + (["reference"] if reference else []) + (["onnx"] if onnx_path else [])
-    check_models(gates, have)
-    local = heldout if heldout and "://" not in heldout else None  # a folder or manifest
-    inputs = [*named.values(), criteria, onnx_path, local, heldout_labels, card]
-    check_output(out, overwrite=overwrite, inputs=inputs, option="-o")
-    if heldout_labels and not heldout:
-        raise UsageError("--heldout-labels needs --heldout")
-    bad = [column for column in by if column in FORBIDDEN_COLUMNS]
-    if bad:
-        raise UsageError(
-            f"--by {bad[0]}: file paths may identify patients; group by another column"
-        )
-    manifest = manifest_mod.load(manifest_path)
-    inputs = {"data": {"path": str(manifest_path), "digest": manifest_mod.digest(manifest)}}
-    if heldout:
-        held = load_heldout(
-            heldout,
-            selection=heldout_select,
-            labels=heldout_labels,
-            cache_dir=cache,
-            timeout=timeout,
-        )
-        manifest, dropped = with_heldout(manifest, held)
-        inputs["heldout"] = {**held.describe(), "dropped_as_training_images": dropped}
-        say(f"held-out: {len(held.rows)} images from {held.kind} {heldout}")
-    unknown = [column for column in by if column not in manifest.columns]
-    if unknown:
-        raise UsageError(
-            f"--by {', '.join(unknown)}: no such manifest column",
-            hint=did_you_mean(unknown[0], list(manifest.columns)) or None,
-        )
-    models = {"candidate": load_model(model_path, card=card, architecture=arch)}
-    models["original"] = load_model(original, card=card, architecture=arch)
-    if reference:
-        models["reference"] = load_model(reference, card=card, architecture=arch)
-    model_card = models["candidate"].card
-    if onnx_path is not None:  # before any image is decoded
-        check_onnx_matches(models["candidate"], onnx_path)
-    parts = partition(manifest, forget)
-    record = run_record(model_path)  # an automatic revision's calibration rows are not judged
-    parts = without_calibration(parts, record)
-    if record and record.get("calibration"):
-        say("left out: the held-out rows the automatic revision calibrated on")
-    check_inputs(gates, parts, have=have, class_names=model_card.class_names)
-    data = decode_sets(parts, model_card, forget, cache_dir=cache)
-    say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
-    say(f"the forget selection selects {share_of_sets(data.counts())}")
-    result = validate(
-        models, data, gates, onnx_path=onnx_path, by=by, device=device, seed=seed, inputs=inputs
+    options = build(
+        ValidateOptions,
+        {
+            "reference": reference,
+            "heldout": heldout,
+            "heldout_select": heldout_select,
+            "heldout_labels": heldout_labels,
+            "timeout": timeout,
+            "by": by,
+        },
+        what="revise validate",
+        spell=spelling(ctx),
     )
-    write_report(result, out, overwrite=overwrite)
-    if bundle is not None:
-        attach_validation(bundle, out)
-        say(f"report attached to the bundle {bundle} (sign it again if it was signed)")
-    for verdict in result.verdicts:
-        mark = "PASS" if verdict.passed else "FAIL"
-        group = ", ".join(f"{k}={v}" for k, v in (verdict.group or {}).items())
-        click.echo(
-            f"{mark}  {verdict.gate.name}{f' [{group}]' if group else ''}: {verdict.message()}"
-        )
+    result = validate_model(
+        model_path,
+        original,
+        manifest_path,
+        forget,
+        criteria,
+        out,
+        options,
+        onnx=onnx_path,
+        card=card,
+        arch=arch,
+        cache=cache,
+        device=device,
+        seed=seed,
+        overwrite=overwrite,
+        say=echo(ctx),
+    )
+    for line in verdict_lines(result):
+        click.echo(line)
     click.echo(f"{result.report['summary']}; report in {out}/report.html")
     if not result.passed:
         ctx.exit(1)

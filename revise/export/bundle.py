@@ -47,7 +47,7 @@ from revise._io import (
     write_json_atomic,
     write_text_atomic,
 )
-from revise.errors import DataError, ExportError, UsageError
+from revise.errors import DataError, ExportError, OptionError, UsageError
 from revise.export.onnx import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -95,7 +95,7 @@ def check_name(name: str, what: str) -> None:
     """Run and bundle names become folder names (runs/<name>, triton/<name>): letters, digits,
     '-' and '_' only, so that none reaches outside its folder (Triton's rule)."""
     if not name.replace("_", "").replace("-", "").isalnum():
-        raise UsageError(f"{what} {name!r}: use letters, digits, '-' and '_' (Triton's rule)")
+        raise OptionError(what, f"{name!r}: use letters, digits, '-' and '_' (Triton's rule)")
 
 
 def write_bundle(

@@ -36,7 +36,7 @@ from torch import nn
 
 from revise._io import atomic_path, sha256_file
 from revise._logs import loggers_silenced
-from revise.errors import ExportError, UsageError
+from revise.errors import ExportError, OptionError
 from revise.models.card import ModelCard
 from revise.models.outputs import (
     OUTPUT_NAMES,
@@ -156,8 +156,9 @@ def check_opset(opset: Any, name: str = "opset") -> int:
     (``name``: what the caller calls it, e.g. the ``--opset`` option)."""
     top = max_opset()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= top:
-        raise UsageError(
-            f"{name} {opset} is not an ONNX opset revise can export",
+        raise OptionError(
+            name,
+            f"{opset} is not an ONNX opset revise can export",
             hint=f"give {MIN_OPSET} to {top}: ONNX Runtime runs opsets from {MIN_OPSET}, and "
             f"{top} is the newest the installed onnx knows",
         )

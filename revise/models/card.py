@@ -6,13 +6,26 @@ import json
 import numbers
 import os
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
 from revise._io import not_utf8, write_json_atomic
+from revise._schema import MISSING, UNKNOWN, Hint, fail, problems, refusal
 from revise.errors import ModelError
-from revise.registry import did_you_mean
 
 # Bounds on what a card may ask for, so that a card cannot make revise allocate without limit:
 # each side of the input, the values of one input image (channels x height x width: 256 MiB as
@@ -37,16 +50,55 @@ _OUTPUT_ALIASES = {
     "log_probabilities": "log_softmax",
     "logsoftmax": "log_softmax",
 }
+OutputKind = Literal[tuple(OUTPUT_KINDS)]  # type: ignore[valid-type]
+_OUTPUT_HINT = "; ".join(f"{kind}: {meaning}" for kind, meaning in OUTPUT_KINDS.items())
+_DOCS_HINT = "every field is described in docs/model-card.md"
+
+_INTENSITY_HINT = "give the window [lo, hi] in modality units, or use intensity minmax or voi"
+_SIZE_HINT = "give the size the network takes; revise resizes each image to it"
+_LABELS_HINT = "class names become the lines of a labels file: use one line of printable text"
 
 
-# The fields a card must give (the others have defaults), with what each means.
-REQUIRED_FIELDS = {
-    "architecture": 'the network: a built-in name such as "small_cnn", or "onnx"/"torchscript"',
-    "num_classes": "how many classes the model predicts",
-}
+def _as_int(value: Any) -> Any:
+    """Whole numbers of any numeric type (16.0, numpy's) as int; 16.5, "16" and true stay
+    refused, as JSON Schema's integer refuses them."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    whole = number and (isinstance(value, numbers.Integral) or float(value).is_integer())
+    return int(value) if whole else value
 
 
-@dataclass
+def _as_float(value: Any) -> Any:
+    """Numbers of any numeric type as float; text and true/false stay refused."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return float(value) if real else value
+
+
+# Numbers as a card gives them: numbers only (not "10", not true), and finite.
+Whole = Annotated[int, Strict(), BeforeValidator(_as_int)]
+Number = Annotated[float, Strict(), BeforeValidator(_as_float)]
+Side = Annotated[int, Strict(), Field(ge=1, le=MAX_INPUT_SIDE), BeforeValidator(_as_int)]
+Positive = Annotated[float, Strict(), Field(gt=0), BeforeValidator(_as_float)]
+
+
+def _one_line(name: str) -> str:
+    """A line break or control character would shift every label after it in a line-based file
+    (Triton's labels.txt)."""
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        raise fail(f"{name!r} holds a line break or control character", _LABELS_HINT)
+    return name
+
+
+def _increasing(pair: tuple[float, float]) -> tuple[float, float]:
+    if not pair[0] < pair[1]:
+        raise fail(f"must be [low, high] with low < high, not {list(pair)}")
+    return pair
+
+
+ClassName = Annotated[str, AfterValidator(_one_line)]
+Range = Annotated[tuple[Number, Number], AfterValidator(_increasing)]
+
+
+@dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True))
 class ModelCard:
     """Everything needed to feed a model pixels and read its answer.
 
@@ -54,69 +106,129 @@ class ModelCard:
     channel); the boundary attack works in pixel space, so the normalisation must be known.
     Sizes are bounded (``MAX_INPUT_SIDE`` pixels per side, ``MAX_INPUT_VALUES`` values per
     image, ``MAX_CLASSES`` classes), and class names are one line of printable text each: they
-    become the lines of a Triton labels file.
+    become the lines of a Triton labels file. The fields below are the card's only checks and
+    the source of docs/model-card.schema.json (revise.models.card_schema).
     """
 
-    architecture: str  # registry name, or "torchscript" / "onnx" for opaque graphs
-    num_classes: int
-    in_channels: int = 1
-    input_size: tuple[int, int] = (32, 32)  # (height, width)
-    pixel_range: tuple[float, float] = (0.0, 1.0)
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    class_names: list[str] = field(default_factory=list)
+    architecture: str = Field(
+        min_length=1,
+        description="The network: a built-in name (small_cnn, allcnn, resnet18_cifar, or one a "
+        "plugin registers), or onnx / torchscript for a graph revise runs as it is.",
+    )
+    num_classes: Whole = Field(
+        ge=1, le=MAX_CLASSES, description="How many classes the model predicts."
+    )
+    in_channels: Whole = Field(1, ge=1, description="Channels of one input image (1 grey, 3 RGB).")
+    input_size: Annotated[tuple[Side, Side], Hint(_SIZE_HINT)] = Field(
+        (32, 32), description="[height, width] the images are resized to."
+    )
+    pixel_range: Range = Field(
+        (0.0, 1.0),
+        description="[low, high] of pixels before normalisation, e.g. [0, 255]; psg's eps, eta, "
+        "gamma and lam are fractions of it.",
+    )
+    mean: tuple[Number, ...] = Field(
+        (0.0,),
+        min_length=1,
+        description="The model consumes (pixels - mean) / std: one value, or one per channel.",
+    )
+    std: tuple[Positive, ...] = Field(
+        (1.0,),
+        min_length=1,
+        description="Divisor of the normalisation: one value, or one per channel; each > 0.",
+    )
+    class_names: list[ClassName] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="One name per class, in output order; each one line of printable text.",
+    )
     # What the network returns (OUTPUT_KINDS); None: not stated, load_model finds it.
-    output: str | None = None
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    source_format: str = "safetensors"
-    source_sha256: str = ""
+    output: Annotated[OutputKind | None, Hint(_OUTPUT_HINT)] = Field(
+        None,
+        description="What the network returns, named for its last operation; null: logits "
+        f"unless revise finds an activation. {_OUTPUT_HINT}",
+    )
+    arch_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Keyword arguments of the built-in architecture, e.g. {"widths": [16, 32]}.',
+    )
+    source_format: str = Field(
+        "safetensors",
+        description="Where the weights came from (revise fills it in when it loads a model).",
+    )
+    source_sha256: str = Field(
+        "", description="Digest of the file the weights came from (filled in by revise)."
+    )
     # How stored values become [0, 1] before scaling to pixel_range:
     #   "minmax": per image, min..max (robust to rescale slope/intercept differences);
     #   "voi": the file's own VOI window (WindowCenter/Width), falling back to minmax;
     #   "fixed": intensity_range (lo, hi) in modality units, e.g. a CT HU window.
-    intensity: str = "minmax"
-    intensity_range: tuple[float, float] | None = None
-    description: str = ""
+    intensity: Literal["minmax", "voi", "fixed"] = Field(
+        "minmax",
+        description="How stored DICOM values become [0, 1]: minmax per image, voi (the file's "
+        "window, else minmax), or fixed (intensity_range).",
+    )
+    intensity_range: Range | None = Field(
+        None,
+        validate_default=True,
+        description="[lo, hi] in modality units for intensity = fixed, e.g. [-1000, 400] HU.",
+    )
+    description: str = Field(
+        "", description="Free text for people; copied into the bundle's metadata."
+    )
 
-    def __post_init__(self) -> None:
-        self.num_classes = _whole("num_classes", self.num_classes, minimum=1, maximum=MAX_CLASSES)
-        self.in_channels = _whole("in_channels", self.in_channels, minimum=1)
-        self.input_size = _numbers("input_size", self.input_size, 2, whole=True)  # type: ignore[assignment]
-        _check_input_size(self.in_channels, self.input_size)
-        self.pixel_range = _numbers("pixel_range", self.pixel_range, 2)  # type: ignore[assignment]
-        if not self.pixel_range[0] < self.pixel_range[1]:
-            raise ModelError(
-                f"model card: pixel_range must be [low, high] with low < high, not "
-                f"{list(self.pixel_range)}"
+    # Rules between fields; each runs only when the fields it reads are valid themselves.
+    @field_validator("input_size")
+    @classmethod
+    def _fits_in_memory(cls, size: tuple[int, int], info: ValidationInfo) -> tuple[int, int]:
+        channels = info.data.get("in_channels")
+        if channels and channels * size[0] * size[1] > MAX_INPUT_VALUES:
+            raise fail(
+                f"with in_channels {channels} is {channels}x{size[0]}x{size[1]} = "
+                f"{channels * size[0] * size[1]:,} values per image, more than the "
+                f"{MAX_INPUT_VALUES:,} (256 MiB as float32) revise allows",
+                "check in_channels and input_size",
             )
-        self.mean = _numbers("mean", self.mean)
-        self.std = _numbers("std", self.std)
-        if len(self.mean) not in (1, self.in_channels) or len(self.std) not in (
-            1,
-            self.in_channels,
-        ):
-            raise ModelError(f"model card: mean/std must have 1 or {self.in_channels} values")
-        if min(self.std) <= 0:
-            raise ModelError(f"model card: std must be > 0 (it divides), not {list(self.std)}")
-        if self.intensity not in ("minmax", "voi", "fixed"):
-            raise ModelError(
-                f"model card: intensity must be minmax, voi or fixed, not {self.intensity!r}"
-            )
-        if self.intensity == "fixed" and self.intensity_range is None:
-            raise ModelError("model card: intensity 'fixed' needs intensity_range [lo, hi]")
-        if self.intensity_range is not None:
-            self.intensity_range = _numbers("intensity_range", self.intensity_range, 2)  # type: ignore[assignment]
-            if not self.intensity_range[0] < self.intensity_range[1]:
-                raise ModelError("model card: intensity_range must be [lo, hi] with lo < hi")
-        if not self.class_names:
-            self.class_names = [str(i) for i in range(self.num_classes)]
-        if len(self.class_names) != self.num_classes:
-            raise ModelError(
-                f"model card: {len(self.class_names)} class names for {self.num_classes} classes"
-            )
-        for i, name in enumerate(self.class_names):
-            _check_class_name(i, name)
-        _check_output(self.output)
+        return size
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_per_channel(cls, values: tuple[float, ...], info: ValidationInfo) -> tuple:
+        channels = info.data.get("in_channels")
+        if channels and len(values) not in (1, channels):
+            count = "1 value" if channels == 1 else f"1 or {channels} values (in_channels)"
+            raise fail(f"must have {count}, not {list(values)}")
+        return values
+
+    @field_validator("class_names")
+    @classmethod
+    def _one_per_class(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        count = info.data.get("num_classes")
+        if count and not names:
+            return [str(i) for i in range(count)]
+        if count and len(names) != count:
+            raise fail(f"has {len(names)} names for {count} classes")
+        return names
+
+    @field_validator("intensity_range")
+    @classmethod
+    def _given_when_fixed(cls, window: tuple | None, info: ValidationInfo) -> tuple | None:
+        if window is None and info.data.get("intensity") == "fixed":
+            raise fail("must be given for intensity 'fixed'", _INTENSITY_HINT)
+        return window
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _refuse(cls, data: Any, handler: Any) -> Any:
+        """A card with mistakes is refused with all of them, as one ModelError."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            found = problems(exc, cls, aliases=_OUTPUT_ALIASES)
+            message, hint = refusal("model card", found)
+            if any(p.kind in UNKNOWN + MISSING for p in found):
+                hint = "; ".join(filter(None, (hint, _DOCS_HINT)))
+            raise ModelError(message, hint=hint) from None
 
     @property
     def output_kind(self) -> str:
@@ -128,22 +240,8 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        """A card from its JSON fields; every unknown or missing field is named at once."""
-        fields = cls.__dataclass_fields__
-        problems = []
-        for name in sorted(set(data) - set(fields), key=str):
-            close = did_you_mean(str(name), fields)
-            problems.append(f"unknown field {name!r}" + (f" ({close})" if close else ""))
-        missing = [name for name in REQUIRED_FIELDS if name not in data]
-        if missing:
-            listed = ", ".join(f"{name} ({REQUIRED_FIELDS[name]})" for name in missing)
-            problems.append(f"missing {listed}")
-        if problems:
-            raise ModelError(
-                "model card: " + "; ".join(problems),
-                hint="every field is described in docs/model-card.md",
-            )
-        return cls(**data)
+        """A card from its JSON fields; every unknown, missing or wrong field is named at once."""
+        return cls(**{str(name): value for name, value in data.items()})
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_dict())
@@ -167,73 +265,3 @@ class ModelCard:
             return cls.from_dict(data)
         except ModelError as exc:  # say which card: validate reads three
             raise ModelError(f"{path}: {exc}") from None
-
-
-def _whole(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
-        raise ModelError(f"model card: {name} must be a whole number, not {value!r}")
-    if value < minimum:
-        raise ModelError(f"model card: {name} must be at least {minimum}, not {value!r}")
-    if maximum is not None and value > maximum:
-        raise ModelError(f"model card: {name} must be at most {maximum}, not {value!r}")
-    return int(value)
-
-
-def _check_input_size(channels: int, size: tuple[int, int]) -> None:
-    if min(size) < 1:
-        raise ModelError(f"model card: input_size must be positive, not {list(size)}")
-    if max(size) > MAX_INPUT_SIDE:
-        raise ModelError(
-            f"model card: input_size must be at most {MAX_INPUT_SIDE} pixels per side, not "
-            f"{list(size)}",
-            hint="give the size the network takes; revise resizes each image to it",
-        )
-    values = channels * size[0] * size[1]
-    if values > MAX_INPUT_VALUES:
-        raise ModelError(
-            f"model card: in_channels x input_size must be at most {MAX_INPUT_VALUES:,} values "
-            f"per image (256 MiB as float32), not {channels}x{size[0]}x{size[1]} = {values:,}",
-            hint="check in_channels and input_size",
-        )
-
-
-def _check_output(output: Any) -> None:
-    if output is None or output in OUTPUT_KINDS:
-        return
-    close = _OUTPUT_ALIASES.get(str(output).lower()) if isinstance(output, str) else None
-    suggestion = f"did you mean {close}?" if close else did_you_mean(str(output), OUTPUT_KINDS)
-    raise ModelError(
-        f"model card: output must be one of {', '.join(OUTPUT_KINDS)}, not {output!r}"
-        + (f" ({suggestion})" if suggestion else ""),
-        hint="; ".join(f"{kind}: {meaning}" for kind, meaning in OUTPUT_KINDS.items()),
-    )
-
-
-def _check_class_name(index: int, name: Any) -> None:
-    """One line of text: a line break or control character would shift every label after it
-    in a line-based file (Triton's labels.txt)."""
-    if not isinstance(name, str):
-        raise ModelError(f"model card: class_names[{index}] must be text, not {name!r}")
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
-        raise ModelError(
-            f"model card: class_names[{index}] {name!r} holds a line break or control character",
-            hint="class names become the lines of a labels file: use one line of printable text",
-        )
-
-
-def _numbers(
-    name: str, values: Any, count: int | None = None, *, whole: bool = False
-) -> tuple[Any, ...]:
-    """``values`` as a tuple of floats (ints with ``whole``), ``count`` of them if given."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise ModelError(f"model card: {name} must be a list of numbers, not {values!r}")
-    if count is not None and len(values) != count:
-        raise ModelError(f"model card: {name} must have {count} values, not {list(values)}")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v:
-            raise ModelError(f"model card: {name} must be numbers, not {list(values)}")
-        if whole and v != int(v):
-            raise ModelError(f"model card: {name} must be whole numbers, not {list(values)}")
-        out.append(int(v) if whole else float(v))
-    return tuple(out)

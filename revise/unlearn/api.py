@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -25,7 +24,6 @@ from revise.distributed import init_from_env, rank_and_world
 from revise.errors import DivergedError, UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
-from revise.registry import did_you_mean
 from revise.unlearn import checkpoint, load_builtin_methods
 from revise.unlearn.base import (
     GLOBAL_RNG_LOCK,
@@ -36,7 +34,6 @@ from revise.unlearn.base import (
     freeze,
     synchronize,
 )
-from revise.unlearn.settings import check_settings
 
 log = logging.getLogger(__name__)
 load_builtin_methods()
@@ -52,41 +49,11 @@ class UnlearnResult:
 
 
 def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The method's hyperparameter dataclass with ``overrides`` applied: unknown keys, values
-    of the wrong type and values outside a field's bound rejected (UsageError)."""
+    """The method's hyperparameter dataclass with ``overrides`` applied, each converted to its
+    field's type (``--set`` gives text); unknown names, values of the wrong type and values
+    outside a field's bound are refused all at once, as one UsageError."""
     config_type = METHODS.get(method).config_type
-    fields = {f.name: f for f in dataclasses.fields(config_type)}
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        close = did_you_mean(unknown[0], fields)
-        raise UsageError(
-            f"{method} has no hyperparameter(s) {', '.join(unknown)}",
-            hint=f"{close + ' ' if close else ''}known: {', '.join(fields)}",
-        )
-    for name, value in overrides.items():
-        default = fields[name].default
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise UsageError(f"{method}.{name} must be true or false, not {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            overrides[name] = _number(f"{method}.{name}", value, whole=isinstance(default, int))
-    config = config_type(**overrides)
-    check_settings(method, config)
-    return config
-
-
-def _number(what: str, value: Any, *, whole: bool) -> int | float:
-    """``value`` (a number or its text) as the field's type; 1.5 for a whole number is refused,
-    not rounded."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a number, not {value!r}") from None
-    if not whole:
-        return number
-    if not math.isfinite(number) or number != int(number):
-        raise UsageError(f"{what} must be a whole number, not {value!r}")
-    return int(number)
+    return config_type(**{str(name): value for name, value in (overrides or {}).items()})
 
 
 def unlearn(
@@ -126,8 +93,7 @@ def unlearn(
     spec = METHODS.get(method)
     if config is None or isinstance(config, Mapping):
         config = make_config(method, config)
-    else:
-        check_settings(method, config)  # a config built in Python meets the same bounds
+    # a config built in Python met the same bounds when it was made, and on every change
     if checkpoint_every < 0:
         raise UsageError(f"checkpoint_every must be >= 0, not {checkpoint_every}")
     if (checkpoint_every or resume) and checkpoint_dir is None:

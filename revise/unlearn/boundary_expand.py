@@ -16,31 +16,31 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from revise.errors import ModelError
 from revise.models.architectures import head_module_name
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 FORGET_STREAM = 1  # batch stream of the forget images
 SHADOW_STREAM = 3  # random stream that initialises the shadow output
 
 
-@dataclass
+@settings
 class BoundaryExpandConfig:
     """Defaults from the authors' setting, shared with Boundary Shrink (SGD lr 1e-5, 10 epochs)."""
 
-    epochs: int = setting(10, "[1, inf)")  # passes over the forget set (authors: 10)
-    batch_size: int = setting(64, "[1, inf)")  # forget images per step (authors: 64)
-    lr: float = setting(1e-5, "(0, inf)")  # authors' SGD learning rate for a converged model
-    momentum: float = setting(0.9, "[0, 1)")  # authors' SGD momentum
-    weight_decay: float = setting(0.0, "[0, inf)")  # none: it would pull retained knowledge too
+    epochs: int = Field(10, ge=1)  # passes over the forget set (authors: 10)
+    batch_size: int = Field(64, ge=1)  # forget images per step (authors: 64)
+    lr: float = Field(1e-5, gt=0)  # authors' SGD learning rate for a converged model
+    momentum: float = Field(0.9, ge=0, lt=1)  # authors' SGD momentum
+    weight_decay: float = Field(0.0, ge=0)  # none: it would pull retained knowledge too
     # Keep BatchNorm statistics fixed. The authors train in train mode (the default); with
     # forget-only batches the statistics then drift toward D_f.
     freeze_bn: bool = False

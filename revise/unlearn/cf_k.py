@@ -14,31 +14,31 @@ original's; stateless layers such as dropout train as usual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from revise.errors import UsageError
 from revise.unlearn._structure import frozen_modules, hold_in_eval, last_blocks, train_only
 from revise.unlearn.base import UnlearnContext, register, run_steps, steps_per_pass
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 RETAIN_STREAM = 1  # batch stream of the retain images
 
 
-@dataclass
+@settings
 class CFKConfig:
     """Fine-tune recipe of the seed paper's Fine-tune baseline (lr 0.04, 10 epochs, method.md),
     otherwise the project's training recipe (SGD momentum 0.9, batch 64, cosine decay)."""
 
-    epochs: int = setting(10, "[1, inf)")  # passes over the retain set (seed paper's FT: 10)
-    batch_size: int = setting(64, "[1, inf)")  # retain images per step (training recipe)
-    lr: float = setting(0.04, "(0, inf)")  # seed paper's fine-tune learning rate
-    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
-    weight_decay: float = setting(1e-4, "[0, inf)")  # training recipe's, trained blocks only
-    k: int = setting(1, "[0, inf)")  # blocks before the head that are trained (0: head alone)
+    epochs: int = Field(10, ge=1)  # passes over the retain set (seed paper's FT: 10)
+    batch_size: int = Field(64, ge=1)  # retain images per step (training recipe)
+    lr: float = Field(0.04, gt=0)  # seed paper's fine-tune learning rate
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum of the training recipe
+    weight_decay: float = Field(1e-4, ge=0)  # training recipe's, trained blocks only
+    k: int = Field(1, ge=0)  # blocks before the head that are trained (0: head alone)
     cosine: bool = True  # cosine decay of lr to 0: a stable end point in few epochs
 
 

@@ -11,17 +11,17 @@ stream; the training recipe is cf_k's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from revise.unlearn._structure import last_blocks, reinitialise
 from revise.unlearn.base import UnlearnContext, register
 from revise.unlearn.cf_k import CFKConfig, fit_last_blocks
+from revise.unlearn.settings import settings
 
 REINIT_STREAM = 11  # ctx-seeded stream of the re-initialisation (data order uses stream 1)
 
 
-@dataclass
+@settings
 class EUKConfig(CFKConfig):
     """cf_k's recipe (lr 0.04, 10 epochs, cosine decay); the k blocks start from scratch."""
 

@@ -12,15 +12,15 @@ that the two draw identical batches under the same seed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from revise.errors import UsageError
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 # Stream numbers of ctx.batch (batches) and ctx.generator (random labels), fixed per role so
 # that methods sharing a role (the retain batches of finetune, l1_sparse, neggrad_plus and
@@ -30,16 +30,16 @@ FORGET_STREAM = 2
 LABEL_STREAM = 3
 
 
-@dataclass
+@settings
 class FinetuneConfig:
     """Defaults: the seed paper's FT baseline (method.md); optimizer as in the training recipe."""
 
-    epochs: int = setting(10, "[1, inf)")  # passes over the retain set (seed paper: 10)
-    batch_size: int = setting(64, "[1, inf)")  # retain images per step (training recipe's)
-    lr: float = setting(0.04, "(0, inf)")  # seed paper's FT rate: D_r overwrites D_f's traces
-    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
+    epochs: int = Field(10, ge=1)  # passes over the retain set (seed paper: 10)
+    batch_size: int = Field(64, ge=1)  # retain images per step (training recipe's)
+    lr: float = Field(0.04, gt=0)  # seed paper's FT rate: D_r overwrites D_f's traces
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum of the training recipe
     # the usual FT choice (Golatkar et al.); decays weights D_r leaves idle
-    weight_decay: float = setting(5e-4, "[0, inf)")
+    weight_decay: float = Field(5e-4, ge=0)
 
 
 def require_retain(ctx: UnlearnContext, method: str) -> None:

@@ -13,26 +13,26 @@ end (so the last steps recover retain accuracy). Defaults follow the paper's CIF
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from revise.unlearn.base import UnlearnContext, register
 from revise.unlearn.finetune import finetune_on_retain
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 
-@dataclass
+@settings
 class L1SparseConfig:
     """Defaults: the paper's l1-sparse MU setting (10 epochs, lr 0.01, gamma 5e-4)."""
 
-    epochs: int = setting(10, "[1, inf)")  # passes over the retain set (paper: 10, as FT)
-    batch_size: int = setting(64, "[1, inf)")  # retain images per step (training recipe's)
-    lr: float = setting(0.01, "(0, inf)")  # paper's unlearning rate for l1-sparse
-    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
-    weight_decay: float = setting(5e-4, "[0, inf)")  # as finetune: gamma = 0 reproduces it
-    gamma: float = setting(5e-4, "[0, inf)")  # l1 strength at step 0; linearly to 0 at the end
+    epochs: int = Field(10, ge=1)  # passes over the retain set (paper: 10, as FT)
+    batch_size: int = Field(64, ge=1)  # retain images per step (training recipe's)
+    lr: float = Field(0.01, gt=0)  # paper's unlearning rate for l1-sparse
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum of the training recipe
+    weight_decay: float = Field(5e-4, ge=0)  # as finetune: gamma = 0 reproduces it
+    gamma: float = Field(5e-4, ge=0)  # l1 strength at step 0; linearly to 0 at the end
 
 
 def l1_strength(gamma: float, step: int, steps: int) -> float:

@@ -11,29 +11,29 @@ on a retain batch and a forget batch. Defaults are those of the seed paper's com
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
 from revise.unlearn.finetune import FORGET_STREAM, RETAIN_STREAM, require_retain
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 
-@dataclass
+@settings
 class NegGradPlusConfig:
     """Defaults: the seed paper's NegGrad+ baseline (method.md)."""
 
-    epochs: int = setting(5, "[1, inf)")  # passes over the retain set (seed paper: 5)
-    batch_size: int = setting(64, "[1, inf)")  # retain images per step; forget batches alike
-    lr: float = setting(0.01, "(0, inf)")  # seed paper's NegGrad+ learning rate
-    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
-    weight_decay: float = setting(5e-4, "[0, inf)")  # as finetune: alpha = 1 reproduces it
+    epochs: int = Field(5, ge=1)  # passes over the retain set (seed paper: 5)
+    batch_size: int = Field(64, ge=1)  # retain images per step; forget batches alike
+    lr: float = Field(0.01, gt=0)  # seed paper's NegGrad+ learning rate
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum of the training recipe
+    weight_decay: float = Field(5e-4, ge=0)  # as finetune: alpha = 1 reproduces it
     # Weight of the retain loss; 1 - alpha weighs the forget ascent. Small 1 - alpha keeps the
     # unbounded ascent term from blowing up the model. alpha = 1 is plain fine-tuning.
-    alpha: float = setting(0.9999, "[0, 1]")
+    alpha: float = Field(0.9999, ge=0, le=1)
     # Keep BatchNorm statistics fixed: forget-only forward passes otherwise pull the running
     # statistics toward D_f at every step (the authors leave BatchNorm in train mode).
     freeze_bn: bool = False

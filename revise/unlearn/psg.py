@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from revise._schema import Hint
 from revise.distributed import all_sum, is_main_process, shard, shard_size
 from revise.errors import UsageError
 from revise.models.pixel import PixelSpaceModel
@@ -32,49 +33,49 @@ from revise.unlearn.base import (
     steps_per_pass,
 )
 from revise.unlearn.batchnorm import reestimate_batchnorm
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 FORGET_STREAM = 1  # batch stream of the forget images
 RETAIN_STREAM = 2  # batch stream of the retain images (phi > 0)
 NOISE_STREAM = 3  # random stream of the search noise
 
-NOISES = ("gaussian", "laplace", "cauchy", "uniform")
-LAMBDA_SCHEDULES = ("constant", "inverse", "exponential", "linear")
-TARGETS = ("hard", "soft", "topk")
-RETAIN_LOSSES = ("ce", "distill")
+Noise = Literal["gaussian", "laplace", "cauchy", "uniform"]
+LambdaSchedule = Literal["constant", "inverse", "exponential", "linear"]
+ForgetTarget = Literal["hard", "soft", "topk"]
+RetainLoss = Literal["ce", "distill"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@settings
 class PSGConfig:
     """Defaults follow the authors' released runs (method.md)."""
 
-    epochs: int = setting(10, "[1, inf)")  # passes over the forget set (authors: 10)
-    batch_size: int = setting(64, "[1, inf)")  # forget images per step; retain batches alike
-    lr: float = setting(1e-5, "(0, inf)")  # authors' SGD learning rate for a converged model
-    momentum: float = setting(0.9, "[0, 1)")  # authors' SGD momentum
-    weight_decay: float = setting(0.0, "[0, inf)")  # none: decay would also pull retained knowledge
+    epochs: int = Field(10, ge=1)  # passes over the forget set (authors: 10)
+    batch_size: int = Field(64, ge=1)  # forget images per step; retain batches alike
+    lr: float = Field(1e-5, gt=0)  # authors' SGD learning rate for a converged model
+    momentum: float = Field(0.9, ge=0, lt=1)  # authors' SGD momentum
+    weight_decay: float = Field(0.0, ge=0)  # none: decay would also pull retained knowledge
     # eps, eta, gamma and lam are in [0, 1] pixel units: fractions of the card's pixel range
     # (eps = 0.1 is 25.5 grey levels on a (0, 255) card), so a setting means the same whatever
     # range the model consumes.
-    eps: float = setting(0.1, "[0, 1]")  # L-inf radius of the boundary search
-    eta: float = setting(0.1, "[0, 1]")  # step of the sign-gradient search (eta = eps: one step)
-    steps: int = setting(1, "[1, inf)")  # inner search steps T (authors: 1)
-    gamma: float = setting(1e-4, "[0, inf)")  # noise scale: more exploration of other classes
+    eps: float = Field(0.1, ge=0, le=1)  # L-inf radius of the boundary search
+    eta: float = Field(0.1, ge=0, le=1)  # step of the sign-gradient search (eta = eps: one step)
+    steps: int = Field(1, ge=1)  # inner search steps T (authors: 1)
+    gamma: float = Field(1e-4, ge=0)  # noise scale: more exploration of other classes
     # Closeness pull toward x: more retention, less forgetting. It acts from the second inner
     # step on (at t = 0 the search point is x itself), so it needs steps >= 2: with the
     # default steps = 1 it changes nothing (a warning says so).
-    lam: float = setting(0.0, "[0, inf)")
-    lam_schedule: str = setting("constant", LAMBDA_SCHEDULES)  # how lam changes over steps
-    noise: str = setting("gaussian", NOISES)  # distribution of the perturbation z
+    lam: float = Field(0.0, ge=0)
+    lam_schedule: LambdaSchedule = "constant"  # how lam changes over steps
+    noise: Noise = "gaussian"  # distribution of the perturbation z
     early_stop: bool = False  # freeze a sample once the original model's label flips
-    phi: float = setting(0.0, "[0, inf)")  # weight of the retain loss (0: forget-only)
+    phi: float = Field(0.0, ge=0)  # weight of the retain loss (0: forget-only)
     # "ce" on retain labels, or "distill" to the original's outputs
-    retain_loss: str = setting("ce", RETAIN_LOSSES)
+    retain_loss: RetainLoss = "ce"
     # forget target: hard nearest label, soft probabilities, or top-k soft
-    target: str = setting("hard", TARGETS)
-    topk: int = setting(3, "[1, inf)")  # classes kept for target="topk"
+    target: ForgetTarget = "hard"
+    topk: int = Field(3, ge=1)  # classes kept for target="topk"
     # Take the nearest *other* class as the target even where the search did not cross the
     # boundary; otherwise (the authors' rule) such an image is trained on its own label, which
     # holds class forgetting back. Off by default: for scattered samples the own label can be
@@ -283,13 +284,13 @@ def psg(ctx: UnlearnContext, config: PSGConfig) -> dict[str, Any]:
 _SHRINK_FIXES = "boundary_shrink fixes gamma = lam = phi = 0; use psg to change them"
 
 
-@dataclass
+@settings
 class BoundaryShrinkConfig(PSGConfig):
     """psg with no noise, no closeness pull and no retain term (Chen et al. 2023)."""
 
-    gamma: float = setting(0.0, "[0, 0]", hint=_SHRINK_FIXES)  # no noise
-    lam: float = setting(0.0, "[0, 0]", hint=_SHRINK_FIXES)  # no closeness term
-    phi: float = setting(0.0, "[0, 0]", hint=_SHRINK_FIXES)  # forget loss only
+    gamma: Annotated[float, Hint(_SHRINK_FIXES)] = Field(0.0, ge=0, le=0)  # no noise
+    lam: Annotated[float, Hint(_SHRINK_FIXES)] = Field(0.0, ge=0, le=0)  # no closeness term
+    phi: Annotated[float, Hint(_SHRINK_FIXES)] = Field(0.0, ge=0, le=0)  # forget loss only
 
 
 @register(

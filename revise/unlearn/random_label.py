@@ -13,11 +13,11 @@ union D_f + D_r, as one data set, without copying the images into a joint tensor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from revise.errors import UsageError
 from revise.unlearn.base import (
@@ -30,20 +30,20 @@ from revise.unlearn.base import (
     steps_per_pass,
 )
 from revise.unlearn.finetune import LABEL_STREAM
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 UNION_STREAM = 1  # batch stream over D_f + D_r
 
 
-@dataclass
+@settings
 class RandomLabelConfig:
     """Defaults: SalUn's RL baseline setting (10 epochs, lr in its 0.01-0.1 range, low end)."""
 
-    epochs: int = setting(10, "[1, inf)")  # passes over the union D_f + D_r (SalUn's RL: 10)
-    batch_size: int = setting(64, "[1, inf)")  # images per step, drawn from the union
-    lr: float = setting(0.01, "(0, inf)")  # low end of SalUn's RL range: wrong labels take fast
-    momentum: float = setting(0.9, "[0, 1)")  # SGD momentum of the training recipe
-    weight_decay: float = setting(5e-4, "[0, inf)")  # as the finetune baseline
+    epochs: int = Field(10, ge=1)  # passes over the union D_f + D_r (SalUn's RL: 10)
+    batch_size: int = Field(64, ge=1)  # images per step, drawn from the union
+    lr: float = Field(0.01, gt=0)  # low end of SalUn's RL range: wrong labels take fast
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum of the training recipe
+    weight_decay: float = Field(5e-4, ge=0)  # as the finetune baseline
     # Draw each forget sample's wrong label once (a relabelled D_f, as in SalUn); False redraws
     # it at every visit, which pushes the forget outputs toward uniform over the other classes.
     fixed_labels: bool = True

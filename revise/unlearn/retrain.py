@@ -15,27 +15,27 @@ the seed alone, not on the input model or the device.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from revise.errors import UsageError
 from revise.unlearn.base import UnlearnContext, register, seeded_global_rng
 from revise.unlearn.finetune import finetune_on_retain, require_retain
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 
-@dataclass
+@settings
 class RetrainConfig:
     """Defaults: the training recipe of the deployed models (revise.train.TrainConfig)."""
 
-    epochs: int = setting(15, "[1, inf)")  # passes over the retain set (seed paper: 15)
-    batch_size: int = setting(64, "[1, inf)")  # the training recipe's batch size
-    lr: float = setting(0.01, "(0, inf)")  # the training recipe's rate (from scratch)
-    momentum: float = setting(0.9, "[0, 1)")  # the training recipe's SGD momentum
-    weight_decay: float = setting(1e-4, "[0, inf)")  # the training recipe's weight decay
+    epochs: int = Field(15, ge=1)  # passes over the retain set (seed paper: 15)
+    batch_size: int = Field(64, ge=1)  # the training recipe's batch size
+    lr: float = Field(0.01, gt=0)  # the training recipe's rate (from scratch)
+    momentum: float = Field(0.9, ge=0, lt=1)  # the training recipe's SGD momentum
+    weight_decay: float = Field(1e-4, ge=0)  # the training recipe's weight decay
     cosine: bool = True  # cosine decay to 0 over the run, as the training recipe
 
 

@@ -15,11 +15,11 @@ Weight Saliency in Both Image Classification and Generation", ICLR 2024 (arXiv:2
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from revise.errors import UsageError
@@ -32,22 +32,22 @@ from revise.unlearn.base import (
     sgd,
     steps_per_pass,
 )
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 UNION_STREAM = 1  # batch stream over D_f + D_r
 LABEL_STREAM = 2  # random stream of the forget images' random labels
 
 
-@dataclass
+@settings
 class SalUnConfig:
     """Defaults from the authors' released CIFAR-10 runs (RL + mask at 50%, 10 epochs, lr 0.013)."""
 
-    epochs: int = setting(10, "[1, inf)")  # passes over D_f u D_r (authors: 10)
-    batch_size: int = setting(256, "[1, inf)")  # images per step, D_f and D_r mixed (256)
-    lr: float = setting(0.013, "(0, inf)")  # authors' SGD rate for the random-label stage
-    momentum: float = setting(0.9, "[0, 1)")  # authors' SGD momentum
-    weight_decay: float = setting(5e-4, "[0, inf)")  # authors' (on the masked weights only)
-    mask_ratio: float = setting(0.5, "(0, 1]")  # fraction of weights that may change (0.5)
+    epochs: int = Field(10, ge=1)  # passes over D_f u D_r (authors: 10)
+    batch_size: int = Field(256, ge=1)  # images per step, D_f and D_r mixed (256)
+    lr: float = Field(0.013, gt=0)  # authors' SGD rate for the random-label stage
+    momentum: float = Field(0.9, ge=0, lt=1)  # authors' SGD momentum
+    weight_decay: float = Field(5e-4, ge=0)  # authors' (on the masked weights only)
+    mask_ratio: float = Field(0.5, gt=0, le=1)  # fraction of weights that may change (0.5)
     # Keep BatchNorm statistics fixed (they are buffers, outside the mask). The authors train in
     # train mode, which lets the statistics move with the mixed batches.
     freeze_bn: bool = False

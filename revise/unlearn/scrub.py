@@ -15,35 +15,35 @@ averaged over the batch. One SGD optimizer serves both kinds of step, as in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from revise.errors import UsageError
 from revise.unlearn.base import UnlearnContext, register, run_steps, sgd, steps_per_pass
-from revise.unlearn.settings import setting
+from revise.unlearn.settings import settings
 
 FORGET_STREAM = 1  # batch stream of the max-steps
 RETAIN_STREAM = 2  # batch stream of the min-steps
 
 
-@dataclass
+@settings
 class SCRUBConfig:
     """Defaults from the authors' released CIFAR settings (SGD, lr 5e-4, T=4, alpha 1e-3,
     gamma 0.99, msteps 2, 3 epochs, batches 128 retain / 32 forget)."""
 
-    epochs: int = setting(3, "[1, inf)")  # each: an optional max pass, then a min pass (3)
-    msteps: int = setting(2, "[0, inf)")  # the first msteps epochs take a max pass over D_f
-    batch_size: int = setting(128, "[1, inf)")  # retain images per min-step (authors: 128)
-    forget_batch_size: int = setting(32, "[1, inf)")  # forget images per max-step (32)
-    lr: float = setting(5e-4, "(0, inf)")  # authors': small, the student starts at the teacher
-    momentum: float = setting(0.9, "[0, 1)")  # authors' SGD momentum
-    weight_decay: float = setting(5e-4, "[0, inf)")  # authors' weight decay
-    temperature: float = setting(4.0, "(0, inf)")  # KL temperature T: whole distributions
-    alpha: float = setting(1e-3, "[0, inf)")  # weight of KL(teacher || student) in min-steps
-    gamma: float = setting(0.99, "[0, inf)")  # weight of the retain cross-entropy in min-steps
+    epochs: int = Field(3, ge=1)  # each: an optional max pass, then a min pass (3)
+    msteps: int = Field(2, ge=0)  # the first msteps epochs take a max pass over D_f
+    batch_size: int = Field(128, ge=1)  # retain images per min-step (authors: 128)
+    forget_batch_size: int = Field(32, ge=1)  # forget images per max-step (32)
+    lr: float = Field(5e-4, gt=0)  # authors': small, the student starts at the teacher
+    momentum: float = Field(0.9, ge=0, lt=1)  # authors' SGD momentum
+    weight_decay: float = Field(5e-4, ge=0)  # authors' weight decay
+    temperature: float = Field(4.0, gt=0)  # KL temperature T: whole distributions
+    alpha: float = Field(1e-3, ge=0)  # weight of KL(teacher || student) in min-steps
+    gamma: float = Field(0.99, ge=0)  # weight of the retain cross-entropy in min-steps
     # Keep BatchNorm statistics fixed. The authors train in plain train mode (the default);
     # forget-only max batches then drag the statistics toward D_f.
     freeze_bn: bool = False

@@ -1,90 +1,68 @@
-"""Hyperparameter bounds, declared beside each field and checked in one place.
+"""Hyperparameters of the unlearning methods, declared once with their bounds.
 
-Every field of a method's config dataclass but a true/false switch is declared with
-:func:`setting`: its default and the values it may take, an interval of finite numbers written
-as in mathematics (``"[0, 1]"``, ``"(0, inf)"``: brackets include the end, parentheses leave it
-out) or a tuple of choices. :func:`check_settings` refuses a config with any field outside its
-bound, naming the field, the bound and the value; ``make_config`` and ``unlearn`` call it, so a
-value given on the command line, in a recipe, in a sweep grid or in Python meets the same check.
+A method's config is a :func:`settings` dataclass (pydantic's). Every field but a true/false
+switch declares the values it may take where it is declared: an interval of finite numbers with
+pydantic's bounds (``Field(0.1, ge=0, le=1)`` is [0, 1], ``Field(1e-5, gt=0)`` is (0, inf)) or
+a choice (``Literal[...]``), optionally with a :class:`~revise._schema.Hint` of what to do
+instead. pydantic checks them whenever a config is made or changed - by ``make_config`` (``--set``
+text, a recipe, a sweep grid: values converted to the field's type) or in Python
+(``PSGConfig(eps=2)``, ``config.eps = 2``) - and a config with mistakes is refused with all of
+them at once, as one UsageError naming the method, each field, its bound and the value given.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+from revise._schema import UNKNOWN, Problem, problems, refusal
 from revise.errors import UsageError
+from revise.registry import did_you_mean
 
-BOUND = "bound"  # the key of a field's metadata that holds its Bound
+# Unknown names refused, inf and nan refused, and a field set after the config is made checked.
+SETTINGS = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
-
-@dataclass(frozen=True)
-class Bound:
-    """The values a hyperparameter may take: finite numbers from ``low`` to ``high`` (each end
-    included unless open), or one of ``choices``."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[str, ...] = ()
-    hint: str = ""  # what to do instead, when the bound alone does not say
-
-    @classmethod
-    def interval(cls, text: str, hint: str = "") -> Bound:
-        """``"[1, inf)"`` and the like; a malformed text is a programming error."""
-        low, high = (float(end) for end in text[1:-1].split(","))
-        return cls(low, high, text[0] == "(", text[-1] == ")", hint=hint)
-
-    def admits(self, value: Any) -> bool:
-        if self.choices:
-            return value in self.choices
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return math.isfinite(value) and above and below
-
-    def one_sided(self) -> bool:
-        return not self.choices and math.isinf(self.high)
-
-    def __str__(self) -> str:
-        if self.choices:
-            return "one of " + ", ".join(self.choices)
-        if self.low == self.high:
-            return f"{self.low:g}"
-        if self.one_sided():
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
+C = TypeVar("C", bound=type)
 
 
-def setting(default: Any, bound: str | Sequence[str], *, hint: str = "") -> Any:
-    """A config field: its default and its bound, an interval text or a tuple of choices."""
-    if isinstance(bound, str):
-        declared = Bound.interval(bound, hint)
-    else:
-        declared = Bound(choices=tuple(bound), hint=hint)
-    return dataclasses.field(default=default, metadata={BOUND: declared})
+def settings(cls: C) -> C:
+    """Make ``cls`` a method's config: a dataclass whose fields are checked by pydantic and
+    whose mistakes are refused as one UsageError."""
+    cls._refuse = model_validator(mode="wrap")(classmethod(_refuse))  # type: ignore[attr-defined]
+    return dataclass(cls, config=SETTINGS)  # type: ignore[return-value]
 
 
-def bound_of(field: dataclasses.Field) -> Bound | None:
-    return field.metadata.get(BOUND)
+def _refuse(cls: type, data: Any, handler: Any) -> Any:
+    try:
+        return handler(data)
+    except ValidationError as exc:
+        raise refused(cls, exc) from None
 
 
-def check_settings(method: str, config: Any) -> None:
-    """Refuse ``config`` (a UsageError) when a field is outside its bound; every such field is
-    named with its bound and its value, with the field's hint where it declares one."""
-    wrong: list[str] = []
-    for field in dataclasses.fields(config):
-        bound, value = bound_of(field), getattr(config, field.name)
-        if bound is None or bound.admits(value):
-            continue
-        finite = " and finite" if bound.one_sided() and isinstance(field.default, float) else ""
-        hint = f" ({bound.hint})" if bound.hint else ""
-        wrong.append(f"{field.name} must be {bound}{finite}, not {value!r}{hint}")
-    if wrong:
-        raise UsageError(f"{method}: " + "; ".join(wrong))
+def refused(config_type: type, error: ValidationError) -> UsageError:
+    """``error`` about a config of ``config_type`` as one UsageError: the unknown names first,
+    with a did-you-mean and the known names, then each wrong value."""
+    method = _method(config_type)
+    found = problems(error, config_type)
+    unknown = [str(p.field) for p in found if p.kind in UNKNOWN]
+    found = [p for p in found if p.kind not in UNKNOWN]
+    if unknown:
+        fields = config_type.__pydantic_fields__  # type: ignore[attr-defined]
+        close = did_you_mean(unknown[0], fields)
+        text = f"{method} has no hyperparameter(s) {', '.join(unknown)}"
+        text += f" ({close})" if close else ""
+        found.insert(0, Problem("unknown", None, text, f"known: {', '.join(fields)}"))
+    if unknown and len(found) == 1:  # it names the method itself
+        return UsageError(found[0].text, hint=found[0].hint)
+    message, hint = refusal(method, found)
+    return UsageError(message, hint=hint)
+
+
+def _method(config_type: type) -> str:
+    """The name the method of ``config_type`` is registered under (its class name if none)."""
+    from revise.unlearn.base import METHODS
+
+    names = [name for name in METHODS.names() if METHODS.get(name).config_type is config_type]
+    return names[0] if names else config_type.__name__

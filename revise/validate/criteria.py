@@ -27,14 +27,24 @@ import hashlib
 import math
 import re
 import reprlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pandas as pd
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from revise._io import not_utf8
+from revise._schema import Problem, fail, problems
 from revise.data.manifest import FORBIDDEN_COLUMNS
 from revise.errors import UsageError
 from revise.registry import did_you_mean
@@ -129,7 +139,6 @@ METRICS: dict[str, MetricSpec] = {
     ),
 }
 
-_GATE_KEYS = ("name", "metric", "set", "where", "per", "judge", *OPERATORS)
 # fullmatch on stripped text: a leading or trailing \s* tried at every start is quadratic.
 _RELATIVE = re.compile(r"(original|reference)\s*(?:([+-])\s*([0-9.]+(?:e-?[0-9]+)?))?")
 
@@ -202,7 +211,93 @@ def load_criteria(path: str | Path) -> Criteria:
     return parse_criteria(text, source=str(path))
 
 
+def _text(value: Any) -> Any:
+    """A YAML scalar as text (a column or group written as a number or date); lists and
+    mappings stay what they are, and are refused."""
+    return value if isinstance(value, str | list | dict) or value is None else str(value)
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+
+
+class _File(BaseModel):
+    """A criteria file: its gates, each checked on its own (:class:`_GateSpec`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gates: list[Any] = Field(min_length=1, description="the gates, - metric: ... each")
+    version: Any = None
+
+
+class _GateSpec(BaseModel):
+    """One gate as written; the rules between its keys, which depend on the metric, are
+    checked once its keys are each valid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text | None = None
+    metric: Literal[tuple(METRICS)] = Field(  # type: ignore[valid-type]
+        description="what is measured: " + ", ".join(METRICS)
+    )
+    set: Literal[SETS] | None = None  # type: ignore[valid-type]
+    where: dict[Text, Text] = Field(default_factory=dict)  # column: value, e.g. {device: X}
+    per: Text | None = None  # a column: one verdict per group
+    judge: Literal["estimate", "interval"] = "estimate"
+    at_most: Any = None
+    at_least: Any = None
+    between: tuple[Any, Any] | None = None  # [low, high]
+
+    _gate: Gate | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _judgeable(self) -> _GateSpec:
+        self._gate = self._judged()
+        return self
+
+    def gate(self) -> Gate:
+        assert self._gate is not None  # made by the validator
+        return self._gate
+
+    def _judged(self) -> Gate:
+        """The gate, or the first rule between its keys it breaks (a PydanticCustomError)."""
+        spec, metric = METRICS[self.metric], self.metric
+        set_name = self.set or spec.default_set
+        if spec.per_set and set_name is None:
+            raise fail(f"{metric} is measured on a set: give `set:`, one of {', '.join(SETS)}")
+        if not spec.per_set and (self.set or self.where or self.per is not None):
+            raise fail(f"{metric} is measured on the whole run: no set/where/per")
+        operators = [op for op in OPERATORS if getattr(self, op) is not None]
+        if len(operators) != 1:
+            raise fail("give exactly one of at_most, at_least, between")
+        operator = operators[0]
+        given = getattr(self, operator)
+        field = f"`{operator}:`"
+        values = list(given) if operator == "between" else [given]
+        thresholds = tuple(_threshold(v, spec, metric, field) for v in values)
+        low, high = thresholds[0], thresholds[-1]
+        if low.baseline == high.baseline and low.offset > high.offset:  # comparable only then
+            raise fail(
+                f"{field} [{low}, {high}] is reversed: the gate could never pass",
+                f"write between: [{high}, {low}]",
+            )
+        if self.judge == "interval" and not spec.per_set:
+            raise fail(f"{metric} has no interval: use judge: estimate")
+        gate = Gate(
+            name=self.name or "",
+            metric=metric,
+            set=set_name if spec.per_set else None,
+            where=tuple((_column(c), v.strip()) for c, v in self.where.items()),
+            per=_column(self.per) if self.per is not None else None,
+            operator=operator,
+            thresholds=thresholds,
+            judge=self.judge,
+        )
+        return gate if gate.name else _named(gate)
+
+
 def parse_criteria(text: str, *, source: str = "<string>") -> Criteria:
+    """Parse and check criteria; every mistake of every gate is reported at once, each naming
+    its gate and key, as one UsageError."""
     import yaml
 
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -216,15 +311,43 @@ def parse_criteria(text: str, *, source: str = "<string>") -> Criteria:
             f"{source}: expected a mapping with a list `gates:`, found {found}",
             hint="start the file with `gates:`",
         )
-    if not isinstance(doc.get("gates"), list):
-        raise UsageError(f"{source}: `gates:` must be a list of gates (- metric: ...)")
-    if not doc["gates"]:
-        raise UsageError(f"{source}: `gates:` is empty: give at least one gate")
-    extra = set(doc) - {"gates", "version"}
-    if extra:
-        raise UsageError(f"{source}: unknown top-level key(s) {sorted(extra)}; only `gates:`")
-    gates = tuple(_parse_gate(item, i + 1, source) for i, item in enumerate(doc["gates"]))
-    return Criteria(gates, source, sha)
+    try:
+        items = _File.model_validate({str(k): v for k, v in doc.items()}).gates
+    except ValidationError as exc:
+        _refuse(source, [_said(source, p) for p in problems(exc, _File, **_STYLE)])
+    gates: list[Gate] = []
+    found: list[str] = []
+    for number, item in enumerate(items, 1):
+        if not isinstance(item, Mapping):
+            found.append(f"{source}, gate {number}: {_NOT_A_GATE}")
+            continue
+        try:
+            gates.append(_GateSpec.model_validate(_keys(item)).gate())
+        except ValidationError as exc:
+            place = f"{source}, gate {number}"
+            found += [_said(place, p) for p in problems(exc, _GateSpec, **_STYLE)]
+    _refuse(source, found)
+    return Criteria(tuple(gates), source, sha)
+
+
+_NOT_A_GATE = "a gate is a mapping with `metric:` and one of at_most/at_least/between"
+
+
+def _keys(item: Mapping) -> dict[str, Any]:
+    """A gate's keys as text, so that a key YAML reads as a number is named, not crashed on."""
+    return {str(k): v for k, v in item.items()}
+
+
+def _where_key(loc: list[Any]) -> str:
+    """A key of the file as written in YAML: `at_least:`, `where:` ... (none: the gate)."""
+    return f"`{loc[0]}:`" + "".join(f"[{part!r}]" for part in loc[1:]) if loc else ""
+
+
+_STYLE: dict[str, Any] = {"where": _where_key, "unknown": "key"}
+
+
+def _said(place: str, problem: Problem) -> str:
+    return _with_hint(f"{place}: {problem.text}", problem.hint)
 
 
 def _yaml_problem(exc: Exception) -> str:
@@ -233,72 +356,6 @@ def _yaml_problem(exc: Exception) -> str:
     if problem and mark is not None:
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     return " ".join(str(exc).split())
-
-
-def _parse_gate(item: Any, number: int, source: str) -> Gate:
-    where_text = f"{source}, gate {number}"
-
-    def fail(message: str, hint: str | None = None) -> UsageError:
-        return UsageError(f"{where_text}: {message}", hint=hint)
-
-    if not isinstance(item, Mapping):
-        raise fail("a gate is a mapping with `metric:` and one of at_most/at_least/between")
-    for key in item:
-        if key not in _GATE_KEYS:
-            raise fail(f"unknown key {key!r}", hint=did_you_mean(str(key), _GATE_KEYS))
-    metric = item.get("metric")
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise fail(
-            f"unknown metric {metric!r}",
-            hint=did_you_mean(str(metric), METRICS) or f"metrics: {', '.join(METRICS)}",
-        )
-    spec = METRICS[metric]
-    set_name = item.get("set", spec.default_set)
-    if spec.per_set:
-        if set_name not in SETS:
-            raise fail(f"`set:` must be one of {', '.join(SETS)} (got {set_name!r})")
-    else:
-        if any(k in item for k in ("set", "where", "per")):
-            raise fail(f"{metric} is measured on the whole run: no set/where/per")
-        set_name = None
-    where = item.get("where") or {}
-    if not isinstance(where, Mapping):
-        raise fail("`where:` is a mapping column: value, e.g. {device: Acme DX-100}")
-    per = item.get("per")
-    operators = [op for op in OPERATORS if op in item]
-    if len(operators) != 1:
-        raise fail("give exactly one of at_most, at_least, between")
-    operator = operators[0]
-    raw = item[operator]
-    values = raw if operator == "between" else [raw]
-    if operator == "between" and (not isinstance(raw, list) or len(raw) != 2):
-        raise fail("`between:` takes two values [low, high]")
-    field = f"`{operator}:`"
-    thresholds = tuple(_threshold(v, spec, metric, field, fail) for v in values)
-    low, high = thresholds[0], thresholds[-1]
-    if low.baseline == high.baseline and low.offset > high.offset:  # comparable only then
-        raise fail(
-            f"{field} [{low}, {high}] is reversed: the gate could never pass",
-            hint=f"write between: [{high}, {low}]",
-        )
-    judge = item.get("judge", "estimate")
-    if judge not in ("estimate", "interval"):
-        raise fail(f"`judge:` is estimate or interval (got {judge!r})")
-    if judge == "interval" and not spec.per_set:
-        raise fail(f"{metric} has no interval: use judge: estimate")
-    gate = Gate(
-        name=str(item.get("name") or ""),
-        metric=metric,
-        set=set_name,
-        where=tuple((_column(str(c), fail), str(v).strip()) for c, v in where.items()),
-        per=_column(str(per), fail) if per is not None else None,
-        operator=operator,
-        thresholds=thresholds,
-        judge=judge,
-    )
-    if not gate.name:
-        gate = _named(gate)
-    return gate
 
 
 def _named(gate: Gate) -> Gate:
@@ -310,7 +367,7 @@ def _named(gate: Gate) -> Gate:
     return replace(gate, name=f"{gate.metric}{scope} {gate.rule}")
 
 
-def _column(name: str, fail: Callable[..., UsageError]) -> str:
+def _column(name: str) -> str:
     from revise.data._select_tree import resolve_column
 
     column = resolve_column(name)
@@ -319,9 +376,7 @@ def _column(name: str, fail: Callable[..., UsageError]) -> str:
     return column
 
 
-def _threshold(
-    value: Any, spec: MetricSpec, metric: str, field: str, fail: Callable[..., UsageError]
-) -> Threshold:
+def _threshold(value: Any, spec: MetricSpec, metric: str, field: str) -> Threshold:
     """A finite number in the range of the metric, or a baseline model's value plus a finite
     offset no wider than that range; anything else cannot make a gate that may both pass and
     fail (NaN never passes, infinity never fails)."""
@@ -343,7 +398,7 @@ def _threshold(
     if match is None or offset is None:
         raise fail(
             f"{field} {shown} is neither a number nor 'original|reference [+-] number'",
-            hint="e.g. at_least: original - 0.02",
+            "e.g. at_least: original - 0.02",
         )
     baseline, sign = match.group(1), match.group(2)
     if baseline not in spec.baselines:
@@ -378,7 +433,7 @@ def _number(value: Any) -> float | None:
 
 def check_models(criteria: Criteria, have: Sequence[str]) -> None:
     """Reject gates that need a model not given (``have``: "original", "reference", "onnx")."""
-    _refuse(criteria, _model_problems(criteria, have))
+    _refuse(criteria.source, _model_problems(criteria, have))
 
 
 def check_inputs(
@@ -392,7 +447,7 @@ def check_inputs(
     a group absent from its set, an empty set. ``sets`` are the manifest rows of each set.
     Every problem is reported at once."""
     problems = _model_problems(criteria, have) + _set_problems(criteria, sets, class_names)
-    _refuse(criteria, problems)
+    _refuse(criteria.source, problems)
 
 
 def check_sets(
@@ -400,16 +455,16 @@ def check_sets(
 ) -> None:
     """The part of :func:`check_inputs` about the rows of each set (run again after decoding,
     which can drop unreadable images)."""
-    _refuse(criteria, _set_problems(criteria, sets, class_names))
+    _refuse(criteria.source, _set_problems(criteria, sets, class_names))
 
 
-def _refuse(criteria: Criteria, problems: list[str]) -> None:
+def _refuse(source: str, problems: list[str]) -> None:
     """One error for all the problems: a site fixes its criteria or inputs in one go."""
     if len(problems) == 1:
         raise UsageError(problems[0])
     if problems:
         listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        raise UsageError(f"{criteria.source}: {len(problems)} problems: {listed}")
+        raise UsageError(f"{source}: {len(problems)} problems: {listed}")
 
 
 def _with_hint(message: str, hint: str | None) -> str:

@@ -70,8 +70,8 @@ BAD_GATES = {  # case: (the gate, what the message must say)
         "`at_least:` 'original - 1e999': the offset inf is not a finite number",
     ),
     "boolean": (f"{{{ACC}, at_most: true}}", "`at_most:` True is not a number"),
-    "metric list": ("{metric: [accuracy], set: forget, at_most: 0.5}", "unknown metric"),
-    "metric mapping": ("{metric: {a: 1}, at_most: 0.5}", "unknown metric"),
+    "metric list": ("{metric: [accuracy], set: forget, at_most: 0.5}", "`metric:` must be one of"),
+    "metric mapping": ("{metric: {a: 1}, at_most: 0.5}", "`metric:` must be one of"),
 }
 
 

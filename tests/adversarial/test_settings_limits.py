@@ -18,27 +18,35 @@ Probes kept (what a careless user tried, and what revise must do):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
+import typing
 
 import pytest
+from pydantic.fields import FieldInfo
 
 import revise.sweep
+from revise._schema import interval
 from revise.errors import UsageError
 from revise.unlearn.api import make_config, unlearn
 from revise.unlearn.base import METHODS
 
 
-def _fields(method: str) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(METHODS.get(method).config_type))
+def _fields(method: str) -> dict[str, FieldInfo]:
+    return METHODS.get(method).config_type.__pydantic_fields__
 
 
-def _bound(f: dataclasses.Field):  # a revise.unlearn.base.Bound, when declared
-    return f.metadata.get("bound")
+def _bound(f: FieldInfo):  # a revise._schema.Interval, when declared
+    return interval(f.metadata)
 
 
-def _numeric(f: dataclasses.Field) -> bool:
+def _choices(f: FieldInfo) -> tuple:
+    return (
+        typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else ()
+    )
+
+
+def _numeric(f: FieldInfo) -> bool:
     return isinstance(f.default, int | float) and not isinstance(f.default, bool)
 
 
@@ -54,9 +62,9 @@ def _outside(bound, whole: bool) -> list[float]:
 
 
 CASES = [
-    (method, f.name, value)
+    (method, name, value)
     for method in METHODS.names()
-    for f in _fields(method)
+    for name, f in _fields(method).items()
     if _numeric(f) and _bound(f) is not None
     for value in _outside(_bound(f), isinstance(f.default, int))
 ]
@@ -65,7 +73,9 @@ CASES = [
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_hyperparameter_declares_its_bound_and_the_defaults_keep_to_it(method):
     undeclared = [
-        f.name for f in _fields(method) if not isinstance(f.default, bool) and _bound(f) is None
+        name
+        for name, f in _fields(method).items()
+        if not isinstance(f.default, bool) and _bound(f) is None and not _choices(f)
     ]
     assert not undeclared, f"{method}: no bound declared for {undeclared}"
     make_config(method)  # the defaults are inside their bounds
@@ -73,7 +83,7 @@ def test_every_hyperparameter_declares_its_bound_and_the_defaults_keep_to_it(met
 
 @pytest.mark.parametrize(("method", "name", "value"), CASES)
 def test_a_value_just_outside_a_bound_is_refused_naming_field_bound_and_value(method, name, value):
-    bound = _bound(next(f for f in _fields(method) if f.name == name))
+    bound = _bound(_fields(method)[name])
     with pytest.raises(UsageError) as caught:
         make_config(method, {name: value})
     message = str(caught.value)
@@ -83,18 +93,49 @@ def test_a_value_just_outside_a_bound_is_refused_naming_field_bound_and_value(me
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_non_finite_numbers_and_unknown_choices_are_refused(method):
-    for f in _fields(method):
+    for name, f in _fields(method).items():
         if _numeric(f) and isinstance(f.default, float):
-            with pytest.raises(UsageError, match=rf"{method}: {f.name} must be .*not inf"):
-                make_config(method, {f.name: "inf"})
+            with pytest.raises(UsageError, match=rf"{method}: {name} must be .*not inf"):
+                make_config(method, {name: "inf"})
         if isinstance(f.default, str):
-            with pytest.raises(UsageError, match=rf"{method}: {f.name} must be one of .*'pink'"):
-                make_config(method, {f.name: "pink"})
+            with pytest.raises(UsageError, match=rf"{method}: {name} must be one of .*'pink'"):
+                make_config(method, {name: "pink"})
 
 
 def test_the_probe_eps_2_is_refused_with_its_bound():
-    with pytest.raises(UsageError, match=r"psg: eps must be in \[0, 1\], not 2\.0"):
+    with pytest.raises(UsageError, match=r"^psg: eps must be in \[0, 1\], not 2$"):
         make_config("psg", {"eps": 2})
+
+
+def test_a_set_value_of_the_wrong_type_names_the_setting():
+    """``--set`` gives text or YAML scalars: each is converted to the field's type, or refused
+    naming the method, the setting and the value."""
+    config = make_config("psg", {"epochs": "3", "lr": "1e-3", "noise": "uniform"})
+    assert (config.epochs, config.lr, config.noise) == (3, 1e-3, "uniform")
+    with pytest.raises(UsageError, match=r"^psg: epochs must be a number, not 'three'$"):
+        make_config("psg", {"epochs": "three"})
+    with pytest.raises(UsageError, match=r"^psg: freeze_bn must be true or false, not 'maybe'$"):
+        make_config("psg", {"freeze_bn": "maybe"})
+
+
+def test_every_mistake_in_the_settings_is_reported_at_once():
+    overrides = {"epochs": 1.5, "eps": 2, "noise": "pink", "lamda": 0.1, "lr": "inf"}
+    with pytest.raises(UsageError) as caught:
+        make_config("psg", overrides)
+    assert str(caught.value) == (
+        "psg: 5 problems: (1) psg has no hyperparameter(s) lamda (did you mean lam, gamma?) "
+        "(known: epochs, batch_size, lr, momentum, weight_decay, eps, eta, steps, gamma, lam, "
+        "lam_schedule, noise, early_stop, phi, retain_loss, target, topk, exclude_label, "
+        "freeze_bn, cosine, reestimate_bn); (2) epochs must be a whole number, not 1.5; "
+        "(3) lr must be > 0 and finite, not inf; (4) eps must be in [0, 1], not 2; "
+        "(5) noise must be one of gaussian, laplace, cauchy, uniform, not 'pink'"
+    )
+    with pytest.raises(UsageError) as caught:
+        make_config("boundary_shrink", {"gamma": 0.1, "phi": 1})
+    assert str(caught.value) == (
+        "boundary_shrink: 2 problems: (1) gamma must be 0, not 0.1 (boundary_shrink fixes "
+        "gamma = lam = phi = 0; use psg to change them); (2) phi must be 0, not 1"
+    )
 
 
 def test_a_config_built_in_python_is_checked_by_unlearn():
@@ -110,13 +151,17 @@ def test_a_config_built_in_python_is_checked_by_unlearn():
     args = (build(card), card, images, images)
     with pytest.raises(UsageError, match=r"psg: eps must be in \[0, 1\], not 2"):
         unlearn(*args, method="psg", config=PSGConfig(eps=2), device="cpu")
+    config = PSGConfig()
+    with pytest.raises(UsageError, match=r"psg: eps must be in \[0, 1\], not 2"):
+        config.eps = 2  # a change is checked too
+    assert config.eps == 0.1
 
 
 def test_unlearn_set_eps_2_exits_2_before_any_work(cli, demo_site, tmp_path):
     out = tmp_path / "run"
     args = cli.unlearn_args(demo_site, out, settings={**cli.run_settings, "eps": 2})
     line = cli.one_line_error(cli(*args, code=2))
-    assert "psg: eps must be in [0, 1], not 2.0" in line
+    assert "psg: eps must be in [0, 1], not 2" in line
     assert not out.exists() and not out.with_name("run.partial").exists()
 
 
@@ -125,7 +170,7 @@ def test_a_bad_grid_value_is_refused_before_any_run(cli, demo_site, tmp_path):
     args = ["sweep", "--model", demo_site.model, "--data", demo_site.manifest]
     args += ["--forget", cli.forget, "--grid", "eps=0.1,2", "--set", "epochs=1"]
     line = cli.one_line_error(cli(*args, "-o", out, "--device", "cpu", code=2))
-    assert "psg: eps must be in [0, 1], not 2.0" in line and not out.exists()
+    assert "psg: eps must be in [0, 1], not 2" in line and not out.exists()
 
 
 def test_a_nine_million_point_grid_is_refused_at_once_without_building_it(

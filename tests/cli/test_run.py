@@ -74,7 +74,7 @@ def test_every_mistake_is_reported_at_once_and_nothing_runs(cli, demo_site, tmp_
         "unlearn[3].colour: unknown key",
         "unlearn[4].settings: method auto takes no settings",
         "merge.strenghts: not an option of this stage (did you mean strengths",
-        "export.opset: Invalid value",
+        "export.opset: must be a number, not 'many'",
         "sign.key:",
         "sign.password_env: the environment variable REVISE_TEST_NO_SUCH_VARIABLE is not set",
         "validate.reference:",
@@ -281,7 +281,7 @@ def test_a_validation_crash_stops_the_recipe_and_is_not_a_verdict(cli, demo_site
         lines = stage_lines(crashed)
         assert "skipped" not in lines["validate"], crashed.stdout
         assert "no held-out image came from" in crashed.stderr
-        assert "the validate stage failed (exit 1)" in crashed.stderr
+        assert "error: the validate stage failed: no held-out image" in crashed.stderr
         assert "bundle ready" not in crashed.stdout
         assert "validation gates failed" not in crashed.stdout
         assert not report.exists()  # the old report is not left to pass for this run's

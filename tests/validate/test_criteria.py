@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from revise.errors import UsageError
-from revise.validate.criteria import check_inputs, judge, load_criteria, parse_criteria
+from revise.validate.criteria import METRICS, check_inputs, judge, load_criteria, parse_criteria
 from revise.validate.metrics import Estimate
 
 GOOD = """
@@ -66,7 +66,7 @@ def test_a_good_file_parses_with_defaults_aliases_and_its_digest(tmp_path):
         ("metric: accuracy\n    set: forgot\n    at_most: 0.1", "must be one of"),
         ("metric: accuracy\n    set: forget\n    at_mots: 0.1", "unknown key 'at_mots'"),
         ("metric: accuracy\n    set: forget\n    at_most: 0.1\n    at_least: 0", "exactly one"),
-        ("metric: loss_mia\n    between: [0.45]", "two values"),
+        ("metric: loss_mia\n    between: [0.45]", r"`between:` must have 2 values, not \[0\.45\]"),
         ("metric: loss_mia\n    set: forget\n    at_most: 0.6", "whole run"),
         ("metric: loss_mia\n    at_most: 0.6\n    judge: interval", "no interval"),
         ("metric: accuracy_change\n    set: forget\n    at_least: original - 0.1", "cannot be"),
@@ -86,10 +86,10 @@ def test_mistakes_are_rejected_naming_the_gate(gate, message):
     [
         ("gates: [", r"^g\.yaml is not valid YAML: .* at line 1, column 9$"),
         ("", r"^g\.yaml: expected a mapping with a list `gates:`, found an empty file"),
-        ("gates: []", r"^g\.yaml: `gates:` is empty: give at least one gate$"),
-        ("gates: {metric: accuracy}", r"^g\.yaml: `gates:` must be a list of gates"),
+        ("gates: []", r"^g\.yaml: `gates:` must have at least 1 value, not \[\]$"),
+        ("gates: {metric: accuracy}", r"^g\.yaml: `gates:` must be a list, not \{"),
         ("- metric: accuracy", r"^g\.yaml: expected a mapping .*, found a YAML list"),
-        ("gates: [1]\nextra: 2", r"^g\.yaml: unknown top-level key\(s\) \['extra'\]; only"),
+        ("gates: [1]\nextra: 2", r"^g\.yaml: unknown key 'extra'$"),
     ],
     ids=["bad YAML", "empty file", "no gates", "gates not a list", "a bare list", "extra key"],
 )
@@ -184,3 +184,29 @@ def test_every_problem_of_the_criteria_is_reported_at_once():
     assert "needs the reference model (pass --reference RETRAINED_MODEL)" in message
     assert "(2) g.yaml, gate 2" in message and "heldout_forget is empty" in message
     assert "(3) g.yaml, gate 3" in message and "did you mean device?" in message
+
+
+def test_every_mistake_of_every_gate_is_reported_at_once_naming_gate_and_key():
+    text = (
+        "gates:\n"
+        "  - {metric: acuracy, set: forgot, at_mots: 0.1}\n"
+        "  - {metric: accuracy, set: forget, at_most: 1.5}\n"
+        "  - {set: forget, at_least: 0.1}\n"
+        "  - 5\n"
+    )
+    with pytest.raises(UsageError) as err:
+        parse_criteria(text, source="g.yaml")
+    metrics = ", ".join(METRICS)
+    assert str(err.value) == (
+        "g.yaml: 6 problems: "
+        f"(1) g.yaml, gate 1: `metric:` must be one of {metrics}, not 'acuracy' "
+        "(did you mean accuracy, accuracy_change?); "
+        "(2) g.yaml, gate 1: `set:` must be one of forget, retain, heldout_forget, "
+        "heldout_retain, not 'forgot' (did you mean forget?); "
+        "(3) g.yaml, gate 1: unknown key 'at_mots' (did you mean at_most?); "
+        "(4) g.yaml, gate 2: `at_most:` 1.5 is outside the range of accuracy, [0, 1]: the gate "
+        "could never fail; "
+        f"(5) g.yaml, gate 3: missing `metric:` (what is measured: {metrics}); "
+        "(6) g.yaml, gate 4: a gate is a mapping with `metric:` and one of "
+        "at_most/at_least/between"
+    )

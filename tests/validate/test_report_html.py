@@ -1,5 +1,6 @@
-"""report.html: self-contained (fetches nothing), escapes user data, tolerates absent optional
-parts, and renders every figure in a real headless browser (Debian chromium)."""
+"""report.html: self-contained (fetches nothing), escapes user data wherever it appears (tables,
+captions, chart labels, tooltips), renders to the same bytes every time, tolerates absent
+optional parts, and renders every figure in a real headless browser (Debian chromium)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import copy
 import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import markupsafe
 from chromium import browse, chromium, figures_rendered
 
 from revise.validate.report_html import render_html, write_html
@@ -16,6 +21,8 @@ from revise.validate.report_html import render_html, write_html
 CLASSES = [str(i) for i in range(10)]
 DEVICES = ("Acme DX-100", "Borealis CR-7")
 EVIL = '<script>alert("x")</script> & "CR-9"'  # a hostile group name from the manifest
+# EVIL as the templates (markupsafe) escape it.
+EVIL_ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#34;CR-9&#34;"
 
 
 def _estimate(n: int, value: float) -> dict[str, Any]:
@@ -277,9 +284,123 @@ def test_escapes_user_data():
     page = render_html(make_report())
     assert EVIL not in page
     assert "<script>alert" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;CR-9&quot;" in page
-    assert "device == &quot;Acme DX-100&quot;" in page
+    assert EVIL_ESCAPED in page  # the gate's group and message, the bar chart's tooltips
+    assert "&lt;script&gt;alert…pt&gt; &amp;" in page  # the chart's (shortened) axis label
+    assert f"<title>{EVIL_ESCAPED}</title><text " in page  # ... with the full name on hover
+    assert "device == &#34;Acme DX-100&#34;" in page
     assert "Borealis CR-7" in page
+
+
+def _hostile(tag: str) -> str:
+    """User text that is markup, an entity, quotes and mathtext, marked to be found again."""
+    return f"<x-{tag}>&amp;\"'$x$"
+
+
+def _hostile_report() -> dict[str, Any]:
+    """The realistic report with hostile text in every field that the page shows."""
+    h = _hostile
+    report = make_report()
+    report.update(
+        created_utc=h("created"),
+        schema=h("schema"),
+        summary=h("summary"),
+        forget_selection=h("selection"),
+        class_names=[h(f"c{i}") for i in range(10)],
+        definitions={h("defname"): h("deftext")},
+        software={h("package"): h("version")},
+        timings_s={h("stage"): 1.0},
+        decode_failures=2,
+        decode_left_out={h("leftout"): {"n": 2}},
+    )
+    report["models"]["candidate"].update(path=h("path"), format=h("format"), sha256=h("sha"))
+    report["models"][h("model")] = {"path": "other/", "format": "run"}
+    report["inputs"][h("input")] = {"source": h("source"), "kind": h("kind"), "digest": h("dg")}
+    report["sets"][h("set")] = {"n": 3, "description": h("setdesc"), "digest": h("setdg")}
+    gate = report["gates"][1]
+    gate.update(
+        name=h("gate"),
+        metric=h("metric"),
+        set=h("gateset"),
+        group={h("gcol"): h("gval")},
+        rule=h("rule"),
+        judged_on=h("judged"),
+        message=h("message"),
+    )
+    report["gates"][2]["group"] = h("gstr")
+    by = report["accuracy"]["candidate"]["retain"]["by"]
+    by[h("column")] = {h("group"): _estimate(10, 0.5)}
+    by["label"] = {h(f"c{i}"): entry for i, entry in enumerate(by["label"].values())}
+    report["accuracy"][h("model")] = {"forget": _estimate(435, 0.5)}
+    report["confusion"]["original"]["labels"] = [h(f"l{i}") for i in range(10)]
+    report["confusion"]["original"]["set"] = h("cmset")
+    report["loss_histograms"]["candidate"].update(members_label=h("mem"), nonmembers_label=h("non"))
+    report["mia"]["original"] = {
+        "loss_mia": {"error": h("lossmiaerr")},
+        "mia_efficacy": {"error": h("efferr")},
+    }
+    report["mia"]["candidate"]["loss_mia"].update(members=h("members"), nonmembers=h("nonmem"))
+    return report
+
+
+# Each hostile field, and where it is shown: as escaped text in the HTML (including the
+# figures' tooltips, escaped by the templates' rules) or as text in a figure, which matplotlib
+# escapes (&lt; &gt; &amp;, quotes kept) and draws without mathtext.
+SHOWN_AS_HTML = [
+    "created",
+    "schema",
+    "summary",
+    "selection",
+    "defname",
+    "deftext",
+    "package",
+    "version",
+    "stage",
+    "leftout",
+    "path",
+    "format",
+    "sha",
+    "model",
+    "input",
+    "source",
+    "kind",
+    "dg",
+    "set",
+    "setdesc",
+    "setdg",
+    "gate",
+    "metric",
+    "gateset",
+    "gcol",
+    "gval",
+    "rule",
+    "judged",
+    "message",
+    "gstr",
+    "column",
+    "group",
+    "lossmiaerr",
+    "efferr",
+    "members",
+    "nonmem",
+    "cmset",
+]
+SHOWN_IN_FIGURES = ["group", "c0", "c9", "l0", "l9", "mem", "non", "model"]
+
+
+def test_every_piece_of_user_text_is_escaped_everywhere():
+    page = render_html(_hostile_report())
+    assert "<x-" not in page  # no user text became an element, anywhere on the page
+    assert page.count("<script>") == 1
+    for tag in SHOWN_AS_HTML:
+        assert str(markupsafe.escape(_hostile(tag))) in page, tag
+    for tag in SHOWN_IN_FIGURES:
+        shown = re.escape(f"&lt;x-{tag}&gt;&amp;amp;\"'$x$")  # $x$ as typed, not mathtext
+        assert re.search(f"<text [^>]*>{shown}[^<]*</text>", page), tag
+    # shortened labels keep the whole name as the tooltip, escaped
+    assert f"<title>{markupsafe.escape(_hostile('group'))} - candidate (revised): 0.500" in page
+    # the digest shortened for reading: both halves escaped
+    sha = _hostile("sha")
+    assert f'<code title="{markupsafe.escape(sha)}">{markupsafe.escape(sha[:12])}…</code>' in page
 
 
 def test_content():
@@ -346,6 +467,112 @@ def test_optional_parts_absent():
     ):
         minimal.pop(key)
     assert "<svg" not in render_html(minimal)
+
+
+def test_no_address_outside_the_page():
+    """Nothing on the page points outside it: the only addresses are the SVG namespace names
+    (identifiers, never fetched) and the user's own DICOMweb source, shown as text."""
+    page = render_html(make_report())
+    page = page.replace("<code>http://127.0.0.1:8042/dicom-web</code>", "", 1)
+    page = re.sub(r'\sxmlns(?::xlink)?="http://www\.w3\.org/(?:2000/svg|1999/xlink)"', "", page)
+    assert not re.search(r"https?:|//[a-z]|<link|<script\s[^>]*src|<img|<image|data:", page, re.I)
+
+
+def test_figures_are_accessible_and_their_ids_unique_on_the_page():
+    page = render_html(make_report())
+    figures = re.findall(r"<svg\b[^>]*>(?:<title>[^<]+</title>)?", page)
+    assert len(figures) == EXPECTED_FIGURES
+    for svg in figures:
+        assert 'class="figure" role="img"' in svg and "<title>" in svg, svg
+        assert re.search(r'viewBox="0 0 [\d.]+ [\d.]+"', svg)
+    assert "<?xml" not in page and "<!DOCTYPE svg" not in page
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "an id defined twice (several figures share the page)"
+    for ref in re.findall(r'(?:href="#|url\(#)([^")]+)', page):
+        assert ref in ids, f"a reference to nothing: #{ref}"
+    # no page-wide stylesheet from inside a figure (matplotlib writes one by default)
+    assert page.count("<style") == 1
+
+
+def test_what_the_charts_show():
+    page = render_html(make_report())
+    charts = re.findall(r'<svg class="figure".*?</svg>', page, re.S)
+    bars, confusion, loss = charts[:8], charts[8:11], charts[11:]
+    device = bars[6]  # held-out, retained, by device: the failing per-device gate's group
+    assert "<title>Accuracy on the held-out, retained by device</title>" in device
+    assert ">accuracy</text>" in device and ">Borealis CR-7</text>" in device
+    for model in ("original (deployed)", "candidate (revised)", "reference (retrained)"):
+        assert f">{model}</text>" in device  # the legend
+    assert ">0.972</text>" in device and ">0.935</text>" in device  # values beside the bars
+    tip = "<title>Borealis CR-7 - candidate (revised): 0.935 (95% CI 0.893-0.977), n=162</title>"
+    assert tip in device  # the interval and n on hover
+    # each model keeps its colour in every chart (Okabe-Ito blue, orange, green)
+    for colour in ("#0072b2", "#e69f00", "#009e73"):
+        assert all(f"fill: {colour}" in chart for chart in bars)
+    for chart in confusion:
+        assert ">predicted class</text>" in chart and ">true class</text>" in chart
+        assert "of the row)</title>" in chart
+    assert ">30</text>" in confusion[1]  # a count in its cell
+    for chart in loss:
+        assert (
+            ">share of group</text>" in chart and ">per-sample cross-entropy loss</text>" in chart
+        )
+        assert ">forget set (train) (n=295)</text>" in chart
+        assert "#d55e00" in chart and "#0072b2" in chart  # members vermillion, non-members blue
+
+
+def test_a_missing_bar_says_so():
+    from revise.validate.figures import Bar, grouped_hbar
+
+    svg = grouped_hbar(
+        ["CR-7", "DX-100"],
+        [("original", [Bar(0.9, (0.8, 0.95), 40), Bar(0.5)]), ("candidate", [Bar(0.7), None])],
+        title="Accuracy by device",
+    )
+    assert svg.count("<title>") == 1 + 3  # the figure's name, one tooltip per drawn bar
+    assert ">n/a (candidate)</text>" in svg and ">0.500</text>" in svg
+    assert "<title>CR-7 - original: 0.900 (95% CI 0.800-0.950), n=40</title>" in svg
+
+
+def test_same_report_same_bytes_whatever_the_matplotlib_settings():
+    import matplotlib
+
+    report = make_report()
+    page = render_html(report)
+    assert render_html(copy.deepcopy(report)) == page
+    hostile_rc = {"svg.hashsalt": None, "svg.fonttype": "path", "font.size": 20.0}
+    with matplotlib.rc_context(hostile_rc):
+        assert render_html(report) == page
+        assert matplotlib.rcParams["font.size"] == 20.0  # the user's settings, left as they were
+    # another process, another hash seed: the same bytes
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+        "from test_report_html import make_report\n"
+        "from revise.validate.report_html import render_html\n"
+        "sys.stdout.write(render_html(make_report()))\n"
+    )
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONIOENCODING": "utf-8"}
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(here), str(here.parent)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout == page
+
+
+def test_the_report_module_does_not_import_matplotlib():
+    """The CLI imports the validation code on every command; matplotlib only when it draws."""
+    code = (
+        "import sys, revise.cli.validate, revise.validate.report_html, revise.validate.figures\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_write_html_atomic(tmp_path):
