@@ -785,13 +785,11 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
         from revise.validate.criteria import check_models, load_criteria
 
         have = ["original", "onnx", *(["reference"] if options.reference else [])]
+        spelling = b.spell("validate")
         try:
             check_models(load_criteria(criteria), have)
-        except UsageError as exc:  # the CLI's flag, said as the recipe key that gives it
-            problems.add(
-                "validate.criteria",
-                str(exc).replace("pass --reference RETRAINED_MODEL", "set validate.reference"),
-            )
+        except UsageError as exc:  # the inputs it asks for, as the recipe keys that give them
+            problems.add("validate.criteria", exc.said_as(spelling.get))
     out = b.workdir / "validation"
     bundle = b.workdir / "bundle"
     args = [

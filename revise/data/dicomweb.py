@@ -118,7 +118,8 @@ def index_dicomweb(
         raise UsageError(
             f"timeout must be a positive number of seconds, at most {MAX_TIMEOUT} (a day), "
             f"not {timeout!r}",
-            hint="e.g. --timeout 30",
+            hint="e.g. {timeout} 30",
+            options=("timeout",),
         )
     key = site_key() if key is None else key
     expr = None if selection is None else parse(selection)
@@ -279,7 +280,7 @@ class _HTTPStatusError(DataError):
     """The server answered a request with an HTTP error status (it is up, and said no)."""
 
     def __init__(self, message: str, *, hint: str, problem: str) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, options=("timeout",))
         self.problem = problem
 
 
@@ -404,7 +405,9 @@ class _Server:
 
     def _error(self, what: str, exc: requests.exceptions.RequestException) -> DataError:
         problem, hint = _describe(exc, self.timeout)
-        return DataError(f"DICOMweb server {self.url} {problem} ({what})", hint=hint)
+        return DataError(
+            f"DICOMweb server {self.url} {problem} ({what})", hint=hint, options=("timeout",)
+        )
 
     # --- WADO -------------------------------------------------------------------------------
 
@@ -578,7 +581,7 @@ class _DeadlineSession(requests.Session):
 
 def _describe(exc: requests.exceptions.RequestException, timeout: float) -> tuple[str, str]:
     """(what happened, what to check) for a failed request; no URL query, no answer body."""
-    retry = "is the server overloaded or the URL wrong? if it is only slow, raise --timeout"
+    retry = "is the server overloaded or the URL wrong? if it is only slow, raise {timeout}"
     if isinstance(exc, _Overdue) and exc.answered:
         return f"did not send its whole answer within {timeout:g} s", retry
     if isinstance(exc, requests.exceptions.ConnectTimeout):

@@ -42,7 +42,8 @@ def choose_loader(root: str | os.PathLike, loader: str = "auto") -> SiteLoader:
             return loaders[name]
     raise DataError(
         f"no site loader recognises {root} (loaded: {', '.join(sorted(loaders))})",
-        hint="pass a DICOM folder or file, or --loader NAME of an installed plugin",
+        hint="pass a DICOM folder or file, or {loader} NAME of an installed plugin",
+        options=("loader",),
     )
 
 

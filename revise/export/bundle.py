@@ -403,7 +403,8 @@ def _fp16_variant(model: LoadedModel, folder: Path, samples: torch.Tensor) -> di
             f"the fp16 variant disagrees with PyTorch beyond its tolerance "
             f"(max |diff| <= {FP16_TOLERANCE['max_abs_diff']}, label agreement >= "
             f"{FP16_TOLERANCE['min_label_agreement']}): {parity.summary()}",
-            hint="ship fp32 only (leave out --fp16)",
+            hint="ship fp32 only (leave out {fp16})",
+            options=("fp16",),
         )
     return {
         "precision": "fp16",

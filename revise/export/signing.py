@@ -106,7 +106,8 @@ def generate_keys(
             if len(existing) == 2
             else f"key file {existing[0]} already exists"
         )
-        raise UsageError(files, hint="pass --overwrite to replace the pair, or pick another folder")
+        hint = "pass {overwrite} to replace the pair, or pick another folder"
+        raise UsageError(files, hint=hint, options=("overwrite",))
     password = _password_bytes(password)
     if password is not None and not password:
         raise UsageError("the key password is empty", hint="give a non-empty password or none")
@@ -154,17 +155,20 @@ def load_private_key(path: Path, password: bytes | None) -> ec.EllipticCurvePriv
         if password is None:
             raise SignatureError(
                 f"signing key {path} is encrypted and no password was given",
-                hint="name the environment variable holding it with --password-env VAR",
+                hint="name the environment variable holding it with {password_env} VAR",
+                options=("password_env",),
             ) from exc
         raise SignatureError(
             f"signing key {path} is not encrypted but a password was given",
-            hint="drop --password-env",
+            hint="drop {password_env}",
+            options=("password_env",),
         ) from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         if password is not None and b"ENCRYPTED" in data:
             raise SignatureError(
                 f"wrong password for signing key {path}",
-                hint="check the environment variable named by --password-env",
+                hint="check the environment variable named by {password_env}",
+                options=("password_env",),
             ) from exc
         raise SignatureError(
             f"{path} is not a PEM private key ({exc})", hint=f"pass the .key file; {_KEY_HINT}"
@@ -261,7 +265,7 @@ def sign_bundle(
 
 
 def _refuse_unvalidated(bundle: Path, verdict: str | None, unbound: bool) -> None:
-    hint = "pass --allow-unvalidated to sign anyway; signing.json records that choice"
+    hint = "pass {allow_unvalidated} to sign anyway; signing.json records that choice"
     if unbound:
         why = (
             f"its {REPORT_JSON} validated a model folder, not this bundle's files (card.json, "
@@ -272,7 +276,7 @@ def _refuse_unvalidated(bundle: Path, verdict: str | None, unbound: bool) -> Non
         why = f"it failed its acceptance gates ({REPORT_JSON}: verdict 'fail')"
     else:
         why = f"it was never validated (no {REPORT_JSON})"
-    raise UsageError(f"refusing to sign {bundle}: {why}", hint=hint)
+    raise UsageError(f"refusing to sign {bundle}: {why}", hint=hint, options=("allow_unvalidated",))
 
 
 def _write_public(path: Path, data: bytes) -> None:

@@ -55,7 +55,8 @@ def _infer_card_from_state(state: Mapping[str, torch.Tensor], architecture: str)
     if in_channels is None or num_classes is None:
         raise ModelError(
             "cannot tell in_channels / num_classes from the weights alone",
-            hint="pass --card CARD.json",
+            hint="pass {card} CARD.json",
+            options=("card",),
         )
     log.warning(
         "no model card: inferred in_channels=%d, num_classes=%d; mean/std assumed 0/1",
@@ -88,7 +89,9 @@ def _monai_card(folder: Path, architecture: str) -> ModelCard | None:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(
-            f"{meta_path} is not readable UTF-8 JSON: {exc}", hint="fix the bundle or pass --card"
+            f"{meta_path} is not readable UTF-8 JSON: {exc}",
+            hint="fix the bundle or pass {card}",
+            options=("card",),
         ) from None
     fmt = _mapping(_mapping(meta).get("network_data_format"))
     inputs = [v for v in _mapping(fmt.get("inputs")).values() if isinstance(v, dict)]
@@ -109,7 +112,8 @@ def _monai_card(folder: Path, architecture: str) -> ModelCard | None:
         if set(channels) != set(range(num_classes)):
             raise ModelError(
                 f"{meta_path}: channel_def keys must be the channel numbers 0..{num_classes - 1}",
-                hint="fix the bundle's metadata or pass --card",
+                hint="fix the bundle's metadata or pass {card}",
+                options=("card",),
             )
         names = [str(channels[i]) for i in range(num_classes)]
     kwargs: dict[str, Any] = {}

@@ -133,7 +133,8 @@ def _trial_classes(module: nn.Module, shape: tuple[int, int, int], path: Path) -
         raise ModelError(
             f"{path}: the model fails on a zero input of shape (N, {', '.join(map(str, shape))}): "
             f"{' '.join(str(out).split())[:300]}",
-            hint="check in_channels and input_size in the card (--card CARD.json)",
+            hint="check in_channels and input_size in the card ({card} CARD.json)",
+            options=("card",),
         )
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -182,15 +183,16 @@ def _opaque_card(
     else:
         raise ModelError(
             f"{path}: cannot tell the input channels and size of this {kind} model",
-            hint="pass --card CARD.json (architecture, num_classes, in_channels, input_size, "
+            hint="pass {card} CARD.json (architecture, num_classes, in_channels, input_size, "
             "mean, std)",
+            options=("card",),
         )
     if len(shape) != 3:
         raise ModelError(f"input shape must be (channels, height, width), got {shape}")
     classes = _trial_classes(module, shape, path)  # type: ignore[arg-type]
     log.warning(
         "no model card for %s: inferred in_channels=%d, input_size=%s, num_classes=%d; "
-        "mean/std assumed 0/1 - pass --card if the model expects normalised input",
+        "mean/std assumed 0/1 - give a model card if the model expects normalised input",
         path,
         shape[0],
         shape[1:],

@@ -32,7 +32,8 @@ def _import_onnx2torch() -> Any:
         def _needs_torchvision(*args: Any, **kwargs: Any) -> Any:
             raise ModelError(
                 "this ONNX graph uses a torchvision operator (NMS / RoIAlign)",
-                hint="install torchvision, or provide safetensors + --arch",
+                hint="install torchvision, or provide safetensors + {arch}",
+                options=("arch",),
             )
 
         tv = types.ModuleType("torchvision")
@@ -49,7 +50,8 @@ def _import_onnx2torch() -> Any:
     except ImportError as exc:
         raise ModelError(
             f"loading ONNX needs onnx2torch, which is not importable: {exc}",
-            hint="pip install --no-deps onnx2torch, or provide safetensors + --arch",
+            hint="pip install --no-deps onnx2torch, or provide safetensors + {arch}",
+            options=("arch",),
         ) from None
     finally:
         # The stub served onnx2torch's own imports; leave no fake torchvision behind for others.
@@ -176,13 +178,14 @@ def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
         ) from None
     o2t = _import_onnx2torch()
     fix = "export with opset <= 16 (torch.onnx.export(..., dynamo=False, opset_version=16)) or "
-    fix += "provide safetensors weights + --arch"
+    fix += "provide safetensors weights + {arch}"
     proto = _for_onnx2torch(proto)
     missing = _unsupported_onnx_ops(proto)
     if missing:
         raise ModelError(
             f"{path}: onnx2torch cannot convert operator(s) {', '.join(missing)}",
             hint=fix,
+            options=("arch",),
         )
     try:
         with _quiet():
@@ -190,7 +193,7 @@ def _load_onnx(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     except Exception as exc:
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelError(
-            f"{path}: onnx2torch cannot convert this graph: {message}", hint=fix
+            f"{path}: onnx2torch cannot convert this graph: {message}", hint=fix, options=("arch",)
         ) from None
     return module, _onnx_input_shape(proto)
 

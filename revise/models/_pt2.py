@@ -55,7 +55,7 @@ _TEXT = {"archive_format": "pt2", "archive_version": "0", "byteorder": sys.byteo
 _NEVER_READ = (".data/", "extra/")
 _FIX = (
     "re-export it with torch.export.save() from a plain model (no custom objects or "
-    "AOTInductor), or hand over ONNX, or safetensors + --arch"
+    "AOTInductor), or hand over ONNX, or safetensors + {arch}"
 )
 
 # Operators a classifier's program may call: ATen, and the builtins torch serialises for
@@ -122,7 +122,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _refusal(path: Path, reason: str) -> ModelError:
-    return ModelError(f"{path}: refusing to load this torch.export archive: {reason}", hint=_FIX)
+    return ModelError(
+        f"{path}: refusing to load this torch.export archive: {reason}",
+        hint=_FIX,
+        options=("arch",),
+    )
 
 
 def _broken(path: Path, reason: str) -> ModelError:

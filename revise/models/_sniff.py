@@ -109,10 +109,11 @@ def _wrong_claim(path: Path, expected: tuple[str, ...], kind: str) -> ModelError
     if kind in _KIND_SUFFIX:
         hint = f"it is {_KIND_WORDS[kind]}: rename it to {path.stem}{_KIND_SUFFIX[kind]}"
         if kind in _WEIGHTS_ONLY_KINDS:
-            hint += " and pass --card or --arch"
+            hint += " and pass {card} or {arch}"
     else:
         hint = f"the file is damaged or not a model; re-export or copy it again as {want}"
     return ModelError(
         f"{path} is named {path.suffix} so it should be {want}, but it is {_describe(path, kind)}",
         hint=hint,
+        options=("card", "arch"),
     )

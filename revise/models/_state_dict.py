@@ -45,8 +45,9 @@ def _read_torch_save(path: Path) -> dict[str, torch.Tensor]:
             raise ModelError(
                 f"{path} holds pickled Python objects (probably a whole model), which revise will "
                 "not unpickle: loading them could run arbitrary code",
-                hint="save model.state_dict() (or safetensors) and pass --arch/--card, "
+                hint="save model.state_dict() (or safetensors) and pass {arch} or {card}, "
                 "or export TorchScript / torch.export / ONNX",
+                options=("arch", "card"),
             ) from None
         raise ModelError(
             f"{path} is not a readable torch.save checkpoint: {str(exc).splitlines()[0]}",
@@ -103,7 +104,8 @@ def _fit_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], source
         raise ModelError(
             f"weights in {source} do not fit {what}: {'; '.join(parts)}",
             hint="check the card's architecture, in_channels, num_classes and arch_kwargs "
-            "(or pass --arch)",
+            "(or pass {arch})",
+            options=("arch",),
         )
     full = dict(state)
     for k, v in expected.items():
@@ -124,7 +126,9 @@ def _weights_module(
         if architecture is None:
             raise ModelError(
                 f"{path} holds weights only; revise needs to know the architecture",
-                hint=f"pass --card CARD.json, put {path.stem}.card.json beside it, or pass --arch",
+                hint=f"pass {{card}} CARD.json, put {path.stem}.card.json beside it, or pass "
+                "{arch}",
+                options=("card", "arch"),
             )
         card = _infer_card_from_state(state, architecture)
     if architecture is not None:
@@ -132,7 +136,8 @@ def _weights_module(
     if card.architecture in OPAQUE_ARCHITECTURES:
         raise ModelError(
             f"{path} holds weights only, but its card names a {card.architecture} graph",
-            hint="pass --arch with a registered architecture",
+            hint="pass {arch} with a registered architecture",
+            options=("arch",),
         )
     card = _with_source(card, source_format, sha)
     module = build(card)

@@ -253,7 +253,7 @@ class ModelCard:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ModelError(
-                f"model card {path} does not exist", hint="pass --card CARD.json"
+                f"model card {path} does not exist", hint="pass {card} CARD.json", options=("card",)
             ) from None
         except UnicodeDecodeError:
             raise not_utf8(path, "model card", ModelError) from None

@@ -174,7 +174,8 @@ def _load_monai_bundle(
         if card is not None and not card.architecture and architecture is None:
             raise ModelError(
                 f"{pt} holds weights only; revise needs to know the architecture",
-                hint="pass --arch or --card",
+                hint="pass {arch} or {card}",
+                options=("arch", "card"),
             )
         module, card = _weights_module(state, pt, card, architecture, "monai_bundle", sha)
         return module, card, pt
@@ -247,7 +248,9 @@ def load_model(
 
     module, graph_shape = _load_graph(path, kind)
     if architecture is not None:
-        log.warning("%s is a %s graph; --arch %s is ignored", path, kind, architecture)
+        log.warning(
+            "%s is a %s graph; the architecture %s given is ignored", path, kind, architecture
+        )
     out_card = _opaque_card(
         module, path, kind, given or _card_beside(path), graph_shape, input_shape, sha
     )

@@ -61,7 +61,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present. Anything else must be a device this machine has: an
     unknown name, or CUDA/MPS asked for where there is none, is a usage error (the CLI checks
     ``--device`` with this before any work)."""
-    from revise.errors import UsageError
+    from revise.errors import OptionError
 
     name = name.strip().lower()
     if name == "auto":
@@ -70,23 +70,26 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise UsageError(
-                "--device mps was asked for but no MPS (Apple GPU) device is available",
-                hint="use --device cpu or auto",
+            raise OptionError(
+                "device",
+                "mps was asked for but no MPS (Apple GPU) device is available",
+                hint="use {device} cpu or auto",
             )
         return torch.device("mps")
     match = _CUDA_INDEX.fullmatch(name)
     if name != "cuda" and match is None:
-        raise UsageError(f"--device {name!r} is not a device", hint=f"use {DEVICES}")
+        raise OptionError("device", f"{name!r} is not a device", hint=f"use {DEVICES}")
     if not torch.cuda.is_available():
-        raise UsageError(
-            f"--device {name} was asked for but no CUDA device is available",
-            hint="use --device cpu or auto",
+        raise OptionError(
+            "device",
+            f"{name} was asked for but no CUDA device is available",
+            hint="use {device} cpu or auto",
         )
     count = torch.cuda.device_count()
     if match and int(match.group(1)) >= count:
-        raise UsageError(
-            f"--device {name}: this machine has {count} CUDA device(s)",
+        raise OptionError(
+            "device",
+            f"{name}: this machine has {count} CUDA device(s)",
             hint=f"use cuda:0 to cuda:{count - 1}",
         )
     return torch.device(name)

@@ -46,13 +46,17 @@ class StageOptions(BaseModel):
         }
 
     def flags(self) -> list[str]:
-        """The given options as the command line writes them."""
+        """The given options as the command line writes them: a switch by its flag (off: by
+        its ``off_flag``), a list by its flag per item (or as one ``joined`` value)."""
         out: list[str] = []
         for name, value in self.given().items():
             flag = "--" + name.replace("_", "-")
-            if isinstance(value, bool):  # a switch: its off form, where it has one, by name
-                off = (type(self).model_fields[name].json_schema_extra or {}).get("off_flag")
+            extra = type(self).model_fields[name].json_schema_extra or {}
+            if isinstance(value, bool):
+                off = extra.get("off_flag")
                 out += [flag] if value else [str(off)] if off else []
+            elif isinstance(value, list | tuple) and "joined" in extra:
+                out += [flag, str(extra["joined"]).join(f"{item:g}" for item in value)]
             elif isinstance(value, list | tuple):
                 for item in value:
                     out += [flag, str(item)]

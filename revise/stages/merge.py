@@ -28,7 +28,11 @@ class MergeOptions(StageOptions):
     take: tuple[str, ...] = Field((), description="PATTERN=RUN rules: which run supplies each key.")
     strengths: str | None = Field(None, description="Task-vector strengths, one per run.")
     search_strengths: bool = Field(False, description="Search the strengths over grid.")
-    grid: tuple[float, ...] = Field(GRID, description="Strengths tried per run by the search.")
+    grid: tuple[float, ...] = Field(
+        GRID,
+        description="Strengths tried per run by the search.",
+        json_schema_extra={"joined": ","},
+    )
     strength: tuple[str, ...] = Field((), description="PATTERN=S overrides for matching keys.")
     base: Path | None = Field(None, description="The base model (default: the runs' record).")
     reference: Path | None = Field(None, description="A retrained model the search aims at.")
@@ -67,13 +71,6 @@ class MergeOptions(StageOptions):
         if criteria is not None and not info.data.get("search_strengths"):
             raise fail("steer the strength search: add {search_strengths}")
         return criteria
-
-    def flags(self) -> list[str]:
-        out = super().flags()
-        if "--grid" in out:  # the CLI's one comma-separated value
-            i = out.index("--grid")
-            out[i + 1 : i + 1 + len(self.grid)] = [",".join(f"{v:g}" for v in self.grid)]
-        return out
 
 
 def merge_to_run(

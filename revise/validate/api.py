@@ -374,7 +374,8 @@ def _bundle_record(candidate: LoadedModel) -> dict[str, Any] | None:
         what = "another card than its card.json" if shipped else "a card it does not ship"
         raise UsageError(
             f"{path} is validated with {what}: the verdict would not be about the bundle shipped",
-            hint="drop --card and --arch (a bundle is validated with its own card.json)",
+            hint="drop {card} and {arch} (a bundle is validated with its own card.json)",
+            options=("card", "arch"),
         )
     return validation_record(path)
 

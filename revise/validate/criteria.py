@@ -458,13 +458,17 @@ def check_sets(
     _refuse(criteria.source, _set_problems(criteria, sets, class_names))
 
 
+# the inputs a problem may ask for, named as each shell names them (revise.errors)
+GIVEN = ("reference", "onnx", "heldout")
+
+
 def _refuse(source: str, problems: list[str]) -> None:
     """One error for all the problems: a site fixes its criteria or inputs in one go."""
     if len(problems) == 1:
-        raise UsageError(problems[0])
+        raise UsageError(problems[0], options=GIVEN)
     if problems:
         listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        raise UsageError(f"{source}: {len(problems)} problems: {listed}")
+        raise UsageError(f"{source}: {len(problems)} problems: {listed}", options=GIVEN)
 
 
 def _with_hint(message: str, hint: str | None) -> str:
@@ -476,7 +480,7 @@ def _model_problems(criteria: Criteria, have: Sequence[str]) -> list[str]:
     for number, gate in enumerate(criteria.gates, 1):
         for need in sorted(({METRICS[gate.metric].requires} | gate.baselines()) - {None}):
             if need != "original" and need not in have:
-                flag = "--reference RETRAINED_MODEL" if need == "reference" else "--onnx FILE"
+                flag = "{reference} RETRAINED_MODEL" if need == "reference" else "{onnx} FILE"
                 problems.append(
                     _with_hint(
                         f"{criteria.source}, gate {number} ({gate.name}) needs the {need} model",
@@ -514,7 +518,7 @@ def _gate_set_problems(
     rows = sets.get(gate.set)
     if rows is None or rows.empty:
         held = gate.set.startswith("heldout")
-        hint = "held-out rows have split == heldout in the labels; or pass --heldout"
+        hint = "held-out rows have split == heldout in the labels; or pass {heldout}"
         message = f"{label}: the set {gate.set} is empty for this data and selection"
         return [*problems, _with_hint(message, hint if held else None)]
     for column in [c for c, _ in gate.where] + ([gate.per] if gate.per else []):

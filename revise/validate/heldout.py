@@ -92,7 +92,8 @@ def load_heldout(
             if labels is not None:
                 raise UsageError(
                     f"{source} is a manifest: its labels are already joined",
-                    hint="leave out --heldout-labels",
+                    hint="leave out {heldout_labels}",
+                    options=("heldout_labels",),
                 )
         else:
             from revise.data.index import index
@@ -107,7 +108,8 @@ def load_heldout(
     if unlabelled == len(rows):
         raise DataError(
             f"none of the {len(rows)} held-out images from {source} has a label",
-            hint="give --heldout-labels CSV (sop_instance_uid,label) or a label rule",
+            hint="give {heldout_labels} CSV (sop_instance_uid,label) or a label rule",
+            options=("heldout_labels",),
         )
     rows = rows.copy()
     rows["split"] = "heldout"

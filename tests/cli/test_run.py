@@ -293,7 +293,7 @@ def test_a_gate_needing_a_reference_points_to_the_recipe_key(cli, demo_site, tmp
     gates = "gates:\n  - metric: distance_to_reference\n    at_most: 0.5\n"
     path = recipe(tmp_path, demo_site, criteria=gates)
     message = cli("run", path, code=2).stderr
-    assert "validate.criteria:" in message and "set validate.reference" in message
+    assert "validate.criteria:" in message and "pass validate.reference RETRAINED_MODEL" in message
     assert "--reference" not in message
 
 

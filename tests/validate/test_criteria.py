@@ -101,9 +101,12 @@ def test_not_yaml_or_no_gates_is_rejected(text, message):
 @pytest.mark.parametrize(
     ("gate", "message"),
     [
-        ("metric: distance_to_reference\n    at_most: 0.1", "--reference"),
-        ("metric: loss_mia\n    between: [reference - 0.05, reference + 0.05]", "--reference"),
-        ("metric: parity_label_agreement\n    at_least: 1", "--onnx"),
+        ("metric: distance_to_reference\n    at_most: 0.1", "pass reference RETRAINED_MODEL"),
+        (
+            "metric: loss_mia\n    between: [reference - 0.05, reference + 0.05]",
+            "pass reference RETRAINED_MODEL",
+        ),
+        ("metric: parity_label_agreement\n    at_least: 1", "pass onnx FILE"),
         (
             "metric: accuracy\n    set: forget\n    per: scanner\n    at_least: 0",
             "column 'scanner'",
@@ -181,7 +184,7 @@ def test_every_problem_of_the_criteria_is_reported_at_once():
         check_inputs(criteria, empty, have=["original"], class_names=CLASSES)
     message = str(err.value)
     assert message.startswith("g.yaml: 3 problems: (1) g.yaml, gate 1")
-    assert "needs the reference model (pass --reference RETRAINED_MODEL)" in message
+    assert "needs the reference model (pass reference RETRAINED_MODEL)" in message
     assert "(2) g.yaml, gate 2" in message and "heldout_forget is empty" in message
     assert "(3) g.yaml, gate 3" in message and "did you mean device?" in message
 
