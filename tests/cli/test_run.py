@@ -300,7 +300,8 @@ def test_a_gate_needing_a_reference_points_to_the_recipe_key(cli, demo_site, tmp
 def test_a_changed_hidden_path_in_the_selection_still_changes_the_stage_fingerprint(tmp_path):
     """Records show `path == <identifier>`; the fingerprint must still see which path (keyed),
     or an edited selection would be taken for the stage already done."""
-    from revise.recipe import Stage, _fingerprint
+    from revise.recipe import Stage
+    from revise.recipe.selection import _fingerprint
 
     def fingerprint(forget: str) -> str:
         args = ["unlearn", "--forget", forget, "-o", str(tmp_path / "run")]
