@@ -325,7 +325,8 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
     _check_heldout(problems, local or options.heldout, held_select)
     b.check_model("validate.reference", options.reference)
     if criteria is not None and criteria.exists():
-        from revise.validate.criteria import check_models, load_criteria
+        from revise.validate.criteria import load_criteria
+        from revise.validate.gate_checks import check_models
 
         have = ["original", "onnx", *(["reference"] if options.reference else [])]
         spelling = b.spell("validate")

@@ -87,7 +87,8 @@ def validate_model(
     from revise.pipeline import decode_sets
     from revise.registry import did_you_mean
     from revise.validate.api import check_onnx_matches, validate, write_report
-    from revise.validate.criteria import check_inputs, check_models, load_criteria
+    from revise.validate.criteria import load_criteria
+    from revise.validate.gate_checks import check_inputs, check_models
     from revise.validate.heldout import load_heldout, with_heldout
 
     options = options or ValidateOptions()
@@ -137,7 +138,7 @@ def validate_model(
     parts = partition(rows, forget)
     run = run_record(model)  # an automatic revision's calibration rows are not judged
     parts = without_calibration(parts, run)
-    if run and run.get("calibration"):
+    if run is not None and run.calibration is not None:
         say("left out: the held-out rows the automatic revision calibrated on")
     check_inputs(gates, parts, have=have, class_names=model_card.class_names)
     data = decode_sets(parts, model_card, forget, cache_dir=cache)

@@ -29,15 +29,8 @@ from revise.models.card import ModelCard
 from revise.models.io import LoadedModel
 from revise.pipeline import PreparedData
 from revise.validate import metrics as m
-from revise.validate.criteria import (
-    METRICS,
-    Criteria,
-    Gate,
-    Verdict,
-    check_sets,
-    judge,
-    where_mask,
-)
+from revise.validate.criteria import METRICS, Criteria, Gate
+from revise.validate.gate_checks import check_sets
 from revise.validate.mia import (
     MIN_PER_GROUP,
     loss_histogram,
@@ -46,6 +39,7 @@ from revise.validate.mia import (
     per_sample_loss,
     true_class_probability,
 )
+from revise.validate.verdicts import Verdict, judge, where_mask
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from revise.merge.search import GateJudge
 from revise.models.card import ModelCard
 from revise.pipeline import PreparedData
 from revise.validate.api import validate
-from revise.validate.criteria import METRICS, Criteria, check_models
+from revise.validate.criteria import METRICS, Criteria
+from revise.validate.gate_checks import check_models
 
 log = logging.getLogger(__name__)
 
