@@ -451,14 +451,14 @@ def run_scenario(
         result = unlearn(
             original, c, forget, retain, method=method, config=overrides, device=device, seed=seed
         )
-        seconds = result.record["wall_clock_s"]["unlearn"]
+        seconds = result.record.wall_clock_s["unlearn"]
         run = Run(
             method,
             label,
             seed,
             seconds,
             measure(result.model, data, sc, device),
-            result.record["hyperparameters"],
+            result.record.hyperparameters,
         )
         models[label] = result.model
         done(run)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             original, card, forget, retain, config=config, device=args.device, seed=args.seed
         )
         seconds[f"unlearn_{name}"] = round(time.perf_counter() - t0, 2)
-        record = {**result.record, "base_model_digest": digest}
+        record = result.record.model_copy(update={"base_model_digest": digest})
         runs.append(RunInput(name, result.model, card, record))
 
     models = {"original": original, "retrained": retrained}
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         merged = merge_runs(runs, data=data, device=args.device, seed=args.seed, **options)
         seconds[label] = round(time.perf_counter() - t0, 2)
         models[label] = merged.model
-        info = merged.record["merge"]
+        info = merged.record.merge or {}
         recipes[label] = {
             k: info[k] for k in ("mode", "rules", "strengths", "finetune") if k in info
         }

@@ -166,7 +166,7 @@ def run_method(
     forget, retain = rows_of(data, sc.forget), rows_of(data, data.mask("train") & ~sc.forget)
     if method != AUTO:
         result = unlearn(original, card, forget, retain, method=method, device=device, seed=seed)
-        return result.model, result.record["wall_clock_s"]["unlearn"], result.record
+        return result.model, result.record.wall_clock_s["unlearn"], result.record.to_json()
     t0 = time.perf_counter()  # everything it does counts: its own search and checks included
     result = auto(
         original,
@@ -178,7 +178,7 @@ def run_method(
         device=device,
         seed=seed,
     )
-    return result.model, time.perf_counter() - t0, result.record
+    return result.model, time.perf_counter() - t0, result.record.to_json()
 
 
 def run_scenario(

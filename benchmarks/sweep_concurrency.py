@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # a single run: what run_unlearning does for one grid point (set-up, the method and
         # the evaluation of the revised model); the sequential sweep adds only the bookkeeping
         runs_s = [
-            sum(row.record["wall_clock_s"].get(phase, 0.0) for phase in RUN_PHASES)
+            sum(row.record.wall_clock_s.get(phase, 0.0) for phase in RUN_PHASES)
             for row in result.rows
         ]
         level = {

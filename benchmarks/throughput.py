@@ -442,17 +442,17 @@ def measure_psg(
         n = min(len(forget), max(1, warmup) * batch)
         unlearn(net, card, LabelledTensors(forget.x[:n], forget.y[:n]), retain, **common)
     records = [unlearn(net, card, forget, retain, **common).record for _ in range(repeats)]
-    records.sort(key=lambda r: r["wall_clock_s"]["unlearn"])
+    records.sort(key=lambda r: r.wall_clock_s["unlearn"])
     record = records[len(records) // 2]
-    if record.get("steps") not in (None, steps):
-        raise RuntimeError(f"psg ran {record['steps']} steps, expected {steps}")
-    wall = record["wall_clock_s"]
+    if record.steps not in (None, steps):
+        raise RuntimeError(f"psg ran {record.steps} steps, expected {steps}")
+    wall = record.wall_clock_s
     return {
         "unlearn_s": wall["unlearn"],
         "attack_s": wall.get("attack", 0.0),
         "update_s": wall.get("update", 0.0),
-        "unlearn_windows_s": [r["wall_clock_s"]["unlearn"] for r in records],
-        "steps": record.get("steps", steps),
+        "unlearn_windows_s": [r.wall_clock_s["unlearn"] for r in records],
+        "steps": steps if record.steps is None else record.steps,
         "images": len(forget),
         "compiled": compile,
     }

@@ -147,7 +147,8 @@ def _problem(e: ErrorDetails, fields: dict[str, FieldInfo], style: _Style) -> Pr
         close = did_you_mean(str(name), fields)
         text = f"unknown {style.unknown} {name!r}" + (f" ({close})" if close else "")
         return Problem(kind, name, text)
-    if kind in MISSING and len(loc) > 1 and info is not None:  # a fixed-length tuple too short
+    if kind in MISSING and len(loc) > 1 and isinstance(loc[-1], int) and info is not None:
+        # a fixed-length tuple too short (a nested mapping's missing key is said below)
         text = f"{style.where(loc[:-1])} must have {_arity(info.annotation)} values"
         return Problem("too_short", name, f"{text}, not {_shown(value)}", hint)
     if kind in MISSING:

@@ -158,7 +158,7 @@ def run_demo(
     with stage("evaluate"):
         table = {
             "original": evaluate(original, card, sets, device=device),
-            "revised": result.record["metrics"],
+            "revised": result.record.metrics,
             "retrained": evaluate(retrained, card, sets, device=device),
         }
     with stage("export bundle (ONNX, Triton)"):
@@ -183,7 +183,7 @@ def run_demo(
     }
     table["parity"] = bundle.manifest["onnx"]["variants"]["model.onnx"]["parity"]
     table["bundle"] = str(bundle.path)
-    table["attack_success_ratio"] = result.record.get("attack_success_ratio")
+    table["attack_success_ratio"] = result.record.attack_success_ratio
     table["counts"] = data.counts()
     table["timings_s"] = timings
     write_json_atomic(out / DEMO_REPORT, table)

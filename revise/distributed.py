@@ -5,10 +5,11 @@ and takes its slice of every batch (``rank::world``); random draws that go with 
 noise, random labels) are drawn for the whole global batch on every worker and sliced the same
 way, so every worker's random streams stay identical and each sample gets the noise it gets in
 one process. Every loss term, a mean over the worker's slice, is weighted by
-``local_n * world / global_n`` (:func:`global_mean`) and gradients are averaged across workers
-after every backward pass, so the update equals the single-process update on the global batch
-even when the slices differ in size or one is empty (exactly so with BatchNorm statistics
-frozen; with them training, each worker normalises its own slice, as DDP does). Rank 0 writes
+``local_n * world / global_n`` (:func:`global_mean`) and the update's backward pass runs
+through DistributedDataParallel, which averages the gradients across workers
+(``revise.unlearn.distribution``), so the update equals the single-process update on the
+global batch even when the slices differ in size or one is empty (exactly so with BatchNorm
+statistics frozen; with them training, each worker normalises its own slice). Rank 0 writes
 the outputs.
 
 Launch: ``revise unlearn --nproc-per-node N ...`` starts N local workers with torch's own
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -67,7 +68,7 @@ def shard_size(global_n: int) -> int:
 
 def global_mean(loss: torch.Tensor, global_n: int) -> torch.Tensor:
     """Weight ``loss``, this worker's mean over its :func:`shard` of a global batch of
-    ``global_n`` rows, so that the gradients :func:`average_gradients` averages are those of the
+    ``global_n`` rows, so that the gradients DistributedDataParallel averages are those of the
     mean over the global batch: times ``local_n * world / global_n``. One process: ``loss``
     itself. A worker with an empty slice (its mean is NaN) gives a zero that keeps the graph of
     its (empty) forward pass, so its gradients are zeros for the same parameters as the other
@@ -79,23 +80,6 @@ def global_mean(loss: torch.Tensor, global_n: int) -> torch.Tensor:
     if local_n == 0:
         return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
     return loss * (local_n * world / global_n)
-
-
-def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """All-reduce the gradients as one flat buffer and divide by the number of workers."""
-    world = rank_and_world()[1]
-    if world == 1:
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def all_sum(value: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from revise._run_record import Calibration
 from revise.data import manifest as manifest_mod
 from revise.data.loaders import IndexFailure
 from revise.data.select import describe
@@ -161,27 +162,26 @@ def _complete(
     base_digest: str,
 ) -> UnlearnResult:
     """Evaluate the revised model on the sets and add what the run record still lacks."""
-    result.record["wall_clock_s"]["data"] = data.seconds
+    record = result.record
+    record.wall_clock_s["data"] = data.seconds
     if not is_main_process():  # rank 0 evaluates and writes; the others are done
         return result
     t0 = time.perf_counter()
     metrics = evaluate(result.model, card, data.sets, device=device)
-    if "target" not in result.record:  # a method run with chosen settings: how close did it get?
+    if record.target is None:  # a method run with chosen settings: how close did it get?
         original = evaluate(net, card, data.sets, by=(), device=device)
         kind = forgetting_kind(data.sets["forget"].data, data.sets["retain"].data)
-        result.record["target"] = check_against_target(kind, original, metrics, MISS_MARGIN)
-        if result.record["target"].get("warning"):
-            result.record["warning"] = result.record["target"]["warning"]
-            log.warning("%s", result.record["warning"])
-    result.record["wall_clock_s"]["evaluation"] = round(time.perf_counter() - t0, 4)
-    result.record.update(
-        forget_selection=describe(data.forget_selection) if data.forget_selection else None,
-        selection_digests=data.digests,
-        base_model_digest=base_digest,
-        decode_failures=len(data.failures),
-        decode_left_out=data.left_out_record(),
-        metrics=metrics,
-    )
+        record.target = check_against_target(kind, original, metrics, MISS_MARGIN)
+        if record.target.warning:
+            record.warning = record.target.warning
+            log.warning("%s", record.warning)
+    record.wall_clock_s["evaluation"] = round(time.perf_counter() - t0, 4)
+    record.forget_selection = describe(data.forget_selection) if data.forget_selection else None
+    record.selection_digests = data.digests
+    record.base_model_digest = base_digest
+    record.decode_failures = len(data.failures)
+    record.decode_left_out = data.left_out_record()
+    record.metrics = metrics
     return result
 
 
@@ -215,7 +215,7 @@ def _run_auto(
         progress=log.info,
     )
     rows = {name: s.rows for name, s in calib.items()}
-    result.record["calibration"] = calibration.describe(calibration.FRACTION, rows)
+    result.record.calibration = Calibration(**calibration.describe(calibration.FRACTION, rows))
     return _complete(result, net, card, judged, device, base_digest)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revise._run_record import RunRecord
 from revise.errors import DivergedError, UsageError
 from revise.evaluate import EvalSet, evaluate, predict
 from revise.models.card import ModelCard
@@ -75,7 +76,7 @@ COARSE_TARGET = 0.10
 @dataclass
 class SweepRow:
     settings: dict[str, Any]
-    record: dict[str, Any]
+    record: RunRecord  # the run's (the original's: its metrics; a diverged run's: its error)
     score: float
     original: bool = False  # the unchanged model
     collapsed: str = ""  # why the run is collapsed ("" when it is not)
@@ -83,7 +84,7 @@ class SweepRow:
 
     @property
     def diverged(self) -> bool:
-        return "error" in self.record
+        return self.record.error is not None
 
     @property
     def label(self) -> str:
@@ -131,13 +132,13 @@ class SweepResult:
         names = list(dict.fromkeys(name for row in self.rows for name in row.settings))
         out = []
         for rank, row in enumerate(self.rows, 1):
-            metrics = row.record["metrics"]
+            metrics = row.record.metrics
             flat = {"rank": rank, "run": row.label, **{n: row.settings.get(n) for n in names}}
             flat.update({f"acc_{name}": stats["accuracy"] for name, stats in metrics.items()})
             flat[self.criterion] = round(row.score, 4)
             flat["collapsed"] = bool(row.collapsed)
-            flat["unlearn_s"] = row.record["wall_clock_s"].get("unlearn")
-            notes = [n for n in (row.collapsed, row.record.get("error", "")) if n]
+            flat["unlearn_s"] = row.record.wall_clock_s.get("unlearn")
+            notes = [n for n in (row.collapsed, row.record.error) if n]
             flat["note"] = "; ".join(notes)
             out.append(flat)
         return out
@@ -240,7 +241,7 @@ def ranking_warnings(
     counts: Mapping[str, int],
     *,
     target: Target | None = None,
-    reference_record: Mapping[str, Any] | None = None,
+    reference_record: RunRecord | None = None,
     reference_given: bool = False,
     digests: Mapping[str, str] | None = None,
 ) -> list[str]:
@@ -291,7 +292,7 @@ def ranking_warnings(
     return out
 
 
-def _reference_warnings(record: Mapping[str, Any] | None, digests: Mapping[str, str]) -> list[str]:
+def _reference_warnings(record: RunRecord | None, digests: Mapping[str, str]) -> list[str]:
     """Whether the reference was retrained for this sweep's selection, as far as its run
     record (run.json) tells."""
     if record is None:
@@ -301,16 +302,16 @@ def _reference_warnings(record: Mapping[str, Any] | None, digests: Mapping[str, 
             "selection ranks the runs against the wrong target"
         ]
     out = []
-    method = record.get("method")
+    method = record.method
     if method != "retrain":
         out.append(
             f"the reference is a {method or 'unknown'} run, not a retrained model: distances to "
             "it say how close a run comes to that run, not to retraining"
         )
-    theirs = record.get("selection_digests") or {}
+    theirs = record.selection_digests or {}
     differ = [s for s in ("forget", "retain") if s in digests and theirs.get(s) != digests[s]]
     if differ:
-        made_for = record.get("forget_selection") or "an unrecorded selection"
+        made_for = record.forget_selection or "an unrecorded selection"
         out.append(
             f"the reference was made for another selection ({made_for}): its "
             f"{' and '.join(differ)} set{'s differ' if len(differ) > 1 else ' differs'} from "
@@ -331,7 +332,7 @@ def sweep(
     grid: Mapping[str, Sequence[Any]],
     fixed: Mapping[str, Any] | None = None,
     reference: nn.Module | None = None,
-    reference_record: Mapping[str, Any] | None = None,
+    reference_record: RunRecord | None = None,
     device: str = "auto",
     seed: int = 0,
     concurrent: int = 1,
@@ -375,7 +376,7 @@ def sweep(
     start = predictions(net)
     first = SweepRow(
         {},
-        {"method": ORIGINAL, "metrics": original, "wall_clock_s": {}},
+        RunRecord(method=ORIGINAL, metrics=original, wall_clock_s={}),
         score(original),
         original=True,
         predictions=start,
@@ -426,9 +427,9 @@ def sweep(
                 )
         except DivergedError as exc:  # the sweep goes on; the run ranks last
             log.warning("%s: %s", point, exc)
-            record = {"method": method, "error": str(exc), "metrics": {}, "wall_clock_s": {}}
+            record = RunRecord(method=method, error=str(exc), metrics={}, wall_clock_s={})
             return SweepRow(point, record, math.inf)
-        metrics, shares = result.record["metrics"], predictions(result.model)
+        metrics, shares = result.record.metrics, predictions(result.model)
         why = collapse_reason(metrics, original, kept, shares)
         row = SweepRow(point, result.record, score(metrics), False, why, shares)
         keep_if_best(row, index, result)
@@ -445,13 +446,13 @@ def sweep(
     runs = rows[1:]
     if all(row.diverged for row in runs):
         raise DivergedError(
-            f"every run of the sweep diverged; the first: {runs[0].record['error']}",
+            f"every run of the sweep diverged; the first: {runs[0].record.error}",
             hint="lower the learning rate (--set lr=... or a smaller --grid lr=...)",
         )
     rows.sort(key=rank_key)  # stable: ties keep the original first, then the grid's order
     criterion = REFERENCE if ref_acc else ESTIMATED
     for rank, row in enumerate(rows, 1):  # the saved best run's run.json says it too
-        row.record["sweep"] = {
+        row.record.sweep = {
             "rank": rank,
             "criterion": criterion,
             "score": _finite(row.score),

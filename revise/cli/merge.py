@@ -151,8 +151,8 @@ def merge_cmd(
         say=say,
     )
     if as_json:
-        recipe = result.record["merge"]
-        metrics = result.record.get("metrics", {})
+        recipe = result.record.merge or {}
+        metrics = result.record.metrics
         summary_json = {
             "run": str(out),
             "mode": recipe["mode"],

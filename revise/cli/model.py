@@ -177,8 +177,8 @@ def unlearn_cmd(
         distributed.finish()
         return
     if as_json:
-        metrics = result.record["metrics"]
-        summary = {key: result.record.get(key) for key in SUMMARY_KEYS}
+        metrics, written = result.record.metrics, result.record.to_json()  # as run.json has it
+        summary = {key: written.get(key) for key in SUMMARY_KEYS}
         summary["accuracy"] = {name: stats["accuracy"] for name, stats in metrics.items()}
         summary["run"] = str(out)
         click.echo(json.dumps(summary, sort_keys=True))

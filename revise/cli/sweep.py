@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from revise._io import RUN_RECORD, SWEEP_RECORD
+from revise._run_record import BaseModelRef, RunRecord, read_run_record
 from revise.cli._common import (
     arch_option,
     cache_option,
@@ -54,18 +54,15 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list]:
     return grid
 
 
-def reference_record(path: Path | None) -> dict[str, Any] | None:
+def reference_record(path: Path | None) -> RunRecord | None:
     """The reference's run record (run.json beside its weights), or None when it has none (a
     model trained with `revise train`, a bare weights file): the sweep then warns that it cannot
     check which selection the reference was retrained for."""
-    from revise._io import read_json_object
-    from revise.errors import ModelError
-
     record = path / RUN_RECORD if path is not None and path.is_dir() else None
     if record is None or not record.is_file():
         return None
     fix = "write the reference again with `revise unlearn --method retrain` (or restore it)"
-    return read_json_object(record, "run record", ModelError, hint=fix)
+    return read_run_record(record, hint=fix)
 
 
 @click.command("sweep")
@@ -156,7 +153,7 @@ def sweep_cmd(
     def report(done: int, total: int, row) -> None:
         name = "distance to the reference" if ref is not None else "estimated distance"
         flag = f" ({row.collapsed})" if row.collapsed else ""
-        flag = f" (diverged: {row.record['error']})" if row.diverged else flag
+        flag = f" (diverged: {row.record.error})" if row.diverged else flag
         say(f"[{done}/{total}] {row.label}: {name} {row.score:.4f}{flag}")
 
     result = sweep(
@@ -179,11 +176,11 @@ def sweep_cmd(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         table.to_csv(tmp / "results.csv", index=False)
         if best is not None:  # the sweep's own network: no second unlearning run
-            best.record["base_model"] = {  # as `revise unlearn` records it (revise merge)
-                "path": str(Path(model_path).resolve()),
-                "format": loaded.format,
-                "sha256": loaded.card.source_sha256,
-            }
+            best.record.base_model = BaseModelRef(  # as `revise unlearn` records it (merge)
+                path=str(Path(model_path).resolve()),
+                format=loaded.format,
+                sha256=loaded.card.source_sha256,
+            )
             save_run(best, tmp / "best")
         write_json_atomic(
             tmp / SWEEP_RECORD,
@@ -204,9 +201,9 @@ def sweep_cmd(
                 "concurrent": result.concurrent,
                 # with concurrent runs, each run's own clock includes the others' share
                 "sum_of_unlearn_s": round(
-                    sum(r.record["wall_clock_s"].get("unlearn", 0.0) for r in result.rows), 3
+                    sum(r.record.wall_clock_s.get("unlearn", 0.0) for r in result.rows), 3
                 ),
-                "runs": [r.record for r in result.rows],
+                "runs": [r.record.to_json() for r in result.rows],
             },
         )
     click.echo(table.to_string(index=False))

@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from revise._io import RUN_RECORD, read_json_object
-from revise.errors import ModelError
+from revise._io import RUN_RECORD
+from revise._run_record import RunRecord, read_run_record
 
 FRACTION = 0.3  # of the held-out rows; the rest stay for validation
 MIN_PATIENTS = 10  # held-out patients needed to slice by patient rather than by row
@@ -71,20 +71,20 @@ def describe(fraction: float, calibration: Mapping[str, pd.DataFrame]) -> dict[s
 
 
 def without_calibration(
-    parts: Mapping[str, pd.DataFrame], record: Mapping[str, Any] | None
+    parts: Mapping[str, pd.DataFrame], record: RunRecord | None
 ) -> dict[str, pd.DataFrame]:
     """``parts`` with the calibration rows of the run ``record`` removed (none: unchanged)."""
-    block = (record or {}).get("calibration")
-    if not block:
+    block = record.calibration if record is not None else None
+    if block is None:
         return dict(parts)
-    return split_heldout(parts, float(block["fraction"]))[0]
+    return split_heldout(parts, block.fraction)[0]
 
 
-def run_record(model: str | Path) -> dict[str, Any] | None:
+def run_record(model: str | Path) -> RunRecord | None:
     """The run.json of a run folder or bundle (None when there is none). A damaged one is an
     error: its calibration rows would otherwise be judged as if they were unseen."""
     path = Path(model) / RUN_RECORD
     if not path.is_file():
         return None
     fix = "the run record is damaged: export or unlearn again (or restore it)"
-    return read_json_object(path, "run record", ModelError, hint=fix)
+    return read_run_record(path, hint=fix)

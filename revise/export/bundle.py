@@ -47,6 +47,7 @@ from revise._io import (
     write_json_atomic,
     write_text_atomic,
 )
+from revise._run_record import RunRecord, read_run_record
 from revise.errors import DataError, ExportError, OptionError, UsageError
 from revise.export.onnx import (
     INPUT_NAME,
@@ -335,13 +336,15 @@ def _validation_props(summary: dict[str, Any] | None) -> dict[str, str]:
     }
 
 
-def _run_record(path: Path) -> dict[str, Any] | None:
+def _run_record(path: Path) -> RunRecord | None:
     record = Path(path) / RUN_RECORD if Path(path).is_dir() else None
-    return json.loads(record.read_text()) if record is not None and record.is_file() else None
+    if record is None or not record.is_file():
+        return None
+    return read_run_record(record, hint="the run folder is damaged: unlearn again (or restore it)")
 
 
 def _provenance(
-    model: LoadedModel, digest: str, run: dict[str, Any] | None, report: dict[str, Any] | None
+    model: LoadedModel, digest: str, run: RunRecord | None, report: dict[str, Any] | None
 ) -> dict[str, str]:
     """What the ONNX metadata_props say of where the model comes from (no patient data: the
     forget selection is the run record's text, patient values already hidden)."""
@@ -365,16 +368,14 @@ def _provenance(
         ),
     }
     if run is not None:
-        selection = run.get("forget_selection") or ""
+        selection = run.forget_selection or ""
         props.update(
             {
-                "revise.method": str(run.get("method", "")),
-                "revise.base_model_digest": str(run.get("base_model_digest", "")),
+                "revise.method": run.method,
+                "revise.base_model_digest": run.base_model_digest or "",
                 "revise.forget_selection": selection,
                 "revise.forget_selection_sha256": hashlib.sha256(selection.encode()).hexdigest(),
-                "revise.forget_set_digest": str(
-                    (run.get("selection_digests") or {}).get("forget", "")
-                ),
+                "revise.forget_set_digest": (run.selection_digests or {}).get("forget", ""),
             }
         )
     props.update(_validation_props(_validation_summary(report)))

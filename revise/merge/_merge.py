@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revise._run_record import RunRecord
 from revise.errors import UsageError
 from revise.evaluate import evaluate
 from revise.merge._runs import RunInput, check_aligned, digest_of, load_run, resolve
@@ -110,33 +111,33 @@ def merge_runs(
         recipe["finetune"] = _finetune(net, card, data, finetune_epochs, finetune_lr, device, seed)
         timings["finetune"] = recipe["finetune"].pop("seconds")
     net = net.cpu().eval()
-    record: dict[str, Any] = {
-        "method": "merge",
-        "hyperparameters": recipe,
-        "merge": {
+    record = RunRecord(
+        method="merge",
+        hyperparameters=recipe,
+        merge={
             **recipe,
             "inputs": [
                 {
                     "name": run.name,
                     "path": str(run.path) if run.path else None,
-                    "method": run.record.get("method"),
+                    "method": run.record.method,
                     "weights_digest": digest_of(run),
                 }
                 for run in runs
             ],
         },
-        "base_model_digest": base_digest,
-        "seed": seed,
-        "versions": software_versions(),
-    }
+        base_model_digest=base_digest,
+        seed=seed,
+        versions=software_versions(),
+    )
     if data is not None:
         t1 = time.perf_counter()
-        record["metrics"] = evaluate(net, card, sets, device=device)
+        record.metrics = evaluate(net, card, sets, device=device)
         timings["evaluation"] = round(time.perf_counter() - t1, 4)
-        record["selection_digests"] = data.digests
-        record["forget_samples"] = len(sets["forget"])
-        record["retain_samples"] = len(sets["retain"])
-    record["wall_clock_s"] = {"merge": round(time.perf_counter() - t0, 4), **timings}
+        record.selection_digests = data.digests
+        record.forget_samples = len(sets["forget"])
+        record.retain_samples = len(sets["retain"])
+    record.wall_clock_s = {"merge": round(time.perf_counter() - t0, 4), **timings}
     return UnlearnResult(model=net, card=card, record=record)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from revise._io import RUN_RECORD, read_json_object
+from revise._io import RUN_RECORD
+from revise._run_record import RunRecord, read_run_record
 from revise.errors import ModelError, UsageError
 from revise.models.card import ModelCard
 
@@ -24,12 +24,12 @@ class RunInput:
     name: str
     model: nn.Module
     card: ModelCard
-    record: dict[str, Any]
+    record: RunRecord
     path: Path | None = None
 
     @property
     def base_digest(self) -> str:
-        return str(self.record.get("base_model_digest") or "")
+        return self.record.base_model_digest or ""
 
 
 def load_run(folder: str | Path) -> RunInput:
@@ -48,18 +48,14 @@ def load_run(folder: str | Path) -> RunInput:
     return RunInput(folder.name, loaded.module, loaded.card, record, folder)
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """A run folder's run.json as merging needs it: a JSON object with the base model's
-    digest, and the base model's path (if recorded) as an object with a text ``path``. A
-    damaged file is a ModelError naming it and the fix."""
+def read_record(path: Path) -> RunRecord:
+    """A run folder's run.json as merging needs it: a valid run record (the base model's
+    path, if recorded, an object with a text ``path``) with the base model's digest. A damaged
+    file is a ModelError naming it and the fix."""
     fix = "the run folder is damaged: write it again with `revise unlearn` (or restore it)"
-    record = read_json_object(path, "run record", ModelError, hint=fix)
-    digest = record.get("base_model_digest")
-    if not isinstance(digest, str) or not digest:
+    record = read_run_record(path, hint=fix)
+    if not record.base_model_digest:
         raise ModelError(f"{path} has no base_model_digest (the base model's digest)", hint=fix)
-    base = record.get("base_model", {})
-    if not isinstance(base, dict) or not isinstance(base.get("path", ""), str):
-        raise ModelError(f"{path}: base_model is not an object with a text path", hint=fix)
     return record
 
 

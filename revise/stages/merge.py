@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from revise._run_record import RunRecord
 from revise._schema import fail
 from revise.errors import OptionError
 from revise.stages._options import StageOptions
@@ -154,10 +155,10 @@ def merge_to_run(
     return result
 
 
-def summary(record: dict) -> list[str]:
+def summary(record: RunRecord) -> list[str]:
     """What a merge says: the composition or the strengths (and the gates they reached), and
     the accuracy on each set."""
-    recipe = record["merge"]
+    recipe = record.merge or {}
     if recipe["mode"] == "compose":
         lines = [
             "composed: "
@@ -176,14 +177,14 @@ def summary(record: dict) -> list[str]:
                 f"acceptance gates ({judged['path']}): "
                 + ("every gate passes" if not failed else f"{failed} gate(s) fail even at best")
             )
-    for name, stats in record.get("metrics", {}).items():
+    for name, stats in record.metrics.items():
         lines.append(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
     return lines
 
 
 def _recorded_base(run) -> Path:
     """The base model the run's record names; asked for when it names none that exists."""
-    path = (run.record.get("base_model") or {}).get("path")
+    path = run.record.base_model.path if run.record.base_model is not None else None
     if not path:
         raise OptionError("base", f"is needed: run {run.name} does not record its base model")
     if not Path(path).exists():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from revise import distributed
+from revise._run_record import BaseModelRef, RunRecord
 from revise.errors import UsageError
 from revise.unlearn.auto import AUTO
 
@@ -146,11 +147,11 @@ def unlearn_run(
         raise
     if not distributed.is_main_process():
         return None
-    result.record["base_model"] = {
-        "path": str(Path(job.model).resolve()),  # found again from any folder (revise merge)
-        "format": loaded.format,
-        "sha256": loaded.card.source_sha256,
-    }
+    result.record.base_model = BaseModelRef(
+        path=str(Path(job.model).resolve()),  # found again from any folder (revise merge)
+        format=loaded.format,
+        sha256=loaded.card.source_sha256,
+    )
     try:
         save_run(result, out, overwrite=overwrite)
     except BaseException:
@@ -160,26 +161,26 @@ def unlearn_run(
     return result
 
 
-def summary(record: Mapping[str, Any]) -> list[str]:
+def summary(record: RunRecord) -> list[str]:
     """What a finished run says: the method's outcome (auto: what it chose and how close it
     estimates it came), any warning, the accuracy on each set."""
-    if record["method"] == AUTO:
-        target = record["target"]
-        low, high = target["estimated_distance_interval"]
+    if record.method == AUTO:
+        target = record.target
+        low, high = target.estimated_distance_interval
         lines = [
-            f"auto ({target['kind']} forgetting): chose {record['chosen']} in "
-            f"{record['wall_clock_s']['unlearn']:.2f} s; estimated distance to a retrained "
-            f"model {target['estimated_distance']:.3f} (95% interval {low:.3f}-{high:.3f})"
+            f"auto ({target.kind} forgetting): chose {record.chosen} in "
+            f"{record.wall_clock_s['unlearn']:.2f} s; estimated distance to a retrained "
+            f"model {target.estimated_distance:.3f} (95% interval {low:.3f}-{high:.3f})"
         ]
     else:
-        resumed = record.get("resumed_from_step")
+        resumed = record.resumed_from_step
         lines = [
-            f"{record['method']}: unlearned in {record['wall_clock_s']['unlearn']:.2f} s; attack "
-            f"success {record.get('attack_success_ratio')}"
+            f"{record.method}: unlearned in {record.wall_clock_s['unlearn']:.2f} s; attack "
+            f"success {record.attack_success_ratio}"
             + (f"; resumed from step {resumed}" if resumed else "")
         ]
-    if record.get("warning"):
-        lines.append(f"WARNING: {record['warning']}")
-    for name, stats in record["metrics"].items():
+    if record.warning:
+        lines.append(f"WARNING: {record.warning}")
+    for name, stats in record.metrics.items():
         lines.append(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
     return lines

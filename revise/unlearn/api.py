@@ -20,6 +20,7 @@ from torch import nn
 
 import revise
 from revise._io import RUN_RECORD, write_json_atomic
+from revise._run_record import RunRecord
 from revise.distributed import init_from_env, rank_and_world
 from revise.errors import DivergedError, UsageError
 from revise.models.card import ModelCard
@@ -34,6 +35,7 @@ from revise.unlearn.base import (
     freeze,
     synchronize,
 )
+from revise.unlearn.checkpointing import Checkpointing
 
 log = logging.getLogger(__name__)
 load_builtin_methods()
@@ -45,7 +47,7 @@ class UnlearnResult:
 
     model: nn.Module
     card: ModelCard
-    record: dict[str, Any]
+    record: RunRecord
 
 
 def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
@@ -77,7 +79,7 @@ def unlearn(
     """Revise ``model`` to forget ``forget`` while keeping ``retain``; the input is not modified.
 
     ``monitor(model, step)``, called every ``monitor_every`` steps with the pixel-space model in
-    eval mode, may end the run early by returning True (``record["stopped_at_step"]``).
+    eval mode, may end the run early by returning True (``record.stopped_at_step``).
 
     ``compile``: run the trained and the frozen network through ``torch.compile`` (the first
     steps then include compiling; results agree with eager to rounding, not bit for bit).
@@ -141,10 +143,12 @@ def unlearn(
         seed=seed,
         timer=PhaseTimer(dev),
         progress=progress or (lambda done, total: None),
-        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
-        checkpoint_every=checkpoint_every,
-        identity=identity,
-        resume_from=resume_from,
+        checkpoints=Checkpointing(
+            None if checkpoint_dir is None else Path(checkpoint_dir),
+            checkpoint_every,
+            identity,
+            resume_from,
+        ),
         monitor=monitor,
         monitor_every=monitor_every,
     )
@@ -158,25 +162,21 @@ def unlearn(
     total = ctx.timer.elapsed()
     check_finite(net, method, config)
     net = net.cpu().eval()
-    record = {
-        "method": method,
-        "hyperparameters": dataclasses.asdict(config),
-        "seed": seed,
-        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "world_size": rank_and_world()[1],
-        "forget_samples": len(forget),
-        "retain_samples": len(retain),
-        "resumed_from_step": ctx.resumed_from_step,
-        "stopped_at_step": ctx.stopped_at_step,
-        "compiled": compile,
-        "wall_clock_s": {
-            "setup": round(setup, 4),
-            "unlearn": round(total, 4),
-            **ctx.timer.seconds(),
-        },
-        "versions": software_versions(),
-        **facts,
-    }
+    record = RunRecord(
+        method=method,
+        hyperparameters=dataclasses.asdict(config),
+        seed=seed,
+        device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        world_size=rank_and_world()[1],
+        forget_samples=len(forget),
+        retain_samples=len(retain),
+        resumed_from_step=ctx.resumed_from_step,
+        stopped_at_step=ctx.stopped_at_step,
+        compiled=compile,
+        wall_clock_s={"setup": round(setup, 4), "unlearn": round(total, 4), **ctx.timer.seconds()},
+        versions=software_versions(),
+        **facts,  # the method's own (steps, ...)
+    )
     return UnlearnResult(model=net, card=card, record=record)
 
 
@@ -316,7 +316,7 @@ def save_run(result: UnlearnResult, folder: str | Path, *, overwrite: bool = Fal
     try:
         staged.mkdir(parents=True)
         save_model(result.model, result.card, staged)
-        write_json_atomic(staged / RUN_RECORD, result.record)
+        write_json_atomic(staged / RUN_RECORD, result.record.to_json())
         if target.exists():
             os.replace(target, replaced)
         try:

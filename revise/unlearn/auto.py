@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revise._run_record import RunRecord, TargetCheck
 from revise.errors import DivergedError, UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
@@ -236,9 +237,9 @@ def auto_revise(
     record = _record(kind, target, best, trials, start, spent, budget, seconds, seed, dev)
     if separability >= DISTINCT_AUC:
         _distinct_group(record, separability)
-    record.update(forget_samples=len(forget), retain_samples=len(retain))
-    if not record["target"]["met"]:
-        log.warning("auto: %s", record["warning"])
+    record.forget_samples, record.retain_samples = len(forget), len(retain)
+    if not record.target.met:
+        log.warning("auto: %s", record.warning)
     return UnlearnResult(model=model.cpu().eval(), card=card, record=record)
 
 
@@ -354,8 +355,8 @@ def _run_candidate(
             net, card, forget, retain, method=cand.method, config=config,
             device=str(dev), seed=seed, monitor=monitor, monitor_every=every,
         )  # fmt: skip
-        trial.steps = result.record.get("stopped_at_step") or result.record.get("steps", 0)
-        if result.record.get("stopped_at_step") is None:  # its last step was not read yet
+        trial.steps = result.record.stopped_at_step or result.record.steps or 0
+        if result.record.stopped_at_step is None:  # its last step was not read yet
             monitor(PixelSpaceModel(result.model, card).to(dev).eval(), trial.steps)
     except DivergedError as exc:
         trial.error, trial.steps = str(exc), max_steps
@@ -379,31 +380,31 @@ def _record(
     seconds: float,
     seed: int,
     dev: torch.device,
-) -> dict[str, Any]:
+) -> RunRecord:
     """The run record of an automatic revision."""
     met = _meets(target, best.distance) or best.distance <= MISS_MARGIN
     interval = target.half_width()
-    record: dict[str, Any] = {
-        "method": "auto",
-        "chosen": best.name,
-        "chosen_step": best.step,
-        "hyperparameters": next(
+    record = RunRecord(
+        method="auto",
+        chosen=best.name,
+        chosen_step=best.step,
+        hyperparameters=next(
             (dict(t.candidate.settings) for t in trials if t.candidate.name == best.name), {}
         ),
-        "seed": seed,
-        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "target": {
+        seed=seed,
+        device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        target=TargetCheck(
             **target.as_record(),
-            "estimated_distance": round(best.distance, 4),
-            "estimated_distance_interval": [
+            estimated_distance=round(best.distance, 4),
+            estimated_distance_interval=[
                 round(max(0.0, best.distance - interval), 4),
                 round(best.distance + interval, 4),
             ],
-            "met": met,
-            "original": _rounded(start),
-            "reached": _rounded(best.reading),
-        },
-        "candidates": [
+            met=met,
+            original=_rounded(start),
+            reached=_rounded(best.reading),
+        ),
+        candidates=[
             {
                 "name": t.candidate.name,
                 "method": t.candidate.method,
@@ -417,31 +418,31 @@ def _record(
             }
             for t in trials
         ],
-        "budget_image_passes": {"used": round(spent), "allowed": round(budget)},
-        "wall_clock_s": {"unlearn": round(seconds, 4)},
-        "versions": software_versions(),
-    }
+        budget_image_passes={"used": round(spent), "allowed": round(budget)},
+        wall_clock_s={"unlearn": round(seconds, 4)},
+        versions=software_versions(),
+    )
     if best.state is None:
-        record["note"] = "the unchanged original was the closest to the target"
+        record.note = "the unchanged original was the closest to the target"
     if not met:
-        record["warning"] = (
+        record.warning = (
             f"the best state found ({best.name}) is at estimated distance {best.distance:.3f} "
             f"from the target, above {MISS_MARGIN}: the revision may fall short of what "
             "retraining would give; check the validation gates"
         )
     if kind != CLASS:
-        record["target"]["caveat"] = (
+        record.target.caveat = (
             "the subset target is how the original reads held-out images of the group; a model "
             "retrained without a whole device or site may read it worse than that"
         )
     return record
 
 
-def _distinct_group(record: dict[str, Any], auc: float) -> None:
+def _distinct_group(record: RunRecord, auc: float) -> None:
     """Mark a revision of a distinct group as one the target cannot judge."""
-    record["target"]["distinct_group_auc"] = round(auc, 3)
-    record["target"]["met"] = False
-    record["warning"] = (
+    record.target.distinct_group_auc = round(auc, 3)
+    record.target.met = False
+    record.warning = (
         f"the forget set is a distinct group (its held-out images are told from the others' by "
         f"pixel statistics alone, AUC {auc:.2f}), such as a device or a site: a model retrained "
         "without it may read it far worse than the original reads its held-out images, which no "

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revise._run_record import TargetCheck
 from revise.unlearn.base import LabelledTensors
 
 CLASS, SUBSET = "class", "subset"
@@ -234,7 +235,7 @@ def target_from_metrics(kind: str, original: Mapping[str, Any]) -> Target:
 
 def check_against_target(
     kind: str, original: Mapping[str, Any], revised: Mapping[str, Any], margin: float
-) -> dict[str, Any]:
+) -> TargetCheck:
     """The run record's ``target`` block for a method run with chosen settings: the estimated
     distance of the revised model, whether it is within ``margin``, and a warning when not."""
     target = target_from_metrics(kind, original)
@@ -256,7 +257,7 @@ def check_against_target(
             f"estimated distance {estimate:.3f} to what retraining would give is above {margin}: "
             + "; ".join(_shortfalls(target, reading_from_metrics(revised)))
         )
-    return block
+    return TargetCheck(**block)
 
 
 def _shortfalls(target: Target, reading: Reading) -> list[str]:

@@ -325,7 +325,7 @@ def _runs_naming_base(folder: Path, model: Path, base: Path) -> list[Path]:
     runs = []
     for name in ("a", "b"):
         run = Path(shutil.copytree(model, folder / name))
-        record = {"base_model": {"path": str(base)}, "base_model_digest": "0" * 64}
+        record = {"method": "psg", "base_model": {"path": str(base)}, "base_model_digest": "0" * 64}
         (run / "run.json").write_text(json.dumps(record))
         runs.append(run)
     return runs

@@ -12,6 +12,7 @@ from revise.data import manifest as manifest_mod
 from revise.data.calibration import (
     MIN_PATIENTS,
     calibration_mask,
+    run_record,
     split_heldout,
     without_calibration,
 )
@@ -36,6 +37,15 @@ def test_auto_forgets_a_class_and_says_what_it_chose(cli, auto_run):
     assert "estimated distance to a retrained model" in result.stdout
     record = json.loads((out / "run.json").read_text())
     assert record["method"] == "auto" and record["target"]["met"]
+    # the keys every part writes (auto, the pipeline, the stage), as before the typed record
+    assert set(record) - {"warning", "note"} == {
+        "method", "chosen", "chosen_step", "hyperparameters", "seed", "device", "target",
+        "candidates", "budget_image_passes", "wall_clock_s", "versions", "forget_samples",
+        "retain_samples", "calibration", "forget_selection", "selection_digests",
+        "base_model_digest", "decode_failures", "decode_left_out", "metrics", "base_model",
+    }  # fmt: skip
+    assert set(record["calibration"]) == {"fraction", "rule", "rows"}
+    assert {"original", "reached", "estimated_distance", "met"} <= set(record["target"])
     assert record["metrics"]["forget"]["accuracy"] <= 0.02
     assert record["metrics"]["heldout_forget"]["accuracy"] <= 0.05
     original = record["target"]["original"]
@@ -48,7 +58,7 @@ def test_the_record_is_judged_without_the_calibration_rows(cli, demo_site, auto_
     _, out = auto_run
     record = json.loads((out / "run.json").read_text())
     parts = partition(manifest_mod.load(demo_site.manifest), CLASS)
-    judged = without_calibration(parts, record)
+    judged = without_calibration(parts, run_record(out))  # as validate reads it
     for name in ("heldout_forget", "heldout_retain"):
         n = record["metrics"][name]["n"]
         assert n == len(judged[name]) < len(parts[name]), name
@@ -94,7 +104,6 @@ def test_calibration_rows_follow_the_patient_and_are_stable():
 
 
 def test_a_damaged_run_record_is_an_error_not_a_silent_full_judgement(tmp_path):
-    from revise.data.calibration import run_record
     from revise.errors import ModelError
 
     assert run_record(tmp_path) is None  # no record: nothing was calibrated on

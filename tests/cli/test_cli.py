@@ -195,6 +195,22 @@ def test_unlearn_psg_run(cli, demo_site, psg_run):
     assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.safetensors", "run.json"]
     assert "run written to" in result.stdout
     record = json.loads((out / "run.json").read_text())
+    # the keys every part writes (unlearn, the pipeline, the stage), as before the typed record
+    assert set(record) - {"warning"} == {
+        "method", "hyperparameters", "seed", "device", "world_size", "forget_samples",
+        "retain_samples", "resumed_from_step", "stopped_at_step", "compiled", "wall_clock_s",
+        "versions", "steps", "attack_success_ratio", "target", "forget_selection",
+        "selection_digests", "base_model_digest", "decode_failures", "decode_left_out",
+        "metrics", "base_model",
+    }  # fmt: skip
+    assert ("warning" in record) == (not record["target"]["met"])
+    assert set(record["target"]) - {"warning"} == {
+        "kind", "forget", "forget_half_width", "retain", "heldout_retain",
+        "heldout_retain_half_width", "heldout_forget_source", "estimated_distance",
+        "estimated_distance_interval", "met",
+    }  # fmt: skip
+    assert set(record["base_model"]) == {"path", "format", "sha256"}
+    assert record["resumed_from_step"] is None and record["stopped_at_step"] is None
 
     assert record["method"] == "psg"
     hp = record["hyperparameters"]

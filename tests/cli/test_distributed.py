@@ -100,7 +100,7 @@ def main(setup, out):
         result = unlearn(net, card, forget, retain, **kwargs)
         if is_main_process():
             torch.save(result.model.state_dict(), Path(out) / (case["name"] + ".pt"))
-            (Path(out) / (case["name"] + ".json")).write_text(json.dumps(result.record))
+            (Path(out) / (case["name"] + ".json")).write_text(json.dumps(result.record.to_json()))
     finish()
 
 
@@ -262,12 +262,12 @@ def test_uneven_or_empty_slices_give_the_one_process_update(
     case = {"method": method, "config": config, "n_forget": n_forget, "n_retain": n_retain}
     one = _one_process(digits_model, case)
     weights, record = two_workers[name]
-    assert record["world_size"] == 2 and one.record["world_size"] == 1
+    assert record["world_size"] == 2 and one.record.world_size == 1
     original = digits_model["models"]["plain"][0].state_dict()
     assert _worst(one.model.state_dict(), original) > 1e-3  # the run really moved the model
     assert _worst(weights, one.model.state_dict()) < 1e-5
     if method == "psg":
-        assert record["attack_success_ratio"] == one.record["attack_success_ratio"]
+        assert record["attack_success_ratio"] == one.record.attack_success_ratio
 
 
 def test_the_noisy_case_depends_on_its_noise(digits_model):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from revise._run_record import BaseModelRef
+
 FORGET = "label == 0"
 # One good-forgetting run (soft targets, forget loss only) and one good-retention run (top-k
 # targets with a retain term); a couple of epochs each on 8x8 digits.
@@ -63,7 +65,7 @@ def merge_site(tmp_path_factory, isolated_env) -> MergeSite:
         runs = {}
         for name, config in (("forgetting", FORGETTING), ("retention", RETENTION)):
             result = unlearn(net, card, forget, retain, config=config, device="cpu")
-            result.record["base_model_digest"] = digest
-            result.record["base_model"] = {"path": str(base)}
+            result.record.base_model_digest = digest
+            result.record.base_model = BaseModelRef(path=str(base))
             runs[name] = save_run(result, root / name)
     return MergeSite(root, Path(manifest), Path(base), runs["forgetting"], runs["retention"], data)

@@ -10,6 +10,7 @@ import torch
 from clirunner import invoke
 from torch import nn
 
+from revise._run_record import RunRecord
 from revise.errors import ModelError, UsageError
 from revise.merge import (
     RunInput,
@@ -34,7 +35,7 @@ def _net(seed: int, **kwargs) -> nn.Module:
 
 
 def _run(name: str, net: nn.Module, digest: str = "base") -> RunInput:
-    return RunInput(name, net, CARD, {"method": "psg", "base_model_digest": digest})
+    return RunInput(name, net, CARD, RunRecord(method="psg", base_model_digest=digest))
 
 
 # ------------------------------------------------------------------------------------------

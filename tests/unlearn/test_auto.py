@@ -117,7 +117,7 @@ def test_auto_forgets_a_class_as_retraining_would(digits, class_case):
     ta, ta_ref = (accuracy(m, card, class_case["test_retain"]) for m in (result.model, reference))
     assert d <= 0.03, d
     assert abs(ta - ta_ref) <= 0.02, (ta, ta_ref)
-    record = result.record
+    record = result.record.to_json()  # as run.json holds it
     assert record["method"] == "auto" and record["target"]["kind"] == CLASS
     assert record["target"]["met"] and "warning" not in record
     low, high = record["target"]["estimated_distance_interval"]
@@ -138,7 +138,7 @@ def test_auto_keeps_the_original_when_it_already_meets_a_subset_target(digits, c
     result = auto_revise(
         net, card, never_seen, retain, empty_like(never_seen), calibration, device="cpu"
     )
-    record = result.record
+    record = result.record.to_json()  # as run.json holds it
     assert record["target"]["kind"] == SUBSET
     assert record["chosen"] == "original (unchanged)", record["candidates"]
     assert record["target"]["met"] and "warning" not in record  # tried, none did better
@@ -150,8 +150,8 @@ def test_auto_keeps_the_original_when_it_already_meets_a_subset_target(digits, c
 def test_auto_warns_when_its_best_misses_the_target(digits, class_case):
     """A budget too small to forget a class ends with a warning, not a silent pass."""
     result = revise_class(digits, class_case, device="cpu", budget_passes=0.01, min_budget_images=0)
-    assert not result.record["target"]["met"]
-    assert "fall short" in result.record["warning"]
+    assert not result.record.target.met
+    assert "fall short" in result.record.warning
 
 
 def test_auto_refuses_what_it_cannot_judge(digits):
@@ -193,7 +193,7 @@ def test_a_monitor_ends_the_run_early(digits):
         monitor=monitor,
         monitor_every=3,
     )
-    assert seen == [3, 6] and result.record["stopped_at_step"] == 6
+    assert seen == [3, 6] and result.record.stopped_at_step == 6
 
 
 def acquired(data: LabelledTensors, seed: int) -> LabelledTensors:
@@ -219,9 +219,9 @@ def test_a_distinct_group_is_told_apart_and_the_record_says_the_target_cannot_ju
     result = auto_revise(
         digits["net"], digits["card"], device, kept, held_device, held_kept, device="cpu"
     )
-    target = result.record["target"]
-    assert target["distinct_group_auc"] >= DISTINCT_AUC and target["met"] is False
-    warning = result.record["warning"]
+    target = result.record.target
+    assert target.distinct_group_auc >= DISTINCT_AUC and target.met is False
+    warning = result.record.warning
     assert "distinct group" in warning and "lower bound" in warning
 
 

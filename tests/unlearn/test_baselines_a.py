@@ -61,7 +61,7 @@ def test_finetune_keeps_the_retain_set_and_erodes_the_forgotten_class(digits):
     assert mean_loss(result.model, card, digits["forget"]) > 5 * mean_loss(
         net, card, digits["forget"]
     )
-    assert result.record["steps"] == 10 * -(-len(digits["retain"]) // 64)
+    assert result.record.steps == 10 * -(-len(digits["retain"]) // 64)
 
 
 @pytest.mark.parametrize("method", ["finetune", "l1_sparse", "neggrad_plus", "retrain"])
@@ -123,9 +123,7 @@ def test_random_label_forgets_the_class_and_keeps_the_rest(digits):
         result = run(digits, "random_label", {"epochs": 2, "fixed_labels": fixed})
         assert accuracy(result.model, card, digits["forget"]) < 0.1
         assert accuracy(result.model, card, digits["retain"]) > 0.95
-        assert result.record["steps"] == 2 * -(
-            -(len(digits["forget"]) + len(digits["retain"])) // 64
-        )
+        assert result.record.steps == 2 * -(-(len(digits["forget"]) + len(digits["retain"])) // 64)
 
 
 def test_random_label_runs_without_a_retain_set(digits):
@@ -157,7 +155,7 @@ def test_l1_sparse_shrinks_the_weights_and_without_gamma_is_finetune(digits):
         return sum(p.abs().sum().item() for p in result.model.parameters())
 
     assert l1(sparse) < l1(tune) - 1.0
-    assert sparse.record["weight_l1"] == pytest.approx(l1(sparse), rel=1e-4)
+    assert sparse.record.weight_l1 == pytest.approx(l1(sparse), rel=1e-4)
     assert accuracy(sparse.model, digits["card"], digits["retain"]) > 0.95
 
 

@@ -129,7 +129,7 @@ def test_scrub_pushes_the_forget_set_away_from_the_teacher_and_keeps_retain(digi
     assert _kl_to_teacher(no_max.model, digits) < 0.1  # the max-steps are what forget
     assert accuracy(result.model, card, digits["retain"]) > 0.9
     assert accuracy(result.model, card, digits["forget"]) < 0.2
-    assert result.record["max_steps"] == 2 * 4 and result.record["steps"] == 8 + 3 * 9
+    assert result.record.max_steps == 2 * 4 and result.record.steps == 8 + 3 * 9
 
 
 def test_scrub_schedule_alternates_max_then_min_passes():
@@ -173,7 +173,7 @@ def test_salun_moves_only_salient_weights_and_forgets(digits):
         assert torch.equal(after[key].detach()[~mask], before[key].detach()[~mask]), key
         moved += int((after[key].detach()[mask] != before[key].detach()[mask]).sum())
     total = sum(m.numel() for m in masks.values())
-    assert result.record["masked_weights"] == round(0.5 * total)
+    assert result.record.masked_weights == round(0.5 * total)
     assert moved > 0.4 * total
     assert accuracy(result.model, card, digits["forget"]) < 0.2
     assert accuracy(result.model, card, digits["retain"]) > 0.9
@@ -189,7 +189,7 @@ def test_cf_k_trains_only_the_last_block_and_the_head(digits):
     trainable = ("features.4.", "features.5.", "fc.")
     assert {"features.4.weight", "features.5.weight", "fc.weight", "fc.bias"} <= moved
     assert all(k.startswith(trainable) for k in moved)  # earlier BN statistics included
-    assert result.record["trained_modules"] == ["features.4", "features.5", "fc"]
+    assert result.record.trained_modules == ["features.4", "features.5", "fc"]
     assert all(p.requires_grad for p in result.model.parameters())  # flags restored
 
 
@@ -248,4 +248,4 @@ def test_boundary_expand_returns_the_original_shape_and_forgets(digits):
     assert type(result.model.fc) is nn.Linear
     before = accuracy(net, card, digits["forget"])
     assert accuracy(result.model, card, digits["forget"]) < before - 0.3
-    assert result.record["shadow_class"] == 10
+    assert result.record.shadow_class == 10

@@ -42,7 +42,7 @@ def test_method_is_finite_lowers_forget_confidence_and_is_deterministic(digits, 
     assert all(torch.equal(first[k], second[k]) for k in first)
     # bounds the original fails: each method must move the forget images away from their labels
     assert _forget_confidence(runs[0].model, digits) < _forget_confidence(net, digits) - 1e-3
-    assert runs[0].record["method"] == name and runs[0].record["steps"] >= 1
+    assert runs[0].record.method == name and runs[0].record.steps >= 1
     before = net.state_dict()
     moved = max((first[k].float() - v.float()).abs().max().item() for k, v in before.items())
     assert moved > 1e-3, f"{name} left the weights as they were"
@@ -67,7 +67,7 @@ def test_compiled_run_agrees_with_eager(digits):
     config = {"epochs": 1, "phi": 1.0, "freeze_bn": True, "lr": 1e-3}
     eager = unlearn(*args, method="psg", config=config, device="cpu", seed=3)
     compiled = unlearn(*args, method="psg", config=config, device="cpu", seed=3, compile=True)
-    assert compiled.record["compiled"] is True and eager.record["compiled"] is False
+    assert compiled.record.compiled is True and eager.record.compiled is False
     e, c = eager.model.state_dict(), compiled.model.state_dict()
     assert e.keys() == c.keys()  # compiled in place: the weights keep their names
     moved = max((e[k] - digits["net"].state_dict()[k]).abs().max().item() for k in e)

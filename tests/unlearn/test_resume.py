@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from revise._run_record import RunRecord
 from revise.errors import UsageError
 from revise.models.architectures import build
 from revise.unlearn import checkpoint
@@ -70,10 +71,11 @@ def _assert_same_weights(a, b) -> None:
     assert not different, f"weights differ after resuming: {different}"
 
 
-def _facts(record: dict) -> dict:
-    """The method's facts: everything but timings, versions and the resume marker."""
+def _facts(record: RunRecord) -> dict:
+    """The method's facts: everything run.json holds but timings, versions and the resume
+    marker."""
     skip = {"wall_clock_s", "versions", "resumed_from_step"}
-    return {k: v for k, v in record.items() if k not in skip}
+    return {k: v for k, v in record.to_json().items() if k not in skip}
 
 
 def _interrupted_then_resumed(digits, method, config, folder: Path, **kwargs):
@@ -104,11 +106,11 @@ def test_a_resumed_run_ends_bit_identical_to_the_uninterrupted_run(
 ):
     config = {**CONFIG, **overrides}
     whole = _run(digits, method, config)
-    assert whole.record["steps"] > STOP_AFTER + EVERY  # the stop really is mid-way
-    assert whole.record["resumed_from_step"] is None
+    assert whole.record.steps > STOP_AFTER + EVERY  # the stop really is mid-way
+    assert whole.record.resumed_from_step is None
     resumed = _interrupted_then_resumed(digits, method, config, tmp_path / "ck")
     _assert_same_weights(whole, resumed)
-    assert resumed.record["resumed_from_step"] == EVERY
+    assert resumed.record.resumed_from_step == EVERY
     assert _facts(resumed.record) == _facts(whole.record)
     assert checkpoint.peek(tmp_path / "ck")["global_step"] % EVERY == 0
     assert list(tmp_path.rglob("*.part")) == []  # checkpoints were written atomically
@@ -206,7 +208,7 @@ def test_resume_without_a_checkpoint_starts_fresh(digits, tmp_path):
     whole = _run(digits, "finetune", {"epochs": 1})
     fresh = _run(digits, "finetune", {"epochs": 1}, checkpoint_dir=tmp_path / "none", resume=True)
     _assert_same_weights(whole, fresh)
-    assert fresh.record["resumed_from_step"] is None
+    assert fresh.record.resumed_from_step is None
 
 
 def test_checkpoints_need_a_folder(digits):

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 
+from revise._run_record import RunRecord
 from revise.cli.sweep import parse_grid
 from revise.errors import UsageError
 from revise.evaluate import EvalSet
@@ -102,7 +103,7 @@ def test_sweep_ranks_runs_by_distance_to_the_reference(digits):
     assert result.reference == pytest.approx(want, abs=1e-3)
     assert want["forget"] < 0.05 < 0.95 < want["retain"]
     for row in result.rows:  # each score is the distance of the run's accuracies to the reference's
-        acc = {name: stats["accuracy"] for name, stats in row.record["metrics"].items()}
+        acc = {name: stats["accuracy"] for name, stats in row.record.metrics.items()}
         expected = math.hypot(acc["retain"] - want["retain"], acc["forget"] - want["forget"])
         assert row.score == pytest.approx(expected, abs=1e-3)
     # The retrained model never saw a 0: the run that forgets (lr 1e-2, forget accuracy near 0)
@@ -132,7 +133,7 @@ def test_sweep_rejects_a_setting_given_twice(digits):
 
 
 def _outcomes(rows):
-    return [(row.settings, row.record["metrics"], row.score) for row in rows]
+    return [(row.settings, row.record.metrics, row.score) for row in rows]
 
 
 def test_concurrent_sweep_makes_the_same_runs_as_a_sequential_one(digits):
@@ -207,7 +208,7 @@ def test_a_diverged_run_ranks_last_and_the_sweep_goes_on(digits):
     assert [row.label for row in result.rows] == ["(original)", "lr=0.0001", "lr=1000000000000.0"]
     assert result.original_is_best and result.best_run is None and result.rows[0].score == 0
     worst = result.rows[-1]
-    assert worst.score == math.inf and "diverged" in worst.record["error"]
+    assert worst.score == math.inf and "diverged" in worst.record.error
     table = result.table()
     assert "lower the learning rate" in table[2]["note"] and table[1]["note"] == ""
     with pytest.raises(DivergedError, match="every run of the sweep diverged"):
@@ -281,7 +282,10 @@ def test_collapse_by_retention_lost_or_by_predictions_in_one_class():
 def test_collapsed_runs_rank_after_the_original_and_diverged_runs_last():
     def row(label, score, **kw):
         return SweepRow(
-            {"lr": label}, {"metrics": {}, "wall_clock_s": {}, **kw.pop("rec", {})}, score, **kw
+            {"lr": label},
+            RunRecord(method="psg", metrics={}, wall_clock_s={}, **kw.pop("rec", {})),
+            score,
+            **kw,
         )
 
     rows = [
@@ -324,18 +328,18 @@ def test_ranking_warnings_name_what_the_criterion_cannot_judge():
     digests = {"forget": "f1", "retain": "r1"}
     (line,) = ranking_warnings("class", full, reference_given=True, digests=digests)
     assert "no run record" in line
-    same = {"method": "retrain", "selection_digests": dict(digests)}
+    same = RunRecord(method="retrain", selection_digests=dict(digests))
     assert (
         ranking_warnings(
             "class", full, reference_given=True, reference_record=same, digests=digests
         )
         == []
     )
-    other = {
-        "method": "psg",
-        "forget_selection": 'device == "B"',
-        "selection_digests": {"forget": "f2", "retain": "r1"},
-    }
+    other = RunRecord(
+        method="psg",
+        forget_selection='device == "B"',
+        selection_digests={"forget": "f2", "retain": "r1"},
+    )
     lines = ranking_warnings(
         "class", full, reference_given=True, reference_record=other, digests=digests
     )
@@ -370,11 +374,11 @@ def test_class_forgetting_ranks_the_run_that_forgot_above_the_one_that_kept_the_
     # the gentle run barely moved: it ranks beside the original, far behind the run that forgot
     assert [row.label for row in result.rows] == ["lr=0.01", "lr=1e-05", "(original)"]
     forgot, kept = result.rows[0], next(r for r in result.rows if r.label == "lr=1e-05")
-    assert forgot.record["metrics"]["forget"]["accuracy"] < 0.05
-    assert kept.record["metrics"]["forget"]["accuracy"] > 0.95
+    assert forgot.record.metrics["forget"]["accuracy"] < 0.05
+    assert kept.record.metrics["forget"]["accuracy"] > 0.95
     assert forgot.score < 0.1 < 0.9 < kept.score
     original = next(r for r in result.rows if r.original)
-    assert original.record["metrics"]["forget"]["accuracy"] == 1.0 and original.score > 0.9
+    assert original.record.metrics["forget"]["accuracy"] == 1.0 and original.score > 0.9
 
 
 def test_a_collapsed_run_ranks_after_the_original_even_when_its_score_is_lower(digits):
@@ -416,7 +420,7 @@ def test_the_best_run_is_the_sweeps_own_network(digits, tmp_path):
     assert weights_digest(saved.module) == weights_digest(fresh.model)
     assert weights_digest(saved.module) != weights_digest(digits["net"])
     record = json.loads((tmp_path / "best" / "run.json").read_text())
-    assert record["metrics"] == fresh.record["metrics"]
+    assert record["metrics"] == fresh.record.metrics
     assert record["sweep"]["rank"] == 1 and record["sweep"]["criterion"] == ESTIMATED
 
 
@@ -427,7 +431,7 @@ def test_class_forgetting_without_heldout_images_warns(digits):
     )  # fmt: skip
     (line,) = result.warnings
     assert "no held-out images outside the forgotten classes" in line
-    assert result.rows[0].record["sweep"]["predictions_on"] == "retain"
+    assert result.rows[0].record.sweep["predictions_on"] == "retain"
 
 
 def test_subset_forgetting_without_heldout_images_of_the_group_warns_and_falls_back(digits):
@@ -448,6 +452,6 @@ def test_subset_forgetting_without_heldout_images_of_the_group_warns_and_falls_b
     )  # fmt: skip
     assert result.kind == "subset"
     original = next(r for r in result.rows if r.original)
-    assert result.target["forget"] == original.record["metrics"]["heldout_retain"]["accuracy"]
+    assert result.target["forget"] == original.record.metrics["heldout_retain"]["accuracy"]
     (line,) = result.warnings
     assert "without held-out images of the forgotten group" in line and "falls back" in line
