@@ -193,6 +193,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(cli, demo_site, tmp_pa
     assert digests[0] == digests[1]
 
 
+# three whole recipe runs: end to end, in the slow set (run by CI)
+@pytest.mark.slow
 def test_changed_inputs_rerun_their_stages_and_a_new_key_re_signs(
     cli, demo_site, tmp_path, monkeypatch
 ):

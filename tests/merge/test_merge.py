@@ -209,6 +209,8 @@ def test_merge_mode_must_be_one_or_the_other():
 # end to end: two real runs, merged both ways through the command line
 
 
+# two real unlearning runs merged both ways: end to end, in the slow set (run by CI)
+@pytest.mark.slow
 def test_merge_cli_end_to_end(merge_site, tmp_path):
     from revise.evaluate import predict
     from revise.models.io import load_model, weights_digest
