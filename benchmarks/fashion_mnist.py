@@ -225,6 +225,7 @@ def merge(original, models, inputs, options, data, sc, retrained, device, seed):
     BatchNorm on (the scenario's four sets; the reference is the retrained model)."""
     import pandas as pd
 
+    from revise._run_record import RunRecord
     from revise.evaluate import EvalSet
     from revise.merge import RunInput, merge_runs
     from revise.models.io import weights_digest
@@ -244,7 +245,8 @@ def merge(original, models, inputs, options, data, sc, retrained, device, seed):
         sets[name] = EvalSet(LabelledTensors(data[xs][mask], y), rows)
     prepared = PreparedData(sc.name, sets, {})
     digest = weights_digest(original)
-    runs = [RunInput(name, models[name], card(), {"base_model_digest": digest}) for name in inputs]
+    record = RunRecord(method="benchmark", base_model_digest=digest)  # only the base is read
+    runs = [RunInput(name, models[name], card(), record) for name in inputs]
     options = dict(options)
     if options.pop("reference", False):
         options["reference"] = retrained

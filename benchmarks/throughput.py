@@ -16,7 +16,7 @@ zeros), it measures:
 2. **psg unlearning through the real code path**: ``revise.unlearn.api.unlearn(method="psg")``
    with one inner search step, ``epochs=1``, ``batch_size=--batch``, on ``steps * batch``
    forget images (so exactly ``--steps`` steps), once with ``phi=0`` and once with ``phi=1``
-   (a retain batch per step). images/s = forget images / ``record["wall_clock_s"]["unlearn"]``
+   (a retain batch per step). images/s = forget images / ``record.wall_clock_s["unlearn"]``
    (setup excluded), and the attack / update split from the record's phase timer. One
    unlearn call over ``--warmup`` steps runs first and is discarded; of ``--repeats`` calls
    the one with the median unlearn time counts.

@@ -40,7 +40,7 @@ deployed = train_classifier(build(card), card, everything, TrainConfig(epochs=20
 result = run_unlearning(deployed, card, data, method="psg", config=PSG_DEMO_CONFIG)
 save_run(result, work / "run", overwrite=True)
 before = evaluate(deployed, card, data.sets)
-for name, after in result.record["metrics"].items():
+for name, after in result.record.metrics.items():
     print(f"{name:<16} accuracy {before[name]['accuracy']:.3f} -> {after['accuracy']:.3f}")
 
 heldout = normalize(data.sets["heldout_retain"].data.x[:128], card)
