@@ -119,6 +119,11 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
         raise
     except UnicodeDecodeError:
         raise not_utf8(path, "manifest", hint=_CSV_HINT) from None
+    except PermissionError:  # the file is fine: only this user may not read it
+        raise DataError(
+            f"manifest {path} is not readable by this user (permission denied)",
+            hint=f"give read permission (e.g. chmod a+r {path}) or run as its owner",
+        ) from None
     except Exception as exc:  # pyarrow/pandas raise many types for a broken file
         raise DataError(
             f"manifest {path} is unreadable: {exc}", hint="re-create it with `revise index`"

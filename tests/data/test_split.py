@@ -50,3 +50,23 @@ def test_errors_describe_the_selection_without_patient_ids(manifest, selection, 
     message = str(info.value)
     assert problem in message and "patient" in message
     assert "MRN" not in message
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_manifest_this_user_may_not_read_says_so_not_re_index(tmp_path, monkeypatch, suffix):
+    from revise.data import manifest as manifest_mod
+    from revise.errors import DataError
+
+    path = tmp_path / f"m{suffix}"
+    path.write_text("sample_key,path\n")
+
+    def denied(*args, **kwargs):  # tests run as root, which may read anything: as the OS says
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pd, "read_csv", denied)
+    monkeypatch.setattr(pd, "read_parquet", denied)
+    with pytest.raises(DataError) as caught:
+        manifest_mod.load(path)
+    message = str(caught.value)
+    assert f"manifest {path} is not readable by this user (permission denied)" in message
+    assert "chmod a+r" in message and "revise index" not in message
