@@ -207,7 +207,7 @@ def _section(
             problems.add(f"{where}.{key}", f"not an option of this stage{_hint(name, allowed)}")
             known = False
         elif name in files and raw is not None:
-            given[name] = path(f"{where}.{key}", raw, must_exist=files[name])
+            given[name] = path(f"{where}.{key}", raw, must_exist=True)
         else:
             given[name] = raw
     found = collect(options, given, spell=lambda field: f"{where}.{field}")

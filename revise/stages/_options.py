@@ -25,13 +25,13 @@ class StageOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     @classmethod
-    def path_fields(cls) -> dict[str, bool]:
-        """The fields holding files or folders, each with whether it must exist."""
-        out = {}
+    def path_fields(cls) -> set[str]:
+        """The fields holding files or folders (each an input: it must exist)."""
+        out = set()
         for name, info in cls.model_fields.items():
             types = get_args(info.annotation) or (info.annotation,)
             if Path in types or any(Path in get_args(t) for t in types):
-                out[name] = not (info.json_schema_extra or {}).get("may_be_missing", False)
+                out.add(name)
         return out
 
     def given(self) -> dict[str, Any]:

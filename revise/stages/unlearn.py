@@ -7,6 +7,7 @@ run would. Under torchrun every worker calls :func:`unlearn_run`; rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -99,8 +100,6 @@ def unlearn_run(
 
     ``progress(description)``: a context manager yielding the step callback (the CLI's bar);
     ``quiet`` silences the decoding progress."""
-    import contextlib
-
     from revise._io import check_output
     from revise.data import manifest as manifest_mod
     from revise.data.split import share_of_sets
