@@ -129,7 +129,7 @@ def _subset(labels: np.ndarray, n: int | None, classes: int) -> np.ndarray:
 def fashion(size: DataSize, seed: int, folder: Path = FASHION_DATA) -> SiteData:
     from _suite_common import FASHION_CLASSES, idx_file
 
-    from revise.data.idx_loader import read_idx
+    from revise.data._idx_format import read_idx
 
     labels = read_idx(idx_file(folder, "train-labels-idx1-ubyte")).astype(np.int64)
     rng = np.random.default_rng(seed)

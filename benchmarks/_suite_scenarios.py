@@ -16,8 +16,8 @@ from _suite_common import compare_to_retrain
 from _suite_data import SiteData
 
 if TYPE_CHECKING:
+    from revise.data.sets import DecodedSet
     from revise.models.card import ModelCard
-    from revise.unlearn.base import LabelledTensors
 
 KINDS = ("class", "device", "patients", "random")
 FORGET_CLASS = 0
@@ -110,12 +110,12 @@ def build_scenario(data: SiteData, kind: str, seed: int) -> Scenario:
     raise SystemExit(f"unknown scenario {kind!r}: choose from {', '.join(KINDS)}")
 
 
-def tensors(data: SiteData, mask: np.ndarray) -> LabelledTensors:
+def tensors(data: SiteData, mask: np.ndarray) -> DecodedSet:
     """The rows of ``mask`` as revise's (images, labels) pair."""
-    from revise.unlearn.base import LabelledTensors
+    from revise.data.sets import DecodedSet
 
     index = torch.from_numpy(np.flatnonzero(mask))
-    return LabelledTensors(data.x[index], torch.from_numpy(data.label[index]))
+    return DecodedSet(data.x[index], torch.from_numpy(data.label[index]))
 
 
 def measure(
@@ -123,7 +123,7 @@ def measure(
 ) -> dict[str, Any]:
     """FA, RA, TA, test-forget, loss-MIA with its interval and MIA-Efficacy of one model."""
     from revise.errors import DataError
-    from revise.evaluate import predict
+    from revise.unlearn.evaluate import predict
     from revise.validate.mia import MIN_PER_GROUP, loss_mia, mia_efficacy, per_sample_loss
     from revise.validate.mia import true_class_probability as tcp
 

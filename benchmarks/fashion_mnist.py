@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout where revise is not installed (a GPU box)
     sys.path.insert(0, str(ROOT))
 
-from revise._io import write_json_atomic, write_text_atomic  # noqa: E402
+from revise._io.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 if str(Path(__file__).parent) not in sys.path:  # the shared helpers beside this script
     sys.path.insert(0, str(Path(__file__).parent))
@@ -149,7 +149,7 @@ SCALES = {
 
 def load_fashion_mnist(folder: Path, scale: Scale) -> dict[str, torch.Tensor]:
     """x in [0, 1], (N, 1, 32, 32); a class-balanced subset (the first k of each class)."""
-    from revise.data.idx_loader import read_idx
+    from revise.data._idx_format import read_idx
 
     def part(prefix: str, per_class: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         images = read_idx(idx_file(folder, f"{prefix}-images-idx3-ubyte"))
@@ -226,11 +226,9 @@ def merge(original, models, inputs, options, data, sc, retrained, device, seed):
     import pandas as pd
 
     from revise._run_record import RunRecord
-    from revise.evaluate import EvalSet
+    from revise.data.sets import DecodedSet, DecodedSets
     from revise.merge import RunInput, merge_runs
     from revise.models.io import weights_digest
-    from revise.pipeline import PreparedData
-    from revise.unlearn.base import LabelledTensors
 
     masks = {
         "forget": ("x_train", "y_train", sc.forget),
@@ -242,8 +240,8 @@ def merge(original, models, inputs, options, data, sc, retrained, device, seed):
     for name, (xs, ys, mask) in masks.items():
         y = data[ys][mask]
         rows = pd.DataFrame({"label": y.numpy().astype(str), "device": "fashion-mnist"})
-        sets[name] = EvalSet(LabelledTensors(data[xs][mask], y), rows)
-    prepared = PreparedData(sc.name, sets, {})
+        sets[name] = DecodedSet(data[xs][mask], y, rows)
+    prepared = DecodedSets(sc.name, sets, {})
     digest = weights_digest(original)
     record = RunRecord(method="benchmark", base_model_digest=digest)  # only the base is read
     runs = [RunInput(name, models[name], card(), record) for name in inputs]
@@ -276,7 +274,7 @@ def measure(
     net: torch.nn.Module, data: dict[str, torch.Tensor], sc: Scenario, device: str
 ) -> dict[str, float]:
     """Accuracies and both MIAs, as revise.validate defines them."""
-    from revise.evaluate import predict
+    from revise.unlearn.evaluate import predict
     from revise.validate.mia import (
         loss_mia,
         mia_efficacy,
@@ -357,7 +355,7 @@ def method_configs(scale: Scale) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def recipe(scale: Scale):
-    from revise.train import TrainConfig
+    from revise.unlearn.train import TrainConfig
 
     return TrainConfig(epochs=scale.epochs, batch_size=64, lr=0.01)
 
@@ -373,10 +371,10 @@ def fresh_model(seed: int) -> torch.nn.Module:
 def train_original(
     data: dict[str, torch.Tensor], scale: Scale, seed: int, device: str
 ) -> tuple[torch.nn.Module, float]:
-    from revise.train import train_classifier
-    from revise.unlearn.base import LabelledTensors
+    from revise.data.sets import DecodedSet
+    from revise.unlearn.train import train_classifier
 
-    everything = LabelledTensors(data["x_train"], data["y_train"])
+    everything = DecodedSet(data["x_train"], data["y_train"])
     t0 = time.perf_counter()
     net = train_classifier(
         fresh_model(seed), card(), everything, recipe(scale), device=device, seed=seed
@@ -388,12 +386,12 @@ def save_models(
     folder: Path, data: dict[str, torch.Tensor], scale: Scale, original, device: str
 ) -> None:
     """The original and the class-0 retrained model (seed 0) as revise model folders."""
+    from revise.data.sets import DecodedSet
     from revise.models.io import save_model
-    from revise.train import train_classifier
-    from revise.unlearn.base import LabelledTensors
+    from revise.unlearn.train import train_classifier
 
     keep = data["y_train"] != 0
-    retain = LabelledTensors(data["x_train"][keep], data["y_train"][keep])
+    retain = DecodedSet(data["x_train"][keep], data["y_train"][keep])
     retrained = train_classifier(fresh_model(0), card(), retain, recipe(scale), device=device)
     save_model(original, card(), folder / "original")
     save_model(retrained, card(), folder / "retrained-class0")
@@ -412,13 +410,13 @@ def run_scenario(
 ) -> list[Run]:
     """Every run of one scenario and seed; ``on_run(runs so far)`` after each (complete rows:
     the comparisons with Retrain are made as each run ends)."""
-    from revise.train import train_classifier
+    from revise.data.sets import DecodedSet
     from revise.unlearn.api import unlearn
-    from revise.unlearn.base import LabelledTensors
+    from revise.unlearn.train import train_classifier
 
     c = card()
-    forget = LabelledTensors(data["x_train"][sc.forget], data["y_train"][sc.forget])
-    retain = LabelledTensors(data["x_train"][~sc.forget], data["y_train"][~sc.forget])
+    forget = DecodedSet(data["x_train"][sc.forget], data["y_train"][sc.forget])
+    retain = DecodedSet(data["x_train"][~sc.forget], data["y_train"][~sc.forget])
     t0 = time.perf_counter()
     retrained = train_classifier(
         fresh_model(seed), c, retain, recipe(scale), device=device, seed=seed

@@ -44,10 +44,8 @@ SETS = ("forget", "retain", "heldout_forget", "heldout_retain")
 def digits_data():
     from sklearn.datasets import load_digits
 
-    from revise.evaluate import EvalSet
+    from revise.data.sets import DecodedSet, DecodedSets
     from revise.models.card import ModelCard
-    from revise.pipeline import PreparedData
-    from revise.unlearn.base import LabelledTensors
 
     d = load_digits()
     x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]
@@ -62,9 +60,9 @@ def digits_data():
     sets = {}
     for name, mask in masks.items():
         rows = pd.DataFrame({"label": y[mask].numpy().astype(str), "device": "digits"})
-        sets[name] = EvalSet(LabelledTensors(x[mask], y[mask]), rows)
+        sets[name] = DecodedSet(x[mask], y[mask], rows)
     card = ModelCard("small_cnn", 10, 1, (8, 8), mean=(0.3,), std=(0.4,))
-    return card, PreparedData("label == 0", sets, {})
+    return card, DecodedSets("label == 0", sets, {})
 
 
 def accuracies(metrics) -> dict[str, float]:
@@ -72,14 +70,14 @@ def accuracies(metrics) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from revise.evaluate import evaluate
+    from revise.data.sets import DecodedSet
     from revise.merge import RunInput, merge_runs
     from revise.models.architectures import build
     from revise.models.io import weights_digest
-    from revise.sweep import distance
-    from revise.train import TrainConfig, train_classifier
     from revise.unlearn.api import unlearn
-    from revise.unlearn.base import LabelledTensors
+    from revise.unlearn.evaluate import evaluate
+    from revise.unlearn.sweep_ranking import distance
+    from revise.unlearn.train import TrainConfig, train_classifier
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -90,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     card, data = digits_data()
     sets = data.sets
-    forget, retain = sets["forget"].data, sets["retain"].data
-    everything = LabelledTensors(torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]))
+    forget, retain = sets["forget"], sets["retain"]
+    everything = DecodedSet(torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]))
     recipe = TrainConfig(epochs=15, lr=0.05)
     seconds: dict[str, float] = {}
 

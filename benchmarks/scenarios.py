@@ -13,9 +13,9 @@ automatic revision, each against its retrained reference.
 Datasets (benchmarks/_suite_data.py): digits (the demo site's two devices, 16x16), fashion
 (Fashion-MNIST with a synthetic second device, 28x28), lesions (procedural RGB 48x48). Scenarios
 (benchmarks/_suite_scenarios.py): class, device, patients, random. Per dataset the original is
-trained on every training row with revise's recipe (revise.train.train_classifier); per scenario
-the retrained reference is trained on the retain rows with the same recipe and initial weights,
-and timed ("retrain's time"). Then every registered method runs at its defaults, and the
+trained on every training row with revise's recipe (revise.unlearn.train.train_classifier); per
+scenario the retrained reference is trained on the retain rows with the same recipe and initial
+weights, and timed ("retrain's time"). Then every registered method runs at its defaults, and the
 automatic revision (revise.unlearn.auto.auto_revise) where it exists, without the reference and
 without the test split. See benchmarks/README.md for the columns.
 
@@ -50,11 +50,11 @@ from _suite_report import markdown  # noqa: E402
 from _suite_scenarios import KINDS, TARGET, Scenario, build_scenario, measure, score  # noqa: E402
 from _suite_scenarios import tensors as rows_of  # noqa: E402
 
-from revise._io import write_json_atomic, write_text_atomic  # noqa: E402
+from revise._io.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 if TYPE_CHECKING:
     from revise.models.card import ModelCard
-    from revise.train import TrainConfig
+    from revise.unlearn.train import TrainConfig
 
 AUTO = "auto"
 # What a row keeps of the run record: the method and settings (the automatic revision's choice
@@ -68,7 +68,7 @@ class Setup:
 
     size: DataSize
     widths: tuple[int, ...]
-    epochs: int = 15  # revise's recipe (revise.train.TrainConfig, the seed paper's 15 epochs)
+    epochs: int = 15  # revise's recipe (unlearn.train.TrainConfig, the seed paper's 15 epochs)
     lr: float = 0.05  # the demo's: small CNNs trained briefly
 
 
@@ -130,7 +130,7 @@ def make_card(data: SiteData, setup: Setup) -> ModelCard:
 
 
 def recipe(setup: Setup) -> TrainConfig:
-    from revise.train import TrainConfig
+    from revise.unlearn.train import TrainConfig
 
     return TrainConfig(epochs=setup.epochs, batch_size=64, lr=setup.lr)
 
@@ -140,7 +140,7 @@ def train(
 ) -> tuple[nn.Module, float]:
     """revise's recipe from the seed's initial weights (the same for original and retrains)."""
     from revise.models.architectures import build
-    from revise.train import train_classifier
+    from revise.unlearn.train import train_classifier
 
     torch.manual_seed(seed)
     net = build(card)

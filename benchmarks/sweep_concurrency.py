@@ -7,7 +7,7 @@
 The grid is psg's gamma x lambda grid of the seed paper (4 x 5 points; ``--grid GxL`` takes the
 first G gammas and L lambdas), one pass over the forget set (Fashion-MNIST class 0) at the
 paper's batch of 64, on data prepared once. For each level K of ``--levels``,
-``revise.sweep.sweep(concurrent=K)`` runs the whole grid; K=1 is the sequential sweep, whose
+``revise.unlearn.sweep.sweep(concurrent=K)`` runs the whole grid; K=1 is the sequential sweep, whose
 runs' own clocks (set-up, unlearning, evaluation) add up to "the sum of single runs". A warm-up
 run comes first (CUDA context, cuDNN autotuning). Every level must rank the same runs with the
 same scores: the check is printed and stored.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))  # the sibling benchmarks, also when loaded from a
 import fashion_mnist as fm  # noqa: E402
 import throughput as tp  # noqa: E402  (puts the repository on sys.path too)
 
-from revise._io import write_text_atomic  # noqa: E402
+from revise._io.atomic import write_text_atomic  # noqa: E402
 
 GAMMAS = (0.0, 1e-4, 0.1, 1.0)
 RUN_PHASES = ("setup", "unlearn", "evaluation")
@@ -51,24 +51,22 @@ def prepared_data(data: dict[str, torch.Tensor]):
     two training-side ones (the ranking uses only these)."""
     import pandas as pd
 
-    from revise.evaluate import EvalSet
-    from revise.pipeline import PreparedData
-    from revise.unlearn.base import LabelledTensors
+    from revise.data.sets import DecodedSet, DecodedSets
 
-    def as_set(mask: torch.Tensor) -> EvalSet:
-        part = LabelledTensors(data["x_train"][mask], data["y_train"][mask])
-        return EvalSet(part, pd.DataFrame({"label": part.y.numpy()}))
+    def as_set(mask: torch.Tensor) -> DecodedSet:
+        x, y = data["x_train"][mask], data["y_train"][mask]
+        return DecodedSet(x, y, pd.DataFrame({"label": y.numpy()}))
 
     forget = data["y_train"] == 0
-    return PreparedData("label in [0]", {"forget": as_set(forget), "retain": as_set(~forget)}, {})
+    return DecodedSets("label in [0]", {"forget": as_set(forget), "retain": as_set(~forget)}, {})
 
 
 def quick_original(data: dict[str, torch.Tensor], device: str) -> torch.nn.Module:
     """One epoch of training: speed does not depend on how well the model learned."""
-    from revise.train import TrainConfig, train_classifier
-    from revise.unlearn.base import LabelledTensors
+    from revise.data.sets import DecodedSet
+    from revise.unlearn.train import TrainConfig, train_classifier
 
-    everything = LabelledTensors(data["x_train"], data["y_train"])
+    everything = DecodedSet(data["x_train"], data["y_train"])
     recipe = TrainConfig(epochs=1, batch_size=256, lr=0.05)
     return train_classifier(fm.fresh_model(0), fm.card(), everything, recipe, device=device)
 
@@ -79,7 +77,7 @@ def outcome(result) -> list[tuple[str, float]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from revise.models.pixel import resolve_device
-    from revise.sweep import sweep
+    from revise.unlearn.sweep import sweep
 
     device = resolve_device(args.device)
     if args.threads:
@@ -135,8 +133,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device": device.type,
             "grid": grid,
             "fixed": fixed,
-            "forget_images": len(prepared.sets["forget"].data),
-            "retain_images": len(prepared.sets["retain"].data),
+            "forget_images": len(prepared.sets["forget"]),
+            "retain_images": len(prepared.sets["retain"]),
         },
         "levels": levels,
     }

@@ -86,12 +86,13 @@ if str(REPO) not in sys.path:  # run from a checkout where revise is not install
     sys.path.insert(0, str(REPO))
 
 import revise  # noqa: E402
-from revise._io import write_json_atomic, write_text_atomic  # noqa: E402
+from revise._io.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from revise.data.sets import DecodedSet  # noqa: E402
 from revise.models.architectures import ARCHITECTURES, BasicBlock  # noqa: E402
 from revise.models.card import ModelCard  # noqa: E402
 from revise.models.pixel import resolve_device  # noqa: E402
 from revise.unlearn.api import unlearn  # noqa: E402
-from revise.unlearn.base import LabelledTensors, freeze  # noqa: E402
+from revise.unlearn.base import freeze  # noqa: E402
 
 DEFAULT_MARKDOWN = REPO / "docs" / "benchmarks" / "throughput.md"
 INNER_STEPS = 1  # psg's boundary-search steps per update (the authors' default)
@@ -319,14 +320,14 @@ def clock(device: torch.device) -> Any:
 
 def synthetic(
     n: int, spec: ModelSpec, device: torch.device, generator: torch.Generator
-) -> LabelledTensors:
+) -> DecodedSet:
     """Uniform pixels in [0, 1] and uniform labels, made on the device (channels_last on CUDA)."""
     shape = (n, spec.in_channels, spec.size, spec.size)
     x = torch.rand(shape, generator=generator, device=device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, spec.num_classes, (n,), generator=generator, device=device)
-    return LabelledTensors(x, y)
+    return DecodedSet(x, y)
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -334,7 +335,7 @@ def synthetic(
 
 def measure_components(
     net: nn.Module,
-    pool: list[LabelledTensors],
+    pool: list[DecodedSet],
     device: torch.device,
     *,
     iters: int,
@@ -347,7 +348,7 @@ def measure_components(
     optimizer = torch.optim.SGD(model.parameters(), lr=PSG_LR, momentum=PSG_MOMENTUM)
     leaves = [b.x.detach().clone().requires_grad_(True) for b in pool]
 
-    def batch(i: int) -> LabelledTensors:
+    def batch(i: int) -> DecodedSet:
         return pool[i % len(pool)]
 
     def labeler_forward(i: int) -> None:
@@ -390,7 +391,7 @@ def measure_components(
 
 def measure_compiled_train(
     net: nn.Module,
-    pool: list[LabelledTensors],
+    pool: list[DecodedSet],
     device: torch.device,
     *,
     iters: int,
@@ -422,8 +423,8 @@ def measure_compiled_train(
 def measure_psg(
     net: nn.Module,
     card: ModelCard,
-    forget: LabelledTensors,
-    retain: LabelledTensors,
+    forget: DecodedSet,
+    retain: DecodedSet,
     device: torch.device,
     *,
     phi: float,
@@ -440,7 +441,7 @@ def measure_psg(
     common = dict(method="psg", config=config, device=str(device), seed=seed, compile=compile)
     if warmup or compile:
         n = min(len(forget), max(1, warmup) * batch)
-        unlearn(net, card, LabelledTensors(forget.x[:n], forget.y[:n]), retain, **common)
+        unlearn(net, card, DecodedSet(forget.x[:n], forget.y[:n]), retain, **common)
     records = [unlearn(net, card, forget, retain, **common).record for _ in range(repeats)]
     records.sort(key=lambda r: r.wall_clock_s["unlearn"])
     record = records[len(records) // 2]

@@ -14,15 +14,16 @@ import torch
 
 from revise.data.demo_site import build_demo_site
 from revise.data.index import index
-from revise.demo import PSG_DEMO_CONFIG, demo_card
-from revise.evaluate import evaluate
+from revise.data.sets import DecodedSet
+from revise.data.tensors import prepare
 from revise.export.onnx import export_onnx
 from revise.models.architectures import build
 from revise.models.pixel import normalize
-from revise.pipeline import prepare, run_unlearning
-from revise.train import TrainConfig, train_classifier
+from revise.stages.demo import PSG_DEMO_CONFIG, demo_card
 from revise.unlearn.api import save_run
-from revise.unlearn.base import LabelledTensors
+from revise.unlearn.evaluate import evaluate
+from revise.unlearn.pipeline import run_unlearning
+from revise.unlearn.train import TrainConfig, train_classifier
 from revise.validate.api import validate, write_report
 from revise.validate.criteria import parse_criteria
 
@@ -32,8 +33,8 @@ manifest = index(site.root / "dicom", labels=site.labels_csv).manifest
 card = demo_card()
 data = prepare(manifest, card, 'device == "Borealis CR-7"', cache_dir=work / "cache")
 
-forget, retain = data.sets["forget"].data, data.sets["retain"].data
-everything = LabelledTensors(torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]))
+forget, retain = data.sets["forget"], data.sets["retain"]
+everything = DecodedSet(torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]))
 torch.manual_seed(0)  # the deployed model's initial weights: the same every run
 deployed = train_classifier(build(card), card, everything, TrainConfig(epochs=20, lr=0.05))
 
@@ -43,7 +44,7 @@ before = evaluate(deployed, card, data.sets)
 for name, after in result.record.metrics.items():
     print(f"{name:<16} accuracy {before[name]['accuracy']:.3f} -> {after['accuracy']:.3f}")
 
-heldout = normalize(data.sets["heldout_retain"].data.x[:128], card)
+heldout = normalize(data.sets["heldout_retain"].x[:128], card)
 exported = export_onnx(result.model, card, work / "run" / "model.onnx", samples=heldout)
 print(f"ONNX parity: max |diff| {exported.parity.max_abs_diff:.1e}")
 

@@ -19,7 +19,7 @@ _LAZY = {
     "select": "revise.data.select",
     "load_tensors": "revise.data.tensors",
     "unlearn": "revise.unlearn.api",
-    "evaluate": "revise.evaluate",
+    "evaluate": "revise.unlearn.evaluate",
     "export_onnx": "revise.export.onnx",
     "load_criteria": "revise.validate.criteria",
     "validate": "revise.validate.api",

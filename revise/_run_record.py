@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from revise._io import read_json_object
+from revise._io.text import read_json_object
 from revise._schema import problems, refusal
 from revise.errors import ModelError
 

@@ -110,17 +110,17 @@ def _keep_global_rng() -> Iterator[None]:
 def train_model(manifest: Path, out: Path, *, epochs: int = 8) -> Path:
     """Train the deployed model on every training row of ``manifest``; save it to ``out``."""
     from revise.data import manifest as manifest_mod
-    from revise.demo import demo_card
+    from revise.data.tensors import prepare
     from revise.models.architectures import build
     from revise.models.io import save_model
-    from revise.pipeline import prepare
-    from revise.train import TrainConfig, train_classifier
+    from revise.stages.demo import demo_card
+    from revise.unlearn.train import TrainConfig, train_classifier
 
     card = demo_card()
     data = prepare(manifest_mod.load(manifest), card, None)  # no selection: all on retain side
     recipe = TrainConfig(epochs=epochs, batch_size=64, lr=0.05)
     torch.manual_seed(0)  # the initial weights: the same model in every session
-    net = train_classifier(build(card), card, data.sets["retain"].data, recipe, device="cpu")
+    net = train_classifier(build(card), card, data.sets["retain"], recipe, device="cpu")
     return save_model(net, card, out)
 
 

@@ -40,17 +40,17 @@ def _ok(result: Result) -> Result:
 
 def _train(manifest: Path, out: Path) -> Path:
     from revise.data import manifest as manifest_mod
-    from revise.demo import demo_card
+    from revise.data.tensors import prepare
     from revise.models.architectures import build
     from revise.models.io import save_model
-    from revise.pipeline import prepare
-    from revise.train import TrainConfig, train_classifier
+    from revise.stages.demo import demo_card
+    from revise.unlearn.train import TrainConfig, train_classifier
 
     card = demo_card()  # 16x16 grey, 10 digits: the 8x8 PNGs are resized to it
     data = prepare(manifest_mod.load(manifest), card, None)
     recipe = TrainConfig(epochs=30, batch_size=32, lr=0.05)
     torch.manual_seed(0)  # the initial weights: the same model in every session
-    net = train_classifier(build(card), card, data.sets["retain"].data, recipe, device="cpu")
+    net = train_classifier(build(card), card, data.sets["retain"], recipe, device="cpu")
     return save_model(net, card, out)
 
 

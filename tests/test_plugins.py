@@ -151,10 +151,10 @@ def test_allowed_by_config_file(installed, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        (f"plugins: {PLUGIN}\n", "'plugins' is a string, not a list of names"),
-        (f"- {PLUGIN}\n", "is a list, not a mapping with a 'plugins' list"),
+        (f"plugins: {PLUGIN}\n", f"plugins must be a list, not '{PLUGIN}'"),
+        (f"- {PLUGIN}\n", f": must be a mapping of names to values, not ['{PLUGIN}']"),
         (f"plugins: [{PLUGIN}\n", "line 2 column 1 is not valid YAML"),
-        ("plugins: [1, 2]\n", "'plugins' is a list with non-name entries"),
+        ("plugins: [1, 2]\n", "plugins[0] must be text, not 1"),
     ],
 )
 def test_malformed_config_file_is_a_plugin_error(tmp_path, monkeypatch, text, problem):
@@ -169,6 +169,35 @@ def test_malformed_config_file_is_a_plugin_error(tmp_path, monkeypatch, text, pr
     assert "plugins: [pngfolder]" in message  # the expected shape
     with pytest.raises(PluginError):
         plugins.plugin_infos()  # never a silent allow-list of letters, nor a crash
+
+
+def test_every_problem_of_the_config_file_is_said_with_its_location(tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"plugins: [{PLUGIN}, 7, '  ', ~]\nother: kept for other tools\n")
+    monkeypatch.setenv("REVISE_CONFIG", str(config))
+    with pytest.raises(PluginError) as err:
+        plugins.allow_list()
+    message = str(err.value)
+    assert message.startswith(f"plugin config {config}: 3 problems: "), message
+    assert "(1) plugins[1] must be text, not 7" in message
+    assert "(2) plugins[2] must be at least 1 character of text" in message
+    assert "(3) plugins[3] must be text, not None" in message
+    assert message.count("plugins: [pngfolder]") == 1  # the expected shape, said once
+    assert "other" not in message  # keys of other tools are theirs
+
+
+def test_the_allow_list_from_the_environment_is_the_config_files_list(tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    config.write_text("plugins: [from-the-file]\n")
+    monkeypatch.setenv("REVISE_CONFIG", str(config))
+    monkeypatch.setenv("REVISE_PLUGINS", f" {PLUGIN} ,, other ")
+    assert plugins.allow_list() == {PLUGIN, "other"}  # the variable wins, names stripped
+    monkeypatch.setenv("REVISE_PLUGINS", f"{PLUGIN},*")
+    assert plugins.allow_list() is None  # every plugin found
+    monkeypatch.delenv("REVISE_PLUGINS")
+    assert plugins.allow_list() == {"from-the-file"}
+    config.write_text("plugins: ['*']\n")
+    assert plugins.allow_list() is None
 
 
 def test_empty_config_file_allows_nothing(tmp_path, monkeypatch):

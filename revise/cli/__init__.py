@@ -14,7 +14,7 @@ import sys
 import click
 
 from revise import __version__
-from revise._io import write_error
+from revise._io.write_errors import write_error
 from revise.errors import RevisionError
 
 

@@ -80,7 +80,7 @@ def index_cmd(
 @click.pass_context
 def select_cmd(ctx, manifest, expression, out, overwrite) -> None:
     """Show what EXPRESSION selects in MANIFEST, e.g. 'device == "Cirrus 800 FA"'."""
-    from revise._io import check_output
+    from revise._io.outputs import check_output
     from revise.data import manifest as manifest_mod
     from revise.data.select import describe, select
 

@@ -24,9 +24,9 @@ from revise.cli._common import device_option, echo, seed_option
 @click.pass_context
 def demo(ctx: click.Context, out: Path, device: str, seed: int) -> None:
     """Run the whole revision path on a built-in DICOM site (digits, two devices)."""
-    from revise._io import check_output
-    from revise.demo import FORGET, format_table, run_demo
-    from revise.export.onnx import require_onnxruntime
+    from revise._io.outputs import check_output
+    from revise.export.parity import require_onnxruntime
+    from revise.stages.demo import FORGET, format_table, run_demo
 
     check_output(out, overwrite=True, option="out")  # new, empty, or an earlier demo's folder
     require_onnxruntime()  # the demo exports and checks ONNX parity: say so before any work

@@ -126,7 +126,7 @@ def unlearn_cmd(
     The run is built in <out>.partial/ and moved to <out> when complete; with --checkpoint-every
     N a killed run can be continued with --resume and ends as the uninterrupted run would.
     """
-    from revise._io import check_output
+    from revise._io.outputs import check_output
     from revise.stages.unlearn import UnlearnJob, check_job, unlearn_run
     from revise.stages.unlearn import summary as run_summary
     from revise.unlearn.auto import AUTO
@@ -214,11 +214,12 @@ def evaluate_cmd(
     model_path, card, arch, manifest_path, forget, by, json_out, overwrite, cache, device
 ):
     """Accuracy on forget / retain / held-out sets, per device and per class."""
-    from revise._io import check_output, write_json_atomic
+    from revise._io.atomic import write_json_atomic
+    from revise._io.outputs import check_output
     from revise.data.manifest import FORBIDDEN_COLUMNS
-    from revise.evaluate import evaluate
-    from revise.pipeline import prepare
+    from revise.data.tensors import prepare
     from revise.registry import did_you_mean
+    from revise.unlearn.evaluate import evaluate
 
     if json_out is not None and json_out.is_dir():
         raise UsageError(f"--json {json_out} is a folder; give a file name")

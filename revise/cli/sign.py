@@ -50,7 +50,7 @@ def _password(var: str | None) -> bytes | None:
 @click.pass_context
 def keygen_cmd(ctx, keydir, curve, password_env, overwrite) -> None:
     """Create an EC key pair for `revise sign`; keep the .key secret, hand out the .pub."""
-    from revise.export.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+    from revise.export.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
 
     password = _password(password_env)
     keydir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def sign_cmd(ctx, bundle, key_path, password_env, allow_unvalidated) -> None:
     the model folder is no verdict on the bundle). Signing a signed bundle again (e.g. with a
     new key) replaces both files.
     """
-    from revise.export.bundle import SIGNATURE_NAME
+    from revise.export.manifest import SIGNATURE_NAME
     from revise.export.signing import sign_bundle
 
     password = _password(password_env)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from revise._io import RUN_RECORD, SWEEP_RECORD
+from revise._io.outputs import RUN_RECORD, SWEEP_RECORD
 from revise._run_record import BaseModelRef, RunRecord, read_run_record
 from revise.cli._common import (
     arch_option,
@@ -132,12 +132,15 @@ def sweep_cmd(
     """
     import pandas as pd
 
-    from revise._io import atomic_dir, check_output, write_json_atomic
+    from revise._io.atomic import atomic_dir, write_json_atomic
+    from revise._io.outputs import check_output
     from revise.data import manifest as manifest_mod
+    from revise.data.tensors import prepare
     from revise.models.io import load_model, weights_digest
-    from revise.pipeline import prepare
-    from revise.sweep import COLLAPSE_MARGIN, sweep, sweep_points
     from revise.unlearn.api import save_run
+    from revise.unlearn.sweep import sweep
+    from revise.unlearn.sweep_grid import sweep_points
+    from revise.unlearn.sweep_ranking import COLLAPSE_MARGIN
 
     say = echo(ctx)
     inputs = [model_path, card, manifest_path, reference]  # before any work: refusing is free

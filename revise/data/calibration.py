@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from revise._io import RUN_RECORD
+from revise._io.outputs import RUN_RECORD
 from revise._run_record import RunRecord, read_run_record
 
 FRACTION = 0.3  # of the held-out rows; the rest stay for validation

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from revise._io import atomic_path, check_finished, not_utf8, sha256_bytes
+from revise._io.atomic import atomic_path
+from revise._io.digests import sha256_bytes
+from revise._io.temporaries import check_finished
+from revise._io.text import not_utf8
 from revise.errors import DataError
 
 # name -> meaning. Order is the column order written to disk.

@@ -3,19 +3,23 @@ load only when their entry-point name is on the allow-list.
 
 Allow-list, from first found: ``REVISE_PLUGINS`` (comma-separated names, ``*`` for all found),
 else the ``plugins`` list in ``~/.revise/config.yaml`` (``REVISE_CONFIG`` overrides the path),
-else none: a third-party plugin never loads just because it is installed.
+else none: a third-party plugin never loads just because it is installed. The config is a
+:class:`PluginConfig`; a file that is not one is refused with every problem and its location.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Annotated
 
 import pluggy
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError
 
+from revise._schema import Hint, problems, refusal
 from revise.data.loaders import SiteLoader
 from revise.errors import PluginError, UnknownNameError
 
@@ -43,45 +47,42 @@ class PluginInfo:
 
 _CONFIG_SHAPE = "e.g. `plugins: [pngfolder]`, or `plugins:` then one `- name` line per plugin"
 
+_Name = Annotated[str, Strict(), StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class PluginConfig(BaseModel):
+    """What revise reads of its config file (``~/.revise/config.yaml``); any other key is left
+    alone. ``REVISE_PLUGINS`` gives the same allow-list as comma-separated names."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    # a list, never a bare string, which would otherwise allow each of its letters
+    plugins: Annotated[list[_Name] | None, Hint(_CONFIG_SHAPE)] = Field(
+        None, description="the entry-point names of the plugins allowed to load; * for all found"
+    )
+
+    def allowed(self) -> set[str] | None:
+        """Names allowed to load; ``None`` means every discovered plugin (``*``)."""
+        names = set(self.plugins or ())
+        return None if "*" in names else names
+
 
 def allow_list() -> set[str] | None:
     """Names allowed to load; ``None`` means every discovered plugin (``*``)."""
     env = os.environ.get("REVISE_PLUGINS")
     if env is not None:
-        names = {n.strip() for n in env.split(",") if n.strip()}
-    else:
-        config = Path(os.environ.get("REVISE_CONFIG", Path.home() / ".revise" / "config.yaml"))
-        names = _config_allow_list(config) if config.exists() else set()
-    return None if "*" in names else names
+        return PluginConfig(plugins=[n for n in env.split(",") if n.strip()]).allowed()
+    config = Path(os.environ.get("REVISE_CONFIG", Path.home() / ".revise" / "config.yaml"))
+    return (_read_config(config) if config.exists() else PluginConfig()).allowed()
 
 
-def _config_allow_list(config: Path) -> set[str]:
-    """The ``plugins`` list of the config file; anything but a list of names is an error (a
-    bare string would otherwise allow each of its letters)."""
-    data = _read_config(config)
-    if data is None:
-        return set()
-    if not isinstance(data, dict):
-        raise PluginError(
-            f"plugin config {config} is a {_yaml_kind(data)}, not a mapping with a 'plugins' list",
-            hint=_CONFIG_SHAPE,
-        )
-    names = data.get("plugins")
-    if names is None:
-        return set()
-    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
-        raise PluginError(
-            f"plugin config {config}: 'plugins' is a {_yaml_kind(names)}, not a list of names",
-            hint=_CONFIG_SHAPE,
-        )
-    return {n.strip() for n in names}
-
-
-def _read_config(config: Path) -> object:
+def _read_config(config: Path) -> PluginConfig:
+    """The config file as :class:`PluginConfig` (empty: nothing allowed); a file that is not
+    one is a PluginError naming every problem and where it is (``plugins[1]``)."""
     import yaml
 
     try:
-        return yaml.safe_load(config.read_text(encoding="utf-8"))
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise PluginError(f"plugin config {config} is unreadable: {exc}") from exc
     except yaml.YAMLError as exc:
@@ -91,14 +92,15 @@ def _read_config(config: Path) -> object:
         raise PluginError(
             f"plugin config {config}{where} is not valid YAML: {problem}", hint=_CONFIG_SHAPE
         ) from exc
-
-
-def _yaml_kind(value: object) -> str:
-    if isinstance(value, list):
-        return "list" if all(isinstance(v, str) for v in value) else "list with non-name entries"
-    return {str: "string", dict: "mapping", int: "number", float: "number", bool: "boolean"}.get(
-        type(value), type(value).__name__
-    )
+    try:
+        return PluginConfig.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        found = [  # each said with what the file should look like
+            p if p.hint else replace(p, hint=_CONFIG_SHAPE)
+            for p in problems(exc, PluginConfig, unknown="key")
+        ]
+        message, hint = refusal(f"plugin config {config}", found)
+        raise PluginError(message, hint=hint) from None
 
 
 class _Plugins:

@@ -76,26 +76,18 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import functools
-import hashlib
-import operator
 import os
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
+from pandas.api.types import is_datetime64_any_dtype
 
-from revise._io import not_utf8
+from revise.data._select_eval import _Context, _evaluate, _kind
+from revise.data._select_explain import _empty_error
 from revise.data._select_parser import MAX_DEPTH as MAX_DEPTH
-from revise.data._select_parser import Token as Token
-from revise.data._select_parser import _regex, parse
+from revise.data._select_parser import parse
 from revise.data._select_tree import (
     IDENTIFYING,
-    PATIENT,
     And,
     Compare,
     Comparison,
@@ -106,15 +98,12 @@ from revise.data._select_tree import (
     Not,
     Or,
     Random,
-    Value,
     _format,
     _leaves,
-    _quote,
     resolve_column,
 )
-from revise.data.manifest import ALIASES, FORBIDDEN_COLUMNS
+from revise.data.manifest import ALIASES
 from revise.errors import SelectionError
-from revise.phi import key_fingerprint, pseudonym, site_key
 
 __all__ = [
     "IDENTIFYING",
@@ -129,13 +118,11 @@ __all__ = [
     "Or",
     "Random",
     "columns_used",
-    "draw",
     "mask",
     "parse",
     "select",
 ]
 
-PSEUDONYM = re.compile(r"p-[0-9a-f]{16}")
 DATE_COLUMN = "study_date"  # ISO date text in a manifest, so its dtype does not say "date"
 
 
@@ -156,209 +143,6 @@ def describe(expr: str | Expr) -> str:
 def columns_used(expr: str | Expr) -> set[str]:
     """The manifest columns a selection reads (aliases resolved)."""
     return {leaf.column for leaf in _leaves(_as_expr(expr))}
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------
-
-
-def _text_view(column: pd.Series) -> pd.Series:
-    """Cells as stripped text; NA where missing or blank (DICOM pads values with spaces)."""
-    text = column.astype("string").str.strip()
-    return text.mask((text == "").fillna(False).astype(bool))
-
-
-def _number_view(column: pd.Series) -> pd.Series:
-    if is_numeric_dtype(column.dtype) and not is_bool_dtype(column.dtype):
-        return column
-    return pd.to_numeric(_text_view(column), errors="coerce")
-
-
-def _date_view(column: pd.Series) -> pd.Series:
-    """Cells as midnight timestamps: datetime columns, ISO YYYY-MM-DD or DICOM YYYYMMDD text."""
-    if is_datetime64_any_dtype(column.dtype):
-        if getattr(column.dt, "tz", None) is not None:
-            column = column.dt.tz_localize(None)
-        return column.dt.normalize()
-    text = _text_view(column)
-    iso = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
-    return iso.fillna(pd.to_datetime(text, format="%Y%m%d", errors="coerce"))
-
-
-_TRUTH = {"true": True, "t": True, "yes": True, "y": True, "1": True}
-_TRUTH |= {"false": False, "f": False, "no": False, "n": False, "0": False}
-
-
-def _bool_view(column: pd.Series) -> pd.Series:
-    if is_bool_dtype(column.dtype):
-        return column.astype("boolean")
-    return _text_view(column).str.lower().map(_TRUTH).astype("boolean")
-
-
-_VIEWS: dict[str, Callable[[pd.Series], pd.Series]] = {
-    "text": _text_view,
-    "number": _number_view,
-    "date": _date_view,
-    "bool": _bool_view,
-}
-
-_COMPARATORS: dict[str, Callable[[pd.Series, object], pd.Series]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
-
-def _kind(value: Value) -> str:
-    """How a literal compares: the view of the column it is compared with."""
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, dt.date):
-        return "date"
-    return "text"
-
-
-def _as_bool(result: pd.Series) -> pd.Series:
-    """A comparison result as plain bools: NA (missing or unreadable cell) is no match."""
-    return result.fillna(False).astype(bool)
-
-
-@dataclass
-class _Context:
-    """What one evaluation needs, with column views and list files read once."""
-
-    df: pd.DataFrame
-    base_dir: Path | None = None
-    given_key: bytes | None = None
-    hashed_any: bool = False
-    _key: bytes | None = None
-    _views: dict[tuple[str, str], pd.Series] = field(default_factory=dict)
-    _files: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def key(self) -> bytes:
-        """The pseudonym key, read from the site only when a clear patient ID needs hashing."""
-        if self._key is None:
-            self._key = site_key() if self.given_key is None else self.given_key
-        return self._key
-
-    def view(self, column: str, kind: str) -> pd.Series:
-        if (column, kind) not in self._views:
-            self._views[column, kind] = _VIEWS[kind](self.df[column])
-        return self._views[column, kind]
-
-    def operand(self, column: str, value: Value) -> object:
-        """A literal as the view compares it: dates as timestamps, patient IDs as pseudonyms."""
-        if column == PATIENT and isinstance(value, str) and not PSEUDONYM.fullmatch(value):
-            self.hashed_any = True
-            return pseudonym(value, key=self.key)
-        if _kind(value) == "date":
-            return pd.Timestamp(value)
-        return value
-
-    def file_values(self, path: str) -> tuple[str, ...]:
-        if path not in self._files:
-            self._files[path] = _read_list(path, self.base_dir)
-        return self._files[path]
-
-    def values_of(self, leaf: Comparison) -> tuple[Value, ...]:
-        """The literal values a comparison names (a list file's lines for ``@file``)."""
-        if isinstance(leaf, Compare):
-            return (leaf.value,)
-        if isinstance(leaf, InList):
-            return leaf.values
-        if isinstance(leaf, InFile):
-            return self.file_values(leaf.path)
-        return ()
-
-
-def _read_list(path_text: str, base_dir: Path | None) -> tuple[str, ...]:
-    """Values of an ``@file``: one per line; blank lines and ``#`` comment lines skipped."""
-    base = Path.cwd() if base_dir is None else Path(base_dir)
-    path = Path(path_text).expanduser()
-    path = path if path.is_absolute() else base / path
-    try:
-        content = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SelectionError(
-            f"selection: list file {path} (from @{path_text}) does not exist",
-            hint=f"relative paths after @ are resolved against {base}",
-        ) from None
-    except UnicodeDecodeError:
-        raise not_utf8(path, "selection: list file", SelectionError) from None
-    except OSError as exc:
-        raise SelectionError(f"selection: cannot read list file {path}: {exc}") from exc
-    lines = (line.strip() for line in content.splitlines())
-    return tuple(line for line in lines if line and not line.startswith("#"))
-
-
-def _evaluate(node: Expr, ctx: _Context) -> pd.Series:
-    if isinstance(node, Or):
-        return functools.reduce(operator.or_, (_evaluate(c, ctx) for c in node.operands))
-    if isinstance(node, And):
-        return functools.reduce(operator.and_, (_evaluate(c, ctx) for c in node.operands))
-    if isinstance(node, Not):
-        return ~_evaluate(node.operand, ctx)
-    if isinstance(node, Random):
-        return _random(node, ctx)
-    if isinstance(node, IsEmpty):
-        empty = ctx.view(node.column, "text").isna()
-        return ~empty if node.negated else empty
-    if isinstance(node, Compare):
-        return _compare(node, ctx)
-    if isinstance(node, (InList, InFile)):
-        return _membership(node.column, ctx.values_of(node), node.negated, ctx)
-    raise TypeError(f"not a selection node: {node!r}")
-
-
-def _compare(node: Compare, ctx: _Context) -> pd.Series:
-    view = ctx.view(node.column, _kind(node.value))
-    if node.op == "~=":
-        pattern = _regex(str(node.value))
-        cells = view.to_numpy(dtype=object, na_value=None)
-        hits = [cell is not None and pattern.search(cell) is not None for cell in cells]
-        return pd.Series(np.array(hits, dtype=bool), index=ctx.df.index)
-    result = _COMPARATORS[node.op](view, ctx.operand(node.column, node.value))
-    return _as_bool(result) & view.notna()
-
-
-def draw(seed: int, column: str, value: str) -> float:
-    """The number in [0, 1) that ``random(..., seed=seed, by=column)`` compares with its fraction
-    for a row whose ``column`` reads ``value`` (sha256: the same on every machine and version)."""
-    digest = hashlib.sha256(f"revise.random\0{seed}\0{column}\0{value}".encode()).digest()
-    return (int.from_bytes(digest[:8], "big") >> 11) / 2.0**53  # 53 bits: exact as a float
-
-
-def _random(node: Random, ctx: _Context) -> pd.Series:
-    """Each distinct value hashed once (a group's rows share one draw); missing: never chosen."""
-    codes, values = pd.factorize(ctx.view(node.column, "text"))
-    draws = np.fromiter(
-        (draw(node.seed, node.column, str(v)) for v in values), dtype=float, count=len(values)
-    )
-    chosen = np.append(draws < node.fraction, False)  # code -1 (missing) reads the last: False
-    return pd.Series(chosen[codes], index=ctx.df.index)
-
-
-def _membership(column: str, values: Sequence[Value], negated: bool, ctx: _Context) -> pd.Series:
-    """``in`` / ``not in``: each value compared by its own type; missing cells never match."""
-    by_kind: dict[str, list[object]] = {}
-    for value in values:
-        by_kind.setdefault(_kind(value), []).append(ctx.operand(column, value))
-    hit = pd.Series(False, index=ctx.df.index)
-    readable = pd.Series(False, index=ctx.df.index)
-    for kind, operands in by_kind.items():
-        view = ctx.view(column, kind)
-        hit |= _as_bool(view.isin(operands))
-        readable |= view.notna()
-    if not by_kind:  # an empty list file: every cell with a value is "not in" it
-        readable = ctx.view(column, "text").notna()
-    return (readable & ~hit) if negated else (readable & hit)
 
 
 def _check_columns(df: pd.DataFrame, node: Expr) -> None:
@@ -439,78 +223,3 @@ def select(
     if not allow_empty and not result.any():
         raise _empty_error(node, ctx)
     return df.loc[result.to_numpy()].copy()
-
-
-# --------------------------------------------------------------------------------------------
-# Explaining an empty selection
-# --------------------------------------------------------------------------------------------
-
-MAX_LISTED = 5
-
-
-def _empty_error(node: Expr, ctx: _Context) -> SelectionError:
-    notes = [note for leaf in _leaves(node) if (note := _explain(leaf, ctx))]
-    message = f"selection matched 0 of {len(ctx.df)} rows: {_format(node, redact=True)}"
-    if notes:
-        message += "; " + "; ".join(notes)
-    return SelectionError(message, hint="text values compare exactly and case-sensitively")
-
-
-def _explain(leaf: Comparison, ctx: _Context) -> str | None:
-    """What an equality or ``in`` comparison met in the data, or None for other comparisons."""
-    is_equality = isinstance(leaf, Compare) and leaf.op == "=="
-    if not (is_equality or (isinstance(leaf, (InList, InFile)) and not leaf.negated)):
-        return None
-    if leaf.column == PATIENT:
-        return _explain_patient(leaf, ctx)
-    column = ctx.df[leaf.column]
-    if is_numeric_dtype(column.dtype) or is_datetime64_any_dtype(column.dtype):
-        return None
-    alone = int(_evaluate(leaf, ctx).sum())
-    shown = _format(leaf, redact=True)  # e.g. a path or an @file may name a patient
-    counts = ctx.view(leaf.column, "text").value_counts()
-    if counts.empty:
-        return f"{shown} matches {alone} rows; {leaf.column} is empty in every row"
-    if leaf.column in _identifying_columns():  # file paths can carry patient names
-        return (
-            f"{shown} matches {alone} rows; {leaf.column} has {len(counts)} distinct "
-            "values (not listed: they may identify patients)"
-        )
-    wanted = [v for v in ctx.values_of(leaf) if isinstance(v, str)]
-    existing = _suggest(wanted, [str(v) for v in counts.index])
-    listed = ", ".join(_quote(v) for v in existing)
-    more = f" ({len(counts)} distinct)" if len(counts) > len(existing) else ""
-    return f"{shown} matches {alone} rows; existing {leaf.column} values: {listed}{more}"
-
-
-def _identifying_columns() -> set[str]:
-    """Columns whose values an error never lists: ``path`` and every column a validation
-    report refuses to group by."""
-    return {"path", *FORBIDDEN_COLUMNS}
-
-
-def _explain_patient(leaf: Comparison, ctx: _Context) -> str | None:
-    """Counts only: neither the clear IDs nor their pseudonyms are worth showing."""
-    wanted = {ctx.operand(PATIENT, v) for v in ctx.values_of(leaf)}
-    present = set(ctx.view(PATIENT, "text").dropna())
-    unmatched = sum(1 for v in wanted if v not in present)
-    if not unmatched:
-        return None
-    note = f"{unmatched} of {len(wanted)} patient identifiers matched none"
-    if ctx.hashed_any:
-        note += f" (hashed with key {key_fingerprint(ctx.key)}; is it the key of this manifest?)"
-    return note
-
-
-def _suggest(wanted: Sequence[str], existing: Sequence[str]) -> list[str]:
-    """Up to MAX_LISTED existing values: close spellings of the wanted ones, then the commonest."""
-    candidates = list(existing[:2000])  # most common first; bounds the fuzzy matching cost
-    by_lower: dict[str, str] = {}
-    for value in candidates:
-        by_lower.setdefault(value.lower(), value)
-    picked: list[str] = []
-    for value in wanted[:MAX_LISTED]:
-        close = difflib.get_close_matches(value.lower(), list(by_lower), n=MAX_LISTED, cutoff=0.5)
-        picked += [by_lower[c] for c in close if by_lower[c] not in picked]
-    picked += [v for v in candidates if v not in picked]
-    return picked[:MAX_LISTED]

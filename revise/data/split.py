@@ -37,7 +37,7 @@ def share(chosen: int, training: int, chosen_heldout: int, heldout: int) -> str:
 
 
 def share_of_sets(counts: Mapping[str, int]) -> str:
-    """:func:`share` from the sizes of the four sets (e.g. ``PreparedData.counts()``)."""
+    """:func:`share` from the sizes of the four sets (e.g. ``DecodedSets.counts()``)."""
     return share(
         counts["forget"],
         counts["forget"] + counts["retain"],

@@ -1,4 +1,5 @@
-"""Manifest rows -> model-ready pixel tensors, as the model card says.
+"""Manifest rows -> model-ready pixel tensors, as the model card says; a labelled manifest ->
+the decoded sets of a run (:func:`prepare`).
 
 Each row is decoded by its loader (``loader`` column) into display values, then
 :func:`to_model_input` applies the card's intensity mapping, channel conversion, resize and
@@ -17,8 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from revise._io import atomic_path
+from revise._io.atomic import atomic_path
 from revise._logs import loggers_silenced
+from revise.data import manifest as manifest_mod
 from revise.data.loaders import IndexFailure, SiteLoader
+from revise.data.sets import DecodedSet, DecodedSets, labels_of
+from revise.data.split import partition
 from revise.errors import DataError, RevisionError
 from revise.models.card import ModelCard
 
@@ -38,19 +42,6 @@ log = logging.getLogger(__name__)
 # then simply stop matching.
 PREPROCESS_VERSION = 1
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
-
-
-@dataclass
-class TensorSet:
-    """Decoded rows: ``x[i]`` belongs to ``keys[i]`` and ``rows.iloc[i]``."""
-
-    x: torch.Tensor  # (N, C, H, W) float32 in card.pixel_range (not normalised)
-    keys: list[str]
-    rows: pd.DataFrame
-    failures: list[IndexFailure] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
 
 def to_model_input(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -202,8 +193,9 @@ def load_tensors(
     *,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
-) -> TensorSet:
-    """Decode every manifest row into pixel-space tensors for ``card`` (manifest order).
+) -> DecodedSet:
+    """Decode every manifest row into pixel-space tensors for ``card`` (manifest order), with
+    the rows' labels (UNLABELLED where a row has none).
 
     Rows that cannot be decoded are left out and listed in ``failures`` (the run goes on); if
     no row decodes, :class:`DataError`. Rows of one file are decoded together, so a file is
@@ -302,5 +294,59 @@ def load_tensors(
         )
     x = torch.from_numpy(np.stack([results[i] for i in ok]))  # type: ignore[misc]
     rows = manifest.iloc[ok].reset_index(drop=True)
-    keys = [str(k) for k in rows["sample_key"]]
-    return TensorSet(x=x, keys=keys, rows=rows, failures=failed)
+    return DecodedSet(x=x, y=labels_of(rows), rows=rows, failures=failed)
+
+
+def prepare(
+    manifest: pd.DataFrame,
+    card: ModelCard,
+    forget: str | None,
+    *,
+    base_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> DecodedSets:
+    """Partition the labelled manifest by the forget selection and decode every set once."""
+    t0 = time.perf_counter()
+    parts = partition(manifest, forget, base_dir=base_dir)
+    return decode_sets(parts, card, forget, cache_dir=cache_dir, progress=progress, started=t0)
+
+
+def decode_sets(
+    parts: dict[str, pd.DataFrame],
+    card: ModelCard,
+    forget: str | None,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+    started: float | None = None,
+) -> DecodedSets:
+    """Decode the sets :func:`~revise.data.split.partition` made (each image once)."""
+    t0 = time.perf_counter() if started is None else started
+    everything = pd.concat(list(parts.values()), ignore_index=True)
+    decoded = load_tensors(everything, card, cache_dir=cache_dir, progress=progress)
+    position = {key: i for i, key in enumerate(decoded.keys)}
+    left_out = {
+        name: [str(k) for k in rows["sample_key"] if k not in position]
+        for name, rows in parts.items()
+    }
+    if decoded.failures:  # which sets lost images: a smaller forget set changes the revision
+        log.warning(
+            "left out, by set: %s",
+            ", ".join(f"{name} {len(keys)}" for name, keys in left_out.items() if keys),
+        )
+    sets: dict[str, DecodedSet] = {}
+    for name, rows in parts.items():
+        rows = rows[rows["sample_key"].isin(position)].reset_index(drop=True)
+        idx = torch.tensor([position[k] for k in rows["sample_key"]], dtype=torch.long)
+        labels = torch.tensor(rows["label"].astype(int).to_numpy(), dtype=torch.long)
+        bad = labels[(labels < 0) | (labels >= card.num_classes)] if len(labels) else labels
+        if len(bad):
+            raise DataError(
+                f"{name}: label {int(bad[0])} is outside the model's {card.num_classes} classes",
+                hint="check the label file against the model card's class_names",
+            )
+        sets[name] = DecodedSet(decoded.x[idx], labels, rows)
+    digests = {name: manifest_mod.digest(s.rows) for name, s in sets.items()}
+    seconds = round(time.perf_counter() - t0, 4)
+    return DecodedSets(forget, sets, digests, list(decoded.failures), seconds, left_out)

@@ -1,7 +1,9 @@
 """The checks that a bundle is the one exported and validated, read from its own files: exactly
 the files bundle.json lists, each with its recorded sha256, the weights, ONNX graphs and report
-naming the same model, and the verdict bound to the files it was reached on (see
-:mod:`revise.export.bundle` for the layout, :mod:`revise.export.signing` for their use)."""
+naming the same model, the verdict bound to the files it was reached on (see
+:mod:`revise.export.manifest` for the layout, :mod:`revise.export.bundle_validation` for the
+report's record of the files), and files that a signature can cover (see
+:mod:`revise.export.signing` for their use)."""
 
 from __future__ import annotations
 
@@ -10,17 +12,30 @@ import os
 from pathlib import Path
 from typing import Any
 
-from revise._io import BUNDLE_MANIFEST, REPORT_JSON, sha256_file
-from revise.errors import DataError
-from revise.export.bundle import SCHEMA as BUNDLE_SCHEMA
-from revise.export.bundle import (
-    SIGNATURE_NAME,
-    SIGNING_RECORD,
+from revise._io.digests import sha256_file
+from revise._io.outputs import BUNDLE_MANIFEST, REPORT_JSON
+from revise.errors import DataError, SignatureError, UsageError
+from revise.export.bundle_validation import (
     check_validated_files,
     validation_props,
     validation_summary,
 )
-from revise.export.onnx import graph_digest, read_metadata
+from revise.export.manifest import (
+    MODEL_ONNX,
+    SIGNATURE_NAME,
+    UNLISTED,
+    BundleManifest,
+    ValidationSummary,
+    is_bundle,
+    read_bundle_manifest,
+)
+from revise.export.onnx_file import graph_digest, read_metadata
+from revise.models.io import WEIGHTS_FILE
+
+# model-signing's verifier always leaves these top-level names out of what it hashes, whatever
+# the signer chose: a bundle holding one could not be fully covered by its signature.
+_NEVER_COVERED = (".git", ".gitattributes", ".github", ".gitignore")
+_HINT = "re-export the bundle"
 
 
 def walk(bundle: Path) -> tuple[list[str], list[str], list[str]]:
@@ -58,16 +73,15 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def manifest_of(bundle: Path) -> BundleManifest:
+    """bundle.json of ``bundle``; a damaged one is a DataError naming the file and each field."""
+    return read_bundle_manifest(bundle, hint=_HINT, kind=DataError)
+
+
 def validation_verdict(bundle: Path) -> str | None:
     """The verdict of revision_report.json ("pass"/"fail"; None: no validation ran), checked
     against what bundle.json says about it."""
-    manifest = read_json(bundle / BUNDLE_MANIFEST)
-    if manifest.get("schema") != BUNDLE_SCHEMA:
-        raise DataError(
-            f"{bundle / BUNDLE_MANIFEST} has schema {manifest.get('schema')!r}, "
-            f"not {BUNDLE_SCHEMA!r}",
-            hint="re-export the bundle with this version of revise",
-        )
+    manifest = manifest_of(bundle)
     report_path = bundle / REPORT_JSON
     verdict: str | None = None
     if report_path.is_file():
@@ -79,15 +93,15 @@ def validation_verdict(bundle: Path) -> str | None:
                 hint="re-run `revise validate` and re-export the bundle",
             )
         validated = ((report.get("models") or {}).get("candidate") or {}).get("sha256")
-        weights = manifest.get("weights_sha256")
+        weights = manifest.weights_sha256
         if validated and weights and validated != weights:
             raise DataError(
                 f"{report_path} validates other weights ({validated[:12]}...) than the bundle's "
                 f"({weights[:12]}...)",
                 hint="validate the bundle's own model and re-export",
             )
-    if "validation" in manifest:  # the exporter records the report it copied: they must agree
-        claimed = (manifest.get("validation") or {}).get("verdict")
+    if "validation" in manifest.model_fields_set:  # the exporter records the report it copied
+        claimed = manifest.verdict
         if claimed != verdict:
             found = f"says {verdict!r}" if report_path.is_file() else "is missing"
             raise DataError(
@@ -104,15 +118,15 @@ def check_contents(bundle: Path) -> None:
     by the report) is that of model.safetensors, and every ONNX file holds the graph recorded
     for it (the one the report's parity check ran on). The first difference is named."""
     manifest_path = bundle / BUNDLE_MANIFEST
-    manifest = read_json(manifest_path)
-    listed = manifest.get("files")
-    if not isinstance(listed, dict) or not listed:
+    manifest = manifest_of(bundle)
+    listed = manifest.files
+    if not listed:
         raise DataError(
             f"{manifest_path} lists no files (no 'files' entry)",
             hint="re-export the bundle with this version of revise",
         )
     files, _, _ = walk(bundle)
-    present = set(files) - {BUNDLE_MANIFEST, SIGNING_RECORD}
+    present = set(files) - set(UNLISTED)  # walk leaves out the signature itself
     extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
@@ -127,30 +141,30 @@ def check_contents(bundle: Path) -> None:
             hint="re-export the bundle (and validate it again)",
         )
     for name in sorted(listed):
-        entry = listed[name] if isinstance(listed[name], dict) else {}
-        recorded, actual = str(entry.get("sha256")), sha256_file(bundle / name)
+        recorded, actual = str(listed[name].sha256), sha256_file(bundle / name)
         if actual != recorded:
             raise DataError(
                 f"{bundle / name} is not the file bundle.json records (sha256 {actual[:12]}..., "
                 f"recorded {recorded[:12]}...): it was changed or replaced after export",
                 hint="re-export the bundle (and validate it again) rather than editing it",
             )
-    weights = str(manifest.get("weights_sha256"))
-    actual = _weights_digest(bundle / "model.safetensors")
+    weights = manifest.weights_sha256
+    actual = _weights_digest(bundle / WEIGHTS_FILE)
     if actual != weights:
         raise DataError(
-            f"{bundle / 'model.safetensors'} holds other weights ({actual[:12]}...) than "
+            f"{bundle / WEIGHTS_FILE} holds other weights ({actual[:12]}...) than "
             f"{manifest_path} records and validation checked ({weights[:12]}...)",
             hint="re-export the bundle from the validated model",
         )
-    variants = (manifest.get("onnx") or {}).get("variants") or {}
-    if "model.onnx" not in variants:
-        raise DataError(f"{manifest_path} records no model.onnx", hint="re-export the bundle")
-    graphs = {name: str((variant or {}).get("graph_sha256")) for name, variant in variants.items()}
-    triton = manifest.get("triton") or {}
-    if triton:
-        copy = f"{triton.get('repository')}/{triton.get('model')}/{triton.get('version')}"
-        graphs[f"{copy}/model.onnx"] = graphs["model.onnx"]  # Triton serves the same graph
+    variants = manifest.onnx.variants
+    if MODEL_ONNX not in variants:
+        raise DataError(f"{manifest_path} records no {MODEL_ONNX}", hint=_HINT)
+    graphs = {name: variant.graph_sha256 for name, variant in variants.items()}
+    triton = manifest.triton
+    if triton is not None:  # Triton serves the same graph
+        graphs[f"{triton.repository}/{triton.model}/{triton.version}/{MODEL_ONNX}"] = graphs[
+            MODEL_ONNX
+        ]
     report = read_json(bundle / REPORT_JSON) if (bundle / REPORT_JSON).is_file() else {}
     validated = ((report.get("models") or {}).get("candidate") or {}).get("sha256")
     if report and validated != weights:
@@ -176,31 +190,34 @@ def check_contents(bundle: Path) -> None:
             raise DataError(
                 f"{path} was exported from other weights ({str(stamped)[:12]}...) than the "
                 f"bundle's ({weights[:12]}...)",
-                hint="re-export the bundle",
+                hint=_HINT,
             )
-    if checked and checked != graphs["model.onnx"]:
+    if checked and checked != graphs[MODEL_ONNX]:
         raise DataError(
             f"the parity check of {bundle / REPORT_JSON} ran on another ONNX graph "
             f"({checked[:12]}...) than the bundle's model.onnx",
             hint="validate the bundle itself: revise validate BUNDLE ...",
         )
     if report:
-        _check_summary(manifest_path, manifest.get("validation") or {}, report)
+        claimed = manifest.validation or ValidationSummary()
+        _check_summary(manifest_path, claimed, validation_summary(report, bundle / REPORT_JSON))
 
 
-def _check_summary(manifest_path: Path, claimed: dict[str, Any], report: dict[str, Any]) -> None:
+def _check_summary(
+    manifest_path: Path, claimed: ValidationSummary, expected: ValidationSummary
+) -> None:
     """bundle.json's validation summary is the one its report gives, every entry of it."""
-    expected = validation_summary(report)
-    if claimed.get("report_sha256") != expected["report_sha256"]:
+    if claimed.report_sha256 != expected.report_sha256:
         raise DataError(
             f"{manifest_path.parent / REPORT_JSON} is not the report {manifest_path} records",
             hint="validate the bundle again: revise validate BUNDLE ...",
         )
-    for key, value in expected.items():
-        if claimed.get(key) != value:
+    for key in ValidationSummary.model_fields:
+        said, value = getattr(claimed, key), getattr(expected, key)
+        if said != value:
             raise DataError(
-                f"{manifest_path} records validation {key} {claimed.get(key)!r} but "
-                f"{REPORT_JSON} gives {value!r}",
+                f"{manifest_path} records validation {key} {said!r} but {REPORT_JSON} gives "
+                f"{value!r}",
                 hint="the bundle was edited after validation; validate it again",
             )
 
@@ -210,9 +227,10 @@ def validated_files_unchanged(bundle: Path) -> bool:
     report validated (DataError naming the first that is not), and every ONNX file's metadata
     states the report's verdict and criteria. False: there is a report, but it records no files
     of this bundle (it validated a model folder)."""
-    report = read_json(bundle / REPORT_JSON) if (bundle / REPORT_JSON).is_file() else None
+    report_path = bundle / REPORT_JSON
+    report = read_json(report_path) if report_path.is_file() else None
     bound = report is None or check_validated_files(bundle, report)
-    expected = validation_props(report)
+    expected = validation_props(validation_summary(report, report_path) if report else None)
     files, _, _ = walk(bundle)
     for path in [bundle / name for name in files if name.lower().endswith(".onnx")]:
         try:
@@ -220,7 +238,7 @@ def validated_files_unchanged(bundle: Path) -> bool:
         except Exception as exc:  # protobuf's DecodeError and friends share no base class
             raise DataError(
                 f"{path} is not a readable ONNX model ({type(exc).__name__})",
-                hint="re-export the bundle",
+                hint=_HINT,
             ) from exc
         for key, wanted in expected.items():
             if stated.get(key) != wanted:
@@ -250,4 +268,29 @@ def _weights_digest(path: Path) -> str:
         ) from exc
 
 
-# -- verifying --------------------------------------------------------------------------------
+def check_signable(bundle: Path) -> None:
+    """A bundle that a signature can cover whole: a bundle, regular files only (no symlinks), no
+    empty folder, nothing model-signing never hashes."""
+    if not is_bundle(bundle):
+        raise UsageError(
+            f"{bundle} is not a revise bundle (no {BUNDLE_MANIFEST})",
+            hint="write the bundle with `revise export` and sign that folder",
+        )
+    files, odd, empty = walk(bundle)
+    if odd:
+        raise SignatureError(
+            f"{bundle} holds entries that are not regular files: {', '.join(odd[:5])}",
+            hint="replace symlinks by the files they point to (model-signing refuses them)",
+        )
+    if empty:
+        raise SignatureError(
+            f"{bundle} holds empty folders, which no signature covers: {', '.join(empty[:5])}",
+            hint="remove them (an empty triton/<name>/<version>/ would be loaded by Triton)",
+        )
+    uncovered = sorted(n for n in files if n.split("/")[0] in _NEVER_COVERED)
+    uncovered += sorted(n for n in _NEVER_COVERED if (bundle / n).is_dir())
+    if uncovered:
+        raise SignatureError(
+            f"{bundle} holds {', '.join(uncovered[:5])}, which model-signing never covers",
+            hint="remove it from the bundle",
+        )

@@ -12,6 +12,9 @@ The dynamo exporter (torch.export based) is tried first; the legacy TorchScript 
 only when it fails, and the result says which one ran. What the exporters print on the way
 (tracer warnings, graph dumps, colour codes) is kept from the user: a fallback is one plain
 warning line with its root cause.
+
+The parity check is :mod:`revise.export.parity`; reading an ONNX file, its metadata and its
+graph digest, :mod:`revise.export.onnx_file`.
 """
 
 from __future__ import annotations
@@ -30,22 +33,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from revise._io import atomic_path, sha256_file
+from revise._io.atomic import atomic_path
+from revise._io.digests import sha256_file
 from revise._logs import loggers_silenced
 from revise.errors import ExportError, OptionError
+from revise.export.onnx_file import check_file, merge_props, serialize_one_file
+from revise.export.parity import ParityReport, check_parity, device_of, eval_mode
+from revise.models._final_activation import final_activation
+from revise.models._output_wrappers import LogitsOf
 from revise.models.card import ModelCard
-from revise.models.outputs import (
-    OUTPUT_NAMES,
-    LogitsOf,
-    deployed,
-    final_activation,
-    kind_of_output_name,
-    onnx_output_kind,
-)
+from revise.models.outputs import OUTPUT_NAMES, deployed
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +54,6 @@ OUTPUT_NAME = OUTPUT_NAMES["logits"]  # a network that returns logits; see OUTPU
 BATCH_AXIS = "batch"
 LEGACY_MAX_OPSET = 20
 MIN_OPSET = 7  # the oldest opset ONNX Runtime runs
-_PROTOBUF_LIMIT = 2**31 - 1
-
-
-@dataclass
-class ParityReport:
-    """ONNX Runtime (CPU, fp32) against PyTorch on the same normalised inputs."""
-
-    n: int
-    max_abs_diff: float
-    max_rel_diff: float
-    label_agreement: float
-    passed: bool
-    providers: list[str] = field(default_factory=list)
-    rtol: float = 1e-3
-    atol: float = 1e-5
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        return (
-            f"n={self.n}, max |diff|={self.max_abs_diff:.3g}, max rel diff={self.max_rel_diff:.3g}"
-            f", label agreement={self.label_agreement:.4f} (rtol={self.rtol:g}, atol={self.atol:g})"
-        )
 
 
 @dataclass
@@ -163,134 +139,6 @@ def check_opset(opset: Any, name: str = "opset") -> int:
             f"{top} is the newest the installed onnx knows",
         )
     return opset
-
-
-def _load_proto(path: str | os.PathLike, *, external_data: bool = True) -> Any:
-    """The ONNX model at ``path``, or an ExportError naming the file."""
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=external_data)
-    except Exception as exc:
-        first = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ExportError(
-            f"{path} is not a readable ONNX model: {first}",
-            hint="give the model.onnx of a bundle from `revise export`, copied whole",
-        ) from None
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        if was_training:
-            model.train()
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _torch_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """PyTorch's fp32 outputs for one batch (the reference side of the parity check): logits,
-    or what the deployed network returns where ``model`` is :func:`deployed`."""
-    with torch.no_grad():
-        out = model(x.to(_device(model), torch.float32))
-    if not isinstance(out, torch.Tensor):
-        raise ExportError(
-            f"the model returns {type(out).__name__}, not one tensor",
-            hint="export a model whose forward returns one (N, num_classes) tensor",
-        )
-    return out.detach().to("cpu", torch.float32).numpy()
-
-
-def require_onnxruntime() -> Any:
-    """The onnxruntime module, or an ExportError saying how to install it (the bare install,
-    without the cpu or gpu extra, has none)."""
-    try:
-        import onnxruntime
-    except ImportError as exc:  # a missing package, or one that cannot load
-        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime"
-        what = "is not installed" if missing else f"cannot be imported ({exc})"
-        raise ExportError(
-            f"ONNX Runtime (onnxruntime) {what}; the ONNX parity check needs it",
-            hint='install it: pip install -e ".[cpu]", or ".[gpu]" for onnxruntime-gpu on a GPU',
-        ) from None
-    return onnxruntime
-
-
-def _file_output_kind(onnx_path: str | os.PathLike, names: list[str]) -> tuple[str, str]:
-    """(the output to compare, what it holds): revise's output names say it; otherwise the node
-    that produces the first output (a vendor's graph ending in Softmax); otherwise logits."""
-    for name in names:
-        kind = kind_of_output_name(name)
-        if kind is not None:
-            return name, kind
-    return names[0], onnx_output_kind(_load_proto(onnx_path, external_data=False)) or "logits"
-
-
-def check_parity(
-    model: nn.Module,
-    onnx_path: str | os.PathLike,
-    samples: torch.Tensor,
-    *,
-    rtol: float = 1e-3,
-    atol: float = 1e-5,
-    batch_size: int = 64,
-    output: str | None = None,
-) -> ParityReport:
-    """Compare ONNX Runtime (CPUExecutionProvider) outputs with ``model(samples)`` in eval mode.
-
-    Like is compared with like: ``model`` returns logits (as revise trains it), and where the
-    file returns probabilities (``output``, else read from the file: its output's name, or the
-    Softmax / LogSoftmax / Sigmoid that produces it) the activation is applied to ``model``'s
-    side (:func:`revise.models.outputs.deployed`).
-
-    ``passed`` needs ``np.allclose(onnx, torch, rtol, atol)`` and identical argmax for every
-    sample. ``max_rel_diff`` is ``max |onnx - torch| / max(|torch|, 1e-12)``.
-    """
-    ort = require_onnxruntime()
-    samples = torch.as_tensor(samples).detach().to("cpu", torch.float32)
-    if samples.ndim != 4 or len(samples) == 0:
-        raise ExportError(
-            f"parity samples must be a non-empty (N, C, H, W) tensor, got {tuple(samples.shape)}"
-        )
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {first}") from exc
-    in_name = session.get_inputs()[0].name
-    out_name, kind = _file_output_kind(onnx_path, [o.name for o in session.get_outputs()])
-    model = deployed(model, output or kind)
-    ref_parts, got_parts = [], []
-    with _eval_mode(model):
-        for start in range(0, len(samples), batch_size):
-            xb = samples[start : start + batch_size]
-            ref_parts.append(_torch_logits(model, xb))
-            got_parts.append(np.asarray(session.run([out_name], {in_name: xb.numpy()})[0]))
-    ref = np.concatenate(ref_parts).astype(np.float32)
-    got = np.concatenate(got_parts).astype(np.float32)
-    providers = list(session.get_providers())
-    n = len(samples)
-    if ref.shape != got.shape:
-        log.error("ONNX output shape %s differs from PyTorch's %s", got.shape, ref.shape)
-        return ParityReport(n, float("inf"), float("inf"), 0.0, False, providers, rtol, atol)
-    diff = np.abs(got - ref)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    max_rel = float((diff / np.maximum(np.abs(ref), 1e-12)).max()) if diff.size else 0.0
-    labels = float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))) if ref.ndim == 2 else 0.0
-    finite = bool(np.isfinite(ref).all() and np.isfinite(got).all())
-    close = bool(np.allclose(got, ref, rtol=rtol, atol=atol))
-    passed = finite and close and labels == 1.0
-    return ParityReport(n, max_abs, max_rel, labels, passed, providers, rtol, atol)
 
 
 def _example_input(card: ModelCard, samples: torch.Tensor | None) -> torch.Tensor:
@@ -400,40 +248,6 @@ def _output_kind(model: nn.Module, card: ModelCard) -> str:
     return found.kind
 
 
-def _merge_props(proto: Any, metadata: dict[str, str]) -> dict[str, str]:
-    """Merge into metadata_props by hand (onnx.helper.set_model_props drops existing ones)."""
-    props = {p.key: p.value for p in proto.metadata_props}
-    props.update({str(k): str(v) for k, v in metadata.items()})
-    del proto.metadata_props[:]
-    for key in sorted(props):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, props[key]
-    return props
-
-
-def _serialize_one_file(proto: Any) -> bytes:
-    from onnx.external_data_helper import uses_external_data
-
-    tensors = list(proto.graph.initializer)
-    if any(uses_external_data(t) for t in tensors):
-        raise ExportError("the exported graph still refers to external data; cannot ship one file")
-    if proto.ByteSize() > _PROTOBUF_LIMIT:
-        raise ExportError(
-            "the model is over 2 GiB, too large for a single-file ONNX model",
-            hint="reduce the model or ship ONNX with external data",
-        )
-    return proto.SerializeToString()
-
-
-def _check_file(path: Path) -> None:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:
-        raise ExportError(f"the exported ONNX model fails onnx.checker: {exc}") from exc
-
-
 def export_onnx(
     model: nn.Module,
     card: ModelCard,
@@ -455,13 +269,13 @@ def export_onnx(
     path = Path(path)
     opset = check_opset(opset)
     x = _example_input(card, samples)
-    src = model if _device(model).type == "cpu" else copy.deepcopy(model).to("cpu")
+    src = model if device_of(model).type == "cpu" else copy.deepcopy(model).to("cpu")
     kind = _output_kind(src, card)
     if card.output_kind != kind:  # the card in the metadata says what the graph returns
         card = dataclasses.replace(card, output=kind)
     net, output_name = deployed(src, kind), OUTPUT_NAMES[kind]
     exporter, reason = "dynamo", ""
-    with _eval_mode(src), _eval_mode(net):
+    with eval_mode(src), eval_mode(net):
         try:
             proto = _export_dynamo(net, x, opset, output_name)
         except Exception as exc:
@@ -485,12 +299,12 @@ def export_onnx(
     props = {"revise.card": json.dumps(card.to_dict(), sort_keys=True, default=str)}
     props["revise.exporter"] = exporter
     props.update(metadata or {})
-    merged = _merge_props(proto, props)
-    data = _serialize_one_file(proto)
+    merged = merge_props(proto, props)
+    data = serialize_one_file(proto)
     parity = None
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-        _check_file(tmp)
+        check_file(tmp)
         if samples is not None:
             parity = check_parity(src, tmp, samples, output=kind)
             if not parity.passed:
@@ -511,31 +325,3 @@ def export_onnx(
         parity=parity,
         fallback_reason=reason,
     )
-
-
-def set_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> dict[str, str]:
-    """Merge ``metadata`` into an ONNX file's metadata_props (existing keys kept), atomically."""
-    path = Path(path)
-    proto = _load_proto(path)
-    merged = _merge_props(proto, metadata)
-    data = _serialize_one_file(proto)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-        _check_file(tmp)
-    return merged
-
-
-def graph_digest(path: str | os.PathLike) -> str:
-    """sha256 of an ONNX model without its metadata_props: stays the same when provenance or
-    a validation verdict is added, changes with any change to the graph or the weights."""
-    import hashlib
-
-    proto = _load_proto(path)
-    del proto.metadata_props[:]
-    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata_props of an ONNX file."""
-    proto = _load_proto(path, external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}

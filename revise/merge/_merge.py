@@ -15,18 +15,18 @@ import torch
 from torch import nn
 
 from revise._run_record import RunRecord
+from revise.data.sets import DecodedSets
 from revise.errors import UsageError
-from revise.evaluate import evaluate
 from revise.merge._runs import RunInput, check_aligned, digest_of, load_run, resolve
 from revise.merge.arithmetic import Override, task_arithmetic
 from revise.merge.compose import compose, split_rules
 from revise.merge.search import DEFAULT_GRID, GateJudge, search_strengths
 from revise.models.card import ModelCard
-from revise.pipeline import PreparedData
-from revise.train import TrainConfig, train_classifier
 from revise.unlearn.api import UnlearnResult, software_versions
 from revise.unlearn.base import steps_per_pass
 from revise.unlearn.batchnorm import _BN, reestimate_batchnorm
+from revise.unlearn.evaluate import evaluate
+from revise.unlearn.train import TrainConfig, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def merge_runs(
     overrides: Sequence[tuple[str, float | Sequence[float]]] = (),
     search: bool = False,
     grid: Sequence[float] = DEFAULT_GRID,
-    data: PreparedData | None = None,
+    data: DecodedSets | None = None,
     reference: nn.Module | None = None,
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-4,
@@ -253,7 +253,7 @@ def _weigh_runs(
 def _redo_batchnorm(
     net: nn.Module,
     card: ModelCard,
-    data: PreparedData | None,
+    data: DecodedSets | None,
     redo: bool,
     batch_size: int,
     device: str,
@@ -270,7 +270,7 @@ def _redo_batchnorm(
         )
     t1 = time.perf_counter()
     retain = data.sets["retain"]
-    layers = reestimate_batchnorm(net, card, retain.data, batch_size=batch_size, device=device)
+    layers = reestimate_batchnorm(net, card, retain, batch_size=batch_size, device=device)
     timings["batchnorm"] = round(time.perf_counter() - t1, 4)
     return {"reestimated_layers": layers, "samples": len(retain) if layers else 0}
 
@@ -278,7 +278,7 @@ def _redo_batchnorm(
 def _finetune(
     net: nn.Module,
     card: ModelCard,
-    data: PreparedData | None,
+    data: DecodedSets | None,
     epochs: int,
     lr: float,
     device: str,
@@ -291,7 +291,7 @@ def _finetune(
     config = TrainConfig(epochs=epochs, lr=lr, optimizer="adam", weight_decay=0.0, cosine=False)
     retain = data.sets["retain"]
     t1 = time.perf_counter()
-    train_classifier(net, card, retain.data, config, device=device, seed=seed)
+    train_classifier(net, card, retain, config, device=device, seed=seed)
     steps = epochs * steps_per_pass(len(retain), config.batch_size)
     return {
         **dataclasses.asdict(config),

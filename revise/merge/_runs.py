@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from revise._io import RUN_RECORD
+from revise._io.outputs import RUN_RECORD
 from revise._run_record import RunRecord, read_run_record
 from revise.errors import ModelError, UsageError
 from revise.models.card import ModelCard

@@ -1,6 +1,6 @@
 """Strengths searched over a small grid per run against a validation criterion.
 
-The criterion is the sweep's (:mod:`revise.sweep`): with a retrained reference, the distance
+The criterion is the sweep's (:mod:`revise.unlearn.sweep`): with a retrained reference, the distance
 of (forget, retain) accuracy to the reference's; without one, the estimated distance to the
 reference-free target of the kind of forgetting (:mod:`revise.unlearn.target`), measured
 against the base model on the same sets. Lower is better either way. Every candidate has its
@@ -20,12 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from revise.data.sets import DecodedSet
 from revise.errors import UsageError
-from revise.evaluate import EvalSet, evaluate
 from revise.merge.arithmetic import Override, task_arithmetic
 from revise.models.card import ModelCard
-from revise.sweep import distance
 from revise.unlearn.batchnorm import reestimate_batchnorm
+from revise.unlearn.evaluate import evaluate
+from revise.unlearn.sweep_ranking import distance
 from revise.unlearn.target import forgetting_kind, reading_from_metrics, target_from_metrics
 
 DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
@@ -70,7 +71,7 @@ def search_strengths(
     card: ModelCard,
     base: Mapping[str, torch.Tensor],
     states: Sequence[Mapping[str, torch.Tensor]],
-    sets: Mapping[str, EvalSet],
+    sets: Mapping[str, DecodedSet],
     *,
     grid: Sequence[float] = DEFAULT_GRID,
     overrides: Sequence[Override] = (),
@@ -94,12 +95,12 @@ def search_strengths(
         raise UsageError("searching strengths needs the forget and retain sets")
     check_search_size(len(grid), len(states))
     net = copy.deepcopy(template).cpu()
-    retain = sets["retain"].data
+    retain = sets["retain"]
     rows: list[tuple[int, float, tuple[float, ...], dict[str, float]]] = []
     target = None
     if not reference:  # the base model's own metrics set the reference-free target
         net.load_state_dict(base)
-        kind = forgetting_kind(sets["forget"].data, retain)
+        kind = forgetting_kind(sets["forget"], retain)
         target = target_from_metrics(kind, evaluate(net, card, sets, by=(), device=device))
     for candidate in itertools.product(grid, repeat=len(states)):
         net.load_state_dict(task_arithmetic(base, states, candidate, overrides))

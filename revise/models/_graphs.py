@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from revise._io import atomic_path, sha256_file
+from revise._io.atomic import atomic_path
+from revise._io.digests import sha256_file
 from revise.errors import ModelError
 from revise.models._cards import _with_source
+from revise.models._output_wrappers import LogitsOf
 from revise.models._pt2 import load_program
 from revise.models._sniff import _sniff, _wrong_claim
 from revise.models.card import ModelCard
-from revise.models.outputs import LogitsOf
 
 # Log under the public module's name: users see revise.models.io, not this private module.
 log = logging.getLogger("revise.models.io")

@@ -23,7 +23,8 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
-from revise._io import not_utf8, write_json_atomic
+from revise._io.atomic import write_json_atomic
+from revise._io.text import not_utf8
 from revise._schema import MISSING, UNKNOWN, Hint, fail, problems, refusal
 from revise.errors import ModelError
 

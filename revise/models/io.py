@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from revise._io import atomic_path, check_finished, sha256_file
+from revise._io.atomic import atomic_path
+from revise._io.digests import sha256_file
+from revise._io.temporaries import check_finished
 from revise.errors import ModelError, RevisionError
 from revise.models._cards import CARD_FILE, _as_card, _card_beside, _monai_card
 from revise.models._graphs import (
@@ -42,6 +44,7 @@ from revise.models._graphs import (
     _write_graph,
 )
 from revise.models._onnx_import import _load_onnx
+from revise.models._output_wrappers import LogitsOf
 from revise.models._sniff import (
     _KIND_SUFFIX,
     _SUFFIX_KINDS,
@@ -59,7 +62,7 @@ from revise.models._state_dict import (
 )
 from revise.models.architectures import OPAQUE_ARCHITECTURES, build
 from revise.models.card import ModelCard
-from revise.models.outputs import LogitsOf, settle
+from revise.models.outputs import settle
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from revise.errors import ModelError
+from revise.models._final_activation import final_activation
 from revise.models.card import ModelCard
-from revise.models.outputs import final_activation
 
 
 class PixelSpaceModel(nn.Module):

@@ -49,7 +49,8 @@ def _check_data(b: _Build) -> None:
 def _check_list_files(problems: _Problems, where: str, text: Any) -> None:
     """Read every @file of a selection as the stages will: a missing or unreadable one is a
     problem now."""
-    from revise.data.select import InFile, _leaves, _read_list
+    from revise.data._select_eval import _read_list
+    from revise.data.select import InFile, _leaves
 
     tree = _selection_tree(text) if text is not None else None
     for leaf in _leaves(tree) if tree is not None else []:

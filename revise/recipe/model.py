@@ -8,40 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic.fields import FieldInfo
+
+from revise._schema import MISSING, UNKNOWN, Problem
 from revise.errors import RevisionError, UsageError
 from revise.recipe.selection import _selection_files, shown_args
 from revise.registry import did_you_mean
 from revise.stages._options import StageOptions, collect
-
-TOP_LEVEL = (
-    "workdir",
-    "model",
-    "card",
-    "arch",
-    "data",
-    "forget",
-    "unlearn",
-    "merge",
-    "export",
-    "validate",
-    "sign",
-    "device",
-    "seed",
-    "cache",
-    "checkpoint_every",
-    "nproc_per_node",
-    "compile",
-)
-
-
-DATA_KEYS = ("manifest", "images", "labels", "site", "loader")  # images: what `revise index` reads
-
-
-RUN_KEYS = ("name", "method", "settings", "seed")
-
-
-SIGN_KEYS = ("key", "password_env", "allow_unvalidated")
-
 
 STATE_FILE = "state.json"
 
@@ -189,33 +162,49 @@ class _Spelling(dict):
 def _section(
     problems, where: str, value: Any, options: type[StageOptions], path: Callable[..., Path | None]
 ) -> StageOptions | None:
-    """A recipe section holding a stage's options: names checked against the stage's options
-    model (one source of truth with the CLI's flags), values converted and checked by it, file
-    options resolved against the recipe's folder. None when a problem was found."""
+    """A recipe section holding a stage's options: names and values checked by the stage's
+    options model (one source of truth with the CLI's flags), file options resolved against the
+    recipe's folder first. None when a problem was found."""
     if value is None:
         return options()
     if not isinstance(value, Mapping):
         problems.add(where, f"a mapping of `revise {where}` options")
         return None
-    allowed = sorted(options.model_fields)
     files = options.path_fields()
     given: dict[str, Any] = {}
-    known = True
+    written: dict[str, str] = {}  # option -> the key as the recipe writes it (dashes or not)
     for key, raw in value.items():
         name = str(key).replace("-", "_")
-        if name not in allowed:
-            problems.add(f"{where}.{key}", f"not an option of this stage{_hint(name, allowed)}")
-            known = False
-        elif name in files and raw is not None:
-            given[name] = path(f"{where}.{key}", raw, must_exist=True)
-        else:
-            given[name] = raw
+        written[name] = str(key)
+        given[name] = path(f"{where}.{key}", raw) if name in files and raw is not None else raw
     found = collect(options, given, spell=lambda field: f"{where}.{field}")
-    for problem in found.problems:  # "<key> <what is wrong>", said as "<key>: <...>"
-        key = f"{where}.{problem.field}" if problem.field else where
-        text = problem.text.removeprefix(key).lstrip(": ") if problem.field else problem.text
-        problems.add(key, text + (f" ({problem.hint})" if problem.hint else ""))
-    return found.value if known else None
+    unknown = "not an option of this stage"
+    for problem in found.problems:
+        at, text = _place(where, problem, options.model_fields, unknown=unknown)
+        if problem.kind in UNKNOWN:
+            at = f"{where}.{written.get(str(problem.field), problem.field)}"
+        problems.add(at, text)
+    return found.value
+
+
+def _place(
+    part: str, problem: Problem, fields: Mapping[str, FieldInfo], *, unknown: str
+) -> tuple[str, str]:
+    """Where in the recipe ``problem`` is (``export.opset``), and what it says there (``must be
+    a number, not 'many'``): a problem of ``part`` (a section; "" for the top level), whose
+    ``fields`` are those given. ``unknown``: what a key not among them is called."""
+    keys = {info.alias or name: info for name, info in fields.items()}
+    at = f"{part}.{problem.field}" if part else str(problem.field)
+    if problem.kind in UNKNOWN:
+        return at, f"{unknown}{_hint(str(problem.field), keys)}"
+    if problem.kind in MISSING:
+        about = getattr(keys.get(str(problem.field)), "description", None)
+        return at, f"missing: {about}" if about else "missing (required)"
+    hint = f" ({problem.hint})" if problem.hint else ""
+    if problem.field is None:  # the part as a whole
+        return part, problem.text + hint
+    where, _, text = problem.text.partition(" ")  # each text starts with where it is
+    return where.rstrip(":"), text + hint
 
 
 def _opt(flag: str, value: Any) -> list[str]:
@@ -226,20 +215,6 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _int(problems, where: str, value: Any, minimum: int | None = None) -> int:
-    """``value`` as an integer (at least ``minimum``); otherwise a problem, and ``minimum``."""
-    least = "" if minimum is None else f" >= {minimum}"
-    number = None  # a whole number only: 1.5 or true is refused, not rounded
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    if number is None or (minimum is not None and number < minimum):
-        problems.add(where, f"{value!r} is not an integer{least}")
-        return minimum or 0
-    return number
 
 
 def _hint(name: str, known) -> str:

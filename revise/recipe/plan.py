@@ -9,37 +9,24 @@ from typing import Any
 
 import yaml
 
-from revise._io import (
-    not_utf8,
-)
+from revise._io.text import not_utf8
 from revise.errors import UsageError
-from revise.recipe.builders import (
-    _data_stage,
-    _export_stage,
-    _merge_stage,
-    _sign_stage,
-    _unlearn_stages,
-    _validate_stage,
-)
+from revise.recipe.candidate import _data_stage, _merge_stage, _unlearn_stages
 from revise.recipe.checks import _check_runtime, _check_selection
-from revise.recipe.model import TOP_LEVEL, Plan, Stage, _Build, _hint, _int, _opt, _Problems
+from revise.recipe.document import Document, read_document
+from revise.recipe.model import Plan, Stage, _Build, _opt, _Problems
+from revise.recipe.release import _export_stage, _sign_stage, _validate_stage
 from revise.recipe.selection import _fingerprint, shown_selection
 
 
 def load_plan(recipe: str | Path) -> Plan:
     """Parse and check the whole recipe; every problem found is reported in one UsageError."""
     recipe = Path(recipe).resolve()
-    doc = _read_recipe(recipe)
     problems = _Problems(recipe)
-    if not isinstance(doc, Mapping):
-        raise UsageError(f"{recipe}: a recipe is a YAML mapping (see `revise run --help`)")
+    doc = _read_recipe(recipe)
+    document = read_document(doc, recipe, problems)  # the keys and their types
+    top = document.recipe
     base = recipe.parent
-    for key in doc:
-        if key not in TOP_LEVEL:
-            problems.add(str(key), f"unknown key{_hint(str(key), TOP_LEVEL)}")
-    for key in ("model", "data", "forget", "unlearn"):
-        if key not in doc:
-            problems.add(key, "missing (required)")
 
     def path(where: str, value: Any, *, must_exist: bool = True) -> Path | None:
         if value is None:
@@ -49,49 +36,41 @@ def load_plan(recipe: str | Path) -> Plan:
             problems.add(where, f"{p} does not exist")
         return p
 
-    workdir = path("workdir", doc.get("workdir", "revise-run"), must_exist=False)
-    model = path("model", doc.get("model"))
-    card = path("card", doc.get("card"))
-    cache = path("cache", doc.get("cache"), must_exist=False) or workdir / "cache"
-    device = str(doc.get("device", "auto"))
-    seed = _int(problems, "seed", doc.get("seed", 0))
-    every = _int(problems, "checkpoint_every", doc.get("checkpoint_every", 50), minimum=0)
-    workers = _int(problems, "nproc_per_node", doc.get("nproc_per_node", 1), minimum=1)
-    # torchrun workers for each unlearning run (one per GPU), as `revise unlearn` launches them
-    compiled = doc.get("compile", False)
-    if not isinstance(compiled, bool):
-        problems.add("compile", f"{compiled!r} is not true or false")
-    forget = doc.get("forget")
-    if forget is not None:
-        _check_selection(problems, str(forget))
-    common = [*(["--card", str(card)] if card else []), *_opt("--arch", doc.get("arch"))]
+    workdir = path("workdir", top.workdir, must_exist=False)
+    assert workdir is not None  # it has a default
+    model = path("model", top.model)
+    card = path("card", top.card)
+    cache = path("cache", top.cache, must_exist=False) or workdir / "cache"
+    if top.forget is not None:
+        _check_selection(problems, top.forget)
+    common = [*(["--card", str(card)] if card else []), *_opt("--arch", top.arch)]
     stages: list[Stage] = []
-    manifest = _data_stage(problems, doc.get("data"), path, workdir, stages)
+    manifest = _data_stage(problems, document.data, path, workdir, stages)
     b = _Build(
         problems,
         path,
         workdir,
         model,
         manifest,
-        forget,
+        top.forget,
         common,
         [card] if card else [],
-        device,
-        seed,
+        top.device,
+        top.seed,
         cache,
         stages,
-        arch=None if doc.get("arch") is None else str(doc.get("arch")),
+        arch=top.arch,
     )
     _check_runtime(b)
-    b.checkpoint_every, b.workers, b.compile = every, workers, compiled is True
-    runs = _unlearn_stages(b, doc.get("unlearn"))
-    candidate = _merge_stage(b, doc.get("merge"), runs)
+    b.checkpoint_every, b.workers, b.compile = top.checkpoint_every, top.nproc_per_node, top.compile
+    runs = _unlearn_stages(b, document.runs)
+    candidate = _merge_stage(b, top.merge, runs)
     bundle = workdir / "bundle"
-    _export_stage(b, doc.get("export"), candidate, bundle)
-    validate = _validate_stage(b, doc.get("validate"))
-    _sign_stage(problems, doc.get("sign"), path, bundle, validate, stages)
+    _export_stage(b, top.export, candidate, bundle)
+    validate = _validate_stage(b, top.validate_)
+    _sign_stage(problems, document.sign, path, bundle, validate, stages)
     problems.raise_if_any()
-    resolved = _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages)
+    resolved = _resolved(doc, document, model, card, workdir, manifest, cache, stages)
     for stage in stages:
         stage.fingerprint = _fingerprint(stage, {s.name: s.fingerprint for s in stages})
     return Plan(recipe, workdir, resolved, stages)
@@ -114,19 +93,23 @@ def _read_recipe(recipe: Path) -> Any:
         raise UsageError(f"recipe {recipe} is not valid YAML: {said}") from None
 
 
-def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) -> dict[str, Any]:
-    """The recipe as run: absolute paths, every hyperparameter of every method, the commands."""
+def _resolved(
+    doc: Mapping, document: Document, model, card, workdir, manifest, cache, stages
+) -> dict[str, Any]:
+    """The recipe as run: absolute paths, every hyperparameter of every method, the commands.
+    ``doc``: the recipe as written; ``document``: as read (a recipe without problems)."""
     from revise.unlearn.api import make_config
     from revise.unlearn.auto import AUTO
 
     runs = []
-    for run in doc.get("unlearn") or []:
-        method = str(run.get("method") or AUTO)
+    for written, run in zip(doc["unlearn"], document.runs, strict=True):
+        assert run is not None  # else the plan is refused
+        method = run.method or AUTO
         if method == AUTO:  # it chooses its settings; run.json records them
-            runs.append({**dict(run), "method": AUTO, "settings": {}})
+            runs.append({**written, "method": AUTO, "settings": {}})
             continue
-        config = make_config(method, run.get("settings") or {})
-        runs.append({**dict(run), "settings": dataclasses.asdict(config)})
+        config = make_config(method, run.settings or {})
+        runs.append({**written, "settings": dataclasses.asdict(config)})
     recipe = {k: v for k, v in doc.items() if k != "unlearn"} | {"unlearn": runs}
     # The copy goes into the bundle: selections as describe() writes them, never patient IDs.
     if recipe.get("forget") is not None:
@@ -146,8 +129,8 @@ def _resolved(doc, model, card, workdir, manifest, cache, device, seed, stages) 
             "card": str(card) if card else None,
             "manifest": str(manifest),
             "cache": str(cache),
-            "device": device,
-            "seed": seed,
+            "device": document.recipe.device,
+            "seed": document.recipe.seed,
         },
         "commands": {stage.name: ["revise", *stage.shown()] for stage in stages},
     }

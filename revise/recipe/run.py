@@ -10,13 +10,8 @@ from typing import Any
 
 import yaml
 
-from revise._io import (
-    REPORT_JSON,
-    RESOLVED_RECIPE,
-    check_output,
-    write_json_atomic,
-    write_text_atomic,
-)
+from revise._io.atomic import write_json_atomic, write_text_atomic
+from revise._io.outputs import REPORT_JSON, RESOLVED_RECIPE, check_output
 from revise.errors import RevisionError
 from revise.recipe.model import Plan, StageCall
 from revise.recipe.selection import _quote, shown_args

@@ -11,9 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from revise._io import (
-    sha256_file,
-)
+from revise._io.digests import sha256_file
 from revise.errors import UsageError
 
 if TYPE_CHECKING:
@@ -98,7 +96,8 @@ def _fingerprint(stage: Stage, upstream: Mapping[str, str]) -> str:
 
 def _patient_files(args: list[str]) -> set[Path]:
     """The @files compared with ``patient`` in the selections of ``args``."""
-    from revise.data.select import PATIENT, InFile, _leaves
+    from revise.data._select_tree import PATIENT
+    from revise.data.select import InFile, _leaves
 
     out: set[Path] = set()
     for i, arg in enumerate(args[:-1]):

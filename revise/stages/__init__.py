@@ -16,4 +16,6 @@ A stage's options that a recipe section may set are a pydantic model (``MergeOpt
 ``ExportOptions``, ``ValidateOptions``): their field names are the CLI's flags (``--heldout-
 select`` is ``heldout_select``), so a recipe key, a flag and a keyword argument are one name.
 Messages name options by field; each shell says them its own way (a flag, a recipe key).
+
+:func:`revise.stages.demo.run_demo` (`revise demo`) runs the whole path on a built-in site.
 """

@@ -59,9 +59,9 @@ def export_bundle(
     else on random images in the card's pixel range."""
     import torch
 
-    from revise._io import check_output
+    from revise._io.outputs import check_output
     from revise.export.bundle import write_bundle
-    from revise.export.onnx import require_onnxruntime
+    from revise.export.parity import require_onnxruntime
     from revise.models.io import load_model
     from revise.models.pixel import normalize
 
@@ -98,14 +98,15 @@ def export_bundle(
         recipe=recipe.read_text() if recipe else None,
         overwrite=overwrite,
     )
-    for file, variant in bundle.manifest["onnx"]["variants"].items():
-        p = variant["parity"]
+    for file, variant in bundle.manifest.onnx.variants.items():
+        p = variant.parity
+        assert p is not None  # write_bundle checks every variant on the samples
         say(
-            f"{file}: parity on {p['n']} {source}: max |diff| {p['max_abs_diff']:.2e}, "
-            f"labels agree {p['label_agreement']:.3f}"
+            f"{file}: parity on {p.n} {source}: max |diff| {p.max_abs_diff:.2e}, "
+            f"labels agree {p.label_agreement:.3f}"
         )
     verdict = bundle.verdict or "not validated"
-    files = len(bundle.manifest["files"]) + 1  # and bundle.json, which lists the others
+    files = len(bundle.manifest.files or {}) + 1  # and bundle.json, which lists the others
     say(f"wrote bundle {out} ({files} files; validation: {verdict})")
     return bundle
 

@@ -63,7 +63,7 @@ def index_site(
     :class:`~revise.data.loaders.IndexResult` (its manifest as written). ``failures``: a CSV
     listing every unreadable file and why. Every option is checked before the site is read
     (indexing a site can take long)."""
-    from revise._io import check_output
+    from revise._io.outputs import check_output
     from revise.data import manifest as manifest_mod
     from revise.data.index import apply_label_rule, index
 
@@ -115,7 +115,7 @@ def _write_failures(path: Path, failures: list[IndexFailure]) -> None:
     """The failures CSV (path, reason): only its header when none failed."""
     import pandas as pd
 
-    from revise._io import atomic_path
+    from revise._io.atomic import atomic_path
 
     table = pd.DataFrame([vars(f) for f in failures], columns=["path", "reason"])
     with atomic_path(path) as tmp:

@@ -90,7 +90,7 @@ def merge_to_run(
     """Merge the run folders ``runs`` into the run folder ``out``; the merged
     :class:`~revise.unlearn.api.UnlearnResult`. ``manifest`` and ``forget`` give the sets that
     strength weighting, the search, the BatchNorm re-estimation and the fine-tune read."""
-    from revise._io import check_output
+    from revise._io.outputs import check_output
     from revise.merge import load_run, merge_runs
     from revise.merge.arithmetic import parse_override, parse_strengths
     from revise.merge.compose import parse_rule
@@ -118,7 +118,7 @@ def merge_to_run(
     if manifest is not None:
         from revise.data import manifest as manifest_mod
         from revise.data.split import share_of_sets
-        from revise.pipeline import prepare
+        from revise.data.tensors import prepare
 
         data = prepare(manifest_mod.load(manifest), loaded[0].card, forget, cache_dir=cache)
         say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))

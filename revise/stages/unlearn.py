@@ -100,12 +100,13 @@ def unlearn_run(
 
     ``progress(description)``: a context manager yielding the step callback (the CLI's bar);
     ``quiet`` silences the decoding progress."""
-    from revise._io import check_output
+    from revise._io.outputs import check_output
     from revise.data import manifest as manifest_mod
     from revise.data.split import share_of_sets
+    from revise.data.tensors import prepare
     from revise.models.io import load_model, weights_digest
-    from revise.pipeline import prepare, run_unlearning
     from revise.unlearn.api import checkpoint_dir_for, discard_partial, save_run
+    from revise.unlearn.pipeline import run_unlearning
 
     out = job.out
     check_output(out, overwrite=overwrite, inputs=job.inputs(), option="out")

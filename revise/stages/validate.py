@@ -77,14 +77,16 @@ def validate_model(
     A bundle is checked with the ONNX model it ships (parity on held-out images) and gets the
     report attached. ``seed``: the MIA splits'. An automatic revision's calibration rows are
     left out of the sets judged."""
-    from revise._io import check_finished, check_output
+    from revise._io.outputs import check_output
+    from revise._io.temporaries import check_finished
     from revise.data import manifest as manifest_mod
     from revise.data.calibration import run_record, without_calibration
     from revise.data.split import partition, share_of_sets
-    from revise.export.bundle import attach_validation, is_bundle
-    from revise.export.onnx import require_onnxruntime
+    from revise.data.tensors import decode_sets
+    from revise.export.bundle import attach_validation
+    from revise.export.manifest import is_bundle
+    from revise.export.parity import require_onnxruntime
     from revise.models.io import load_model
-    from revise.pipeline import decode_sets
     from revise.registry import did_you_mean
     from revise.validate.api import check_onnx_matches, validate, write_report
     from revise.validate.criteria import load_criteria

@@ -1,11 +1,28 @@
-"""Unlearning methods: one module each, registered by name in ``base.METHODS``."""
+"""Unlearning: the methods, one module each, registered by name in ``base.METHODS``; the API
+that runs them (``api``, ``auto``); and what the unlearn stage does around a run: evaluation
+(``evaluate``), plain training (``train``), a run on decoded sets (``pipeline``) and sweeps
+(``sweep``)."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
 
-_NOT_METHODS = {"api", "auto", "base", "checkpoint", "settings", "target"}
+# the modules of the package that are not methods: its API and the stage functions over it
+_NOT_METHODS = {
+    "api",
+    "auto",
+    "base",
+    "checkpoint",
+    "evaluate",
+    "pipeline",
+    "settings",
+    "sweep",
+    "sweep_grid",
+    "sweep_ranking",
+    "target",
+    "train",
+}
 
 
 def load_builtin_methods() -> None:

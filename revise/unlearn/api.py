@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 import revise
-from revise._io import RUN_RECORD, write_json_atomic
+from revise._io.atomic import write_json_atomic
+from revise._io.outputs import RUN_RECORD
 from revise._run_record import RunRecord
+from revise.data.sets import DecodedSet
 from revise.distributed import init_from_env, rank_and_world
 from revise.errors import DivergedError, UsageError
 from revise.models.card import ModelCard
@@ -29,7 +31,6 @@ from revise.unlearn import checkpoint, load_builtin_methods
 from revise.unlearn.base import (
     GLOBAL_RNG_LOCK,
     METHODS,
-    LabelledTensors,
     PhaseTimer,
     UnlearnContext,
     freeze,
@@ -61,8 +62,8 @@ def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Any:
 def unlearn(
     model: nn.Module,
     card: ModelCard,
-    forget: LabelledTensors,
-    retain: LabelledTensors,
+    forget: DecodedSet,
+    retain: DecodedSet,
     *,
     method: str = "psg",
     config: Mapping[str, Any] | Any | None = None,
@@ -201,8 +202,8 @@ def check_finite(net: nn.Module, method: str, config: Any) -> None:
 def run_identity(
     model: nn.Module,
     card: ModelCard,
-    forget: LabelledTensors,
-    retain: LabelledTensors,
+    forget: DecodedSet,
+    retain: DecodedSet,
     method: str,
     config: Any,
     seed: int,

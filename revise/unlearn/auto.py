@@ -21,18 +21,17 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from revise._run_record import RunRecord, TargetCheck
-from revise.errors import DivergedError, UsageError
+from revise.data.sets import DecodedSet
+from revise.errors import UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
-from revise.unlearn.api import UnlearnResult, software_versions, unlearn
-from revise.unlearn.base import LabelledTensors, steps_per_pass
+from revise.unlearn._auto_search import Best, Candidate, Trial, meets, rounded, run_candidate
+from revise.unlearn.api import UnlearnResult, software_versions
 from revise.unlearn.target import (
     CLASS,
     DISTINCT_AUC,
@@ -49,30 +48,9 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"  # its method name: a method with no settings of its own
 
-# A candidate stops once its estimated distance is this small: closer than anything the
-# estimate itself can tell apart.
-GOOD_ENOUGH = 0.005
-# A candidate stops when a third of its steps (and at least PATIENCE checks) bring no
-# improvement: early steps may lose retention before the retain term wins it back.
-PATIENCE = 4
-COLLAPSE = 0.25  # retain accuracy lost that ends a candidate at once
-CHECKS_PER_CANDIDATE = 12  # how often a candidate is read, spread over its share of the budget
-MIN_CHECKS = 4
-CHECK_SHARE = 0.3  # of a candidate's budget, at most, spent reading it
 MIN_SHARE = 0.2  # a further candidate runs only with at least this share of the budget left
 MIN_BUDGET_IMAGES = 6_000  # about 30 steps of psg at batch 64, checks included
 MISS_MARGIN = 0.03  # the estimated distance above which the record warns (the suite's target)
-
-
-@dataclass
-class Candidate:
-    name: str
-    method: str
-    settings: dict[str, Any]
-    # What one step costs, in images passed forward and backward per image of its batch, and
-    # which images one pass of the method goes over (its epochs count those passes).
-    cost_per_image: float
-    passes_over: str  # "forget", "retain" or "union"
 
 
 # psg with the forgotten labels excluded and soft targets taken where the image is (eps = 0):
@@ -117,34 +95,13 @@ def candidates(kind: str) -> list[Candidate]:
     ]
 
 
-@dataclass
-class _Best:
-    name: str
-    reading: Reading
-    distance: float
-    state: dict[str, torch.Tensor] | None = None  # None: the original's weights
-    step: int = 0
-
-
-@dataclass
-class _Trial:
-    """What one candidate did, for the record."""
-
-    candidate: Candidate
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
-    stopped: str = ""
-    error: str = ""
-
-
 def auto_revise(
     net: nn.Module,
     card: ModelCard,
-    forget: LabelledTensors,
-    retain: LabelledTensors,
-    calibration_forget: LabelledTensors,
-    calibration_retain: LabelledTensors,
+    forget: DecodedSet,
+    retain: DecodedSet,
+    calibration_forget: DecodedSet,
+    calibration_retain: DecodedSet,
     *,
     device: str = "auto",
     seed: int = 0,
@@ -199,21 +156,21 @@ def auto_revise(
     target = judge.target(kind, start, source)
     if kind == SUBSET and not separability >= DISTINCT_AUC:
         target = _pooled_target(target, original, calibration_forget, calibration_retain, forget)
-    best = _Best("original (unchanged)", start, target.distance(start))
+    best = Best("original (unchanged)", start, target.distance(start))
     say(f"auto: {kind} forgetting; the original is at estimated distance {best.distance:.3f}")
     # a small site still gets a real revision: a floor in images, cheap where images are few
     budget = max(budget_passes * max(len(retain), len(forget)), min_budget_images)
     check_cost = sum(len(s) for s in (judge.forget, judge.retain, judge.heldout_forget)) / 3
     check_cost += len(judge.heldout_retain) / 3  # a forward pass is about a third of a step
     spent, trials = 0.0, []
-    if _meets(target, best.distance):
+    if meets(target, best.distance):
         say("auto: the original already meets the target; nothing to change")
     for cand in candidates(kind):
         # a candidate may use all that earlier ones left; one that stops early leaves the rest
-        if _meets(target, best.distance) or spent >= budget * (1 - MIN_SHARE):
+        if meets(target, best.distance) or spent >= budget * (1 - MIN_SHARE):
             break
         share = budget - spent
-        trial, best, used = _run_candidate(
+        trial, best, used = run_candidate(
             cand,
             net,
             card,
@@ -246,16 +203,16 @@ def auto_revise(
 def _pooled_target(
     target: Target,
     original: nn.Module,
-    calibration_forget: LabelledTensors,
-    calibration_retain: LabelledTensors,
-    forget: LabelledTensors,
+    calibration_forget: DecodedSet,
+    calibration_retain: DecodedSet,
+    forget: DecodedSet,
 ) -> Target:
     """A subset its held-out images do not tell apart from the rest (patients, random rows,
     instances) is read by a model that never saw it as that model reads held-out images of the
     same classes: the target forget accuracy is then the original's on every calibration image,
     weighted to the forget set's class mix - several times the images of the group's own slice,
     so an interval tight enough to see the gap between seen and unseen images."""
-    pooled = LabelledTensors(
+    pooled = DecodedSet(
         torch.cat([calibration_forget.x, calibration_retain.x]),
         torch.cat([calibration_forget.y, calibration_retain.y]),
     )
@@ -272,108 +229,11 @@ def _pooled_target(
     )
 
 
-def _meets(target: Target, distance: float) -> bool:
-    """The estimate cannot tell ``distance`` from zero: it is within the target's own interval
-    (a subset's target is an accuracy measured on a finite held-out slice), or below
-    GOOD_ENOUGH. Chasing a smaller estimate would fit the slice's noise, not the retrained
-    model."""
-    return distance <= max(GOOD_ENOUGH, target.forget_half_width)
-
-
-def _replaces(target: Target, distance: float, best: _Best) -> bool:
-    """Whether a state at ``distance`` replaces ``best``. Leaving the original takes a clear
-    gain (a quarter of the interval; the checks read the same images, so differences are finer
-    than the interval): the best of many noisy checks on a small calibration slice would
-    otherwise win by chance. A state that meets the target replaces a best that does not."""
-    if _meets(target, distance) and not _meets(target, best.distance):
-        return True
-    margin = target.half_width() / 4 if best.state is None else 1e-4
-    return distance < best.distance - margin
-
-
-def _run_candidate(
-    cand: Candidate,
-    net: nn.Module,
-    card: ModelCard,
-    forget: LabelledTensors,
-    retain: LabelledTensors,
-    judge: Judge,
-    target: Target,
-    best: _Best,
-    budget_left: float,
-    check_cost: float,
-    dev: torch.device,
-    seed: int,
-) -> tuple[_Trial, _Best, float]:
-    """Run one candidate under the monitor; return its trial, the best state so far and the
-    image passes it used."""
-    trial = _Trial(cand)
-    pass_size = {
-        "forget": len(forget),
-        "retain": len(retain),
-        "union": len(forget) + len(retain),
-    }[cand.passes_over]
-    batch = min(64, pass_size)
-    step_cost = cand.cost_per_image * batch
-    # At most CHECK_SHARE of the budget goes to checks, and at least MIN_CHECKS are made.
-    checks = int(
-        min(CHECKS_PER_CANDIDATE, max(MIN_CHECKS, CHECK_SHARE * budget_left // check_cost))
-    )
-    every = max(1, int((budget_left - checks * check_cost) // step_cost) // checks)
-    max_steps = every * checks  # the last step is a checked one: the budget is not overrun
-    patience = max(PATIENCE, max_steps // (3 * every))
-    epochs = math.ceil(max_steps / steps_per_pass(pass_size, batch))
-    state = {"best": best, "stale": 0, "own": math.inf}  # own: this candidate's best distance
-
-    def monitor(model: nn.Module, step: int) -> bool:
-        reading = judge.read(model)
-        distance = target.distance(reading)
-        trial.checks.append({"step": step, "distance": round(distance, 4), **_rounded(reading)})
-        if _replaces(target, distance, state["best"]):
-            snapshot = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
-            state["best"] = _Best(cand.name, reading, distance, snapshot, step)
-        if distance < state["own"] - 1e-4:  # improving on its own best, whatever others did
-            state["own"], state["stale"] = distance, 0
-        else:
-            state["stale"] += 1
-        reasons = (
-            (_meets(target, distance), "met the target"),
-            # early steps may lose much retention before the retain term wins it back
-            (reading.retain < target.retain - COLLAPSE and step >= max_steps // 2, "collapsed"),
-            (state["stale"] >= patience, "stopped improving"),
-            (step >= max_steps, "used its budget"),
-        )
-        trial.stopped = next((why for hit, why in reasons if hit), "")
-        return bool(trial.stopped)
-
-    t0 = time.perf_counter()
-    config = {**cand.settings, "epochs": epochs, "batch_size": batch}
-    if "cosine" in config or cand.method == "cf_k":  # decay over the steps this run may take
-        config["epochs"] = max(1, max_steps // steps_per_pass(pass_size, batch))
-    try:
-        result = unlearn(
-            net, card, forget, retain, method=cand.method, config=config,
-            device=str(dev), seed=seed, monitor=monitor, monitor_every=every,
-        )  # fmt: skip
-        trial.steps = result.record.stopped_at_step or result.record.steps or 0
-        if result.record.stopped_at_step is None:  # its last step was not read yet
-            monitor(PixelSpaceModel(result.model, card).to(dev).eval(), trial.steps)
-    except DivergedError as exc:
-        trial.error, trial.steps = str(exc), max_steps
-    trial.seconds = round(time.perf_counter() - t0, 4)
-    used = trial.steps * step_cost + len(trial.checks) * check_cost
-    return trial, state["best"], used
-
-
-def _rounded(reading: Reading) -> dict[str, float | None]:
-    return {k: (None if math.isnan(v) else round(v, 4)) for k, v in reading.__dict__.items()}
-
-
 def _record(
     kind: str,
     target: Target,
-    best: _Best,
-    trials: list[_Trial],
+    best: Best,
+    trials: list[Trial],
     start: Reading,
     spent: float,
     budget: float,
@@ -382,7 +242,7 @@ def _record(
     dev: torch.device,
 ) -> RunRecord:
     """The run record of an automatic revision."""
-    met = _meets(target, best.distance) or best.distance <= MISS_MARGIN
+    met = meets(target, best.distance) or best.distance <= MISS_MARGIN
     interval = target.half_width()
     record = RunRecord(
         method="auto",
@@ -401,8 +261,8 @@ def _record(
                 round(best.distance + interval, 4),
             ],
             met=met,
-            original=_rounded(start),
-            reached=_rounded(best.reading),
+            original=rounded(start),
+            reached=rounded(best.reading),
         ),
         candidates=[
             {

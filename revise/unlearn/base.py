@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revise.data.sets import DecodedSet
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel
 from revise.registry import Registry
@@ -39,27 +40,6 @@ from revise.unlearn.randomness import seeded_global_rng as seeded_global_rng
 from revise.unlearn.randomness import steps_per_pass as steps_per_pass
 from revise.unlearn.timing import PhaseTimer
 from revise.unlearn.timing import synchronize as synchronize
-
-
-@dataclass
-class LabelledTensors:
-    """Images in pixel space (N, C, H, W) and their integer labels (N,)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
-            raise ValueError(f"{len(self.x)} images but {len(self.y)} labels")
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def to(self, device: torch.device) -> LabelledTensors:
-        x = self.x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return LabelledTensors(x, self.y.to(device, non_blocking=True))
 
 
 @dataclass
@@ -96,8 +76,8 @@ class UnlearnContext:
     model: PixelSpaceModel
     original: PixelSpaceModel
     card: ModelCard
-    forget: LabelledTensors
-    retain: LabelledTensors
+    forget: DecodedSet
+    retain: DecodedSet
     device: torch.device
     seed: int
     timer: PhaseTimer

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from revise.data.sets import DecodedSet
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
-from revise.unlearn.base import LabelledTensors
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -17,7 +17,7 @@ _BN = nn.modules.batchnorm._BatchNorm
 def reestimate_batchnorm(
     net: nn.Module,
     card: ModelCard,
-    data: LabelledTensors,
+    data: DecodedSet,
     *,
     batch_size: int = 1024,
     device: str = "auto",

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from revise._io import atomic_path
+from revise._io.atomic import atomic_path
 
 FILE = "checkpoint.safetensors"
 FORMAT = 1

@@ -4,8 +4,8 @@ Exact unlearning by definition (e.g. Golatkar et al., CVPR 2020; Kurmanji et al.
 the seed paper, Nahass et al., arXiv:2505.21872, "Retrain: same recipe on D_r only"): every
 parameter and every BatchNorm statistic is re-initialised, so nothing of the deployed weights
 survives, and the network is trained with the original recipe on D_r alone. The defaults are the
-recipe that trains the deployed models here (``revise.train.TrainConfig``: SGD lr 0.01, momentum
-0.9, weight decay 1e-4, batch 64, 15 epochs, cosine decay).
+recipe that trains the deployed models here (``revise.unlearn.train.TrainConfig``: SGD lr 0.01,
+momentum 0.9, weight decay 1e-4, batch 64, 15 epochs, cosine decay).
 
 Re-initialisation calls each module's own ``reset_parameters()`` on a CPU copy under the run's
 seed (inside a forked RNG, so the global random stream is untouched): the fresh weights depend on
@@ -29,7 +29,7 @@ from revise.unlearn.settings import settings
 
 @settings
 class RetrainConfig:
-    """Defaults: the training recipe of the deployed models (revise.train.TrainConfig)."""
+    """Defaults: the training recipe of the deployed models (revise.unlearn.train.TrainConfig)."""
 
     epochs: int = Field(15, ge=1)  # passes over the retain set (seed paper: 15)
     batch_size: int = Field(64, ge=1)  # the training recipe's batch size

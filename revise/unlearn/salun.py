@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from revise.data.sets import DecodedSet
 from revise.errors import UsageError
 from revise.unlearn.base import (
-    LabelledTensors,
     UnlearnContext,
     random_other_labels,
     register,
@@ -54,7 +54,7 @@ class SalUnConfig:
 
 
 def forget_gradients(
-    model: nn.Module, forget: LabelledTensors, batch_size: int
+    model: nn.Module, forget: DecodedSet, batch_size: int
 ) -> dict[str, torch.Tensor]:
     """|d CE(D_f) / d theta| per parameter, summed over the whole forget set, in eval mode.
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from revise._run_record import TargetCheck
-from revise.unlearn.base import LabelledTensors
+from revise.data.sets import DecodedSet
 
 CLASS, SUBSET = "class", "subset"
 Z95 = 1.96
@@ -41,7 +41,7 @@ Z95 = 1.96
 CHECK_IMAGES = 256
 
 
-def forgetting_kind(forget: LabelledTensors, retain: LabelledTensors) -> str:
+def forgetting_kind(forget: DecodedSet, retain: DecodedSet) -> str:
     """``class`` when no retained image carries a label of the forget set, else ``subset``."""
     forgotten = set(forget.y.unique().tolist())
     kept = set(retain.y.unique().tolist()) if len(retain) else set()
@@ -55,17 +55,17 @@ def binomial_half_width(p: float, n: int) -> float:
     return Z95 * math.sqrt(max(p * (1 - p), 0.25 / n) / n)
 
 
-def subsample(data: LabelledTensors, limit: int = CHECK_IMAGES, seed: int = 0) -> LabelledTensors:
+def subsample(data: DecodedSet, limit: int = CHECK_IMAGES, seed: int = 0) -> DecodedSet:
     """At most ``limit`` images of ``data``, the same ones for the same seed."""
     if len(data) <= limit:
         return data
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=g)[:limit].sort().values
-    return LabelledTensors(data.x[idx], data.y[idx])
+    return DecodedSet(data.x[idx], data.y[idx])
 
 
 @torch.no_grad()
-def _hits(model: nn.Module, data: LabelledTensors, batch_size: int = 1024) -> torch.Tensor:
+def _hits(model: nn.Module, data: DecodedSet, batch_size: int = 1024) -> torch.Tensor:
     """Per image, whether a pixel-space model (in its current mode) gets it right: a bool
     tensor on the model's device (no host sync per batch)."""
     device = next(model.parameters()).device
@@ -77,7 +77,7 @@ def _hits(model: nn.Module, data: LabelledTensors, batch_size: int = 1024) -> to
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=device)
 
 
-def accuracy(model: nn.Module, data: LabelledTensors) -> float:
+def accuracy(model: nn.Module, data: DecodedSet) -> float:
     """Accuracy of a pixel-space model in its current mode (callers put it in eval mode)."""
     if len(data) == 0:
         return float("nan")
@@ -86,7 +86,7 @@ def accuracy(model: nn.Module, data: LabelledTensors) -> float:
 
 @torch.no_grad()
 def class_weighted_accuracy(
-    model: nn.Module, heldout: LabelledTensors, labels: torch.Tensor
+    model: nn.Module, heldout: DecodedSet, labels: torch.Tensor
 ) -> tuple[float, float] | None:
     """Accuracy on ``heldout`` re-weighted to the class mix of ``labels``, and its 95%
     half-width (per class, binomial); None when a class of ``labels`` has no held-out image."""
@@ -155,18 +155,18 @@ class Target:
 class Judge:
     """Reads a model on subsampled copies of the sets (the same images at every check)."""
 
-    forget: LabelledTensors
-    retain: LabelledTensors
-    heldout_forget: LabelledTensors
-    heldout_retain: LabelledTensors
+    forget: DecodedSet
+    retain: DecodedSet
+    heldout_forget: DecodedSet
+    heldout_retain: DecodedSet
 
     @classmethod
     def build(
         cls,
-        forget: LabelledTensors,
-        retain: LabelledTensors,
-        heldout_forget: LabelledTensors,
-        heldout_retain: LabelledTensors,
+        forget: DecodedSet,
+        retain: DecodedSet,
+        heldout_forget: DecodedSet,
+        heldout_retain: DecodedSet,
         device: torch.device,
         seed: int = 0,
     ) -> Judge:
@@ -205,8 +205,8 @@ def make_target(kind: str, original: Reading, n_group: int, n_kept: int, source:
 
 
 def reading_from_metrics(metrics: Mapping[str, Any]) -> Reading:
-    """A Reading from ``revise.evaluate.evaluate``'s {set: {n, accuracy}} (nan where a set is
-    missing)."""
+    """A Reading from ``revise.unlearn.evaluate.evaluate``'s {set: {n, accuracy}} (nan where a set
+    is missing)."""
 
     def acc(name: str) -> float:
         stats = metrics.get(name)
@@ -299,7 +299,7 @@ def image_statistics(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def group_separability(group: LabelledTensors, others: LabelledTensors, seed: int = 0) -> float:
+def group_separability(group: DecodedSet, others: DecodedSet, seed: int = 0) -> float:
     """Cross-validated ROC AUC of a logistic regression telling ``group``'s images from
     ``others``' by :func:`image_statistics` (nan with fewer than MIN_PER_SIDE on a side)."""
     from sklearn.linear_model import LogisticRegression

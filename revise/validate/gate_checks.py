@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from revise.registry import did_you_mean
-from revise.validate.criteria import METRICS, Criteria, Gate, _refuse, _with_hint
+from revise.validate.criteria import Criteria, Gate, _refuse, _with_hint
+from revise.validate.gate_metrics import METRICS
 from revise.validate.verdicts import where_mask
 
 

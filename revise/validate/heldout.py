@@ -30,7 +30,7 @@ class HeldoutData:
     fetched: int = 0  # DICOMweb: instances downloaded now (the rest came from the cache)
 
     def describe(self) -> dict[str, Any]:
-        from revise.data.dicomweb import redact_url  # a server URL may carry credentials
+        from revise.data._dicomweb_http import redact_url  # a server URL may carry credentials
 
         out = {
             "source": redact_url(self.source) if is_dicomweb(self.source) else self.source,

@@ -7,20 +7,21 @@ import logging
 
 from torch import nn
 
+from revise.data.sets import DecodedSets
 from revise.errors import UsageError
 from revise.merge.search import GateJudge
 from revise.models.card import ModelCard
-from revise.pipeline import PreparedData
 from revise.validate.api import validate
-from revise.validate.criteria import METRICS, Criteria
+from revise.validate.criteria import Criteria
 from revise.validate.gate_checks import check_models
+from revise.validate.gate_metrics import METRICS
 
 log = logging.getLogger(__name__)
 
 
 def gate_judge(
     criteria: Criteria,
-    data: PreparedData,
+    data: DecodedSets,
     original: nn.Module,
     reference: nn.Module | None,
     card: ModelCard,

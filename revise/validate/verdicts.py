@@ -7,9 +7,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from revise._validation_record import Membership, Parity, ReferenceDistance
+from revise.errors import DataError
+from revise.validate import metrics as m
 from revise.validate.criteria import Gate
+from revise.validate.gate_metrics import METRICS
+from revise.validate.measure import Outputs
 from revise.validate.metrics import Estimate, group_values
 
 
@@ -137,3 +143,93 @@ def judge(
         margin=float(margin),
         unit=unit,
     )
+
+
+@dataclass
+class GateContext:
+    """What the gates are judged on: every model's outputs on every set, the membership
+    attacks, the distance to the reference and the ONNX parity (None: not measured)."""
+
+    outputs: Mapping[str, Outputs]
+    sets: Mapping[str, Any]
+    class_names: list[str]
+    mia: Mapping[str, Membership]
+    reference: ReferenceDistance | None
+    parity: Parity | None
+
+    def verdicts(self, gate: Gate) -> list[Verdict]:
+        if METRICS[gate.metric].per_set:
+            return self._per_set(gate)
+        estimate, baselines, unit = self._whole_run(gate)
+        return [judge(gate, estimate, baselines, unit=unit)]
+
+    def _per_set(self, gate: Gate) -> list[Verdict]:
+        rows: pd.DataFrame = self.sets[gate.set].rows
+        base = where_mask(gate, rows, self.class_names).to_numpy()
+        shown = {c: m.group_name(c, v, self.class_names) for c, v in gate.where}
+        groups: list[tuple[dict[str, str] | None, np.ndarray]] = [(shown or None, base)]
+        if gate.per:
+            values = m.group_values(rows, gate.per)
+            groups = [
+                (
+                    {**shown, gate.per: m.group_name(gate.per, v, self.class_names)},
+                    base & (values == v),
+                )
+                for v in sorted(set(values[base]))
+            ]
+        verdicts = []
+        for group, mask in groups:
+            estimate, baselines = self._measure(gate, mask)
+            verdicts.append(judge(gate, estimate, baselines, group=group))
+        return verdicts
+
+    def _measure(self, gate: Gate, mask: np.ndarray) -> tuple[Estimate, dict[str, float]]:
+        s = gate.set
+        candidate = self.outputs["candidate"]
+        original = self.outputs.get("original")
+        if gate.metric == "accuracy":
+            baselines = {
+                name: m.proportion(out.correct(s)[mask]).value
+                for name, out in self.outputs.items()
+                if name != "candidate"
+            }
+            return m.proportion(candidate.correct(s)[mask]), baselines
+        if original is None:
+            raise DataError(f"{gate.metric} compares with the original model: pass --original")
+        if gate.metric == "accuracy_change":
+            return m.paired_change(candidate.correct(s)[mask], original.correct(s)[mask]), {}
+        same = candidate.predicted(s)[mask] == original.predicted(s)[mask]
+        return m.proportion(same), {}
+
+    def _whole_run(self, gate: Gate) -> tuple[Estimate, dict[str, float], str]:
+        metric = gate.metric
+        if metric in ("loss_mia", "mia_efficacy"):
+            key = "mean" if metric == "loss_mia" else "value"  # loss-MIA: mean over splits
+            values = {}
+            for name, entry in self.mia.items():
+                attack = getattr(entry, metric)
+                if attack is not None and getattr(attack, key) is not None:
+                    values[name] = getattr(attack, key)
+            if "candidate" not in values:
+                attack = getattr(self.mia.get("candidate"), metric, None)
+                why = attack.error if attack is not None else None
+                raise DataError(
+                    f"gate {gate.name!r}: {metric} cannot be measured: {why or 'no forget set'}"
+                )
+            attack = getattr(self.mia["candidate"], metric)
+            n = 2 * attack.n_per_group if metric == "loss_mia" else len(self.sets["forget"])
+            unit = "members + non-members" if metric == "loss_mia" else "forget-set images"
+            return Estimate(n, values.pop("candidate"), None), values, unit
+        if metric in ("distance_to_reference", "avg_gap"):
+            key = "distance" if metric == "distance_to_reference" else "avg_gap"
+            value = getattr(self.reference, key) if self.reference is not None else None
+            if value is None:
+                raise DataError(
+                    f"gate {gate.name!r}: {metric} needs forget, retain and held-out retained "
+                    "images and the reference's MIA-Efficacy"
+                )
+            n = len(self.sets["forget"]) + len(self.sets["retain"])
+            return Estimate(n, float(value), None), {}, "forget + retain images"
+        assert self.parity is not None  # check_inputs rejected parity gates without --onnx
+        key = metric.removeprefix("parity_")
+        return Estimate(self.parity.n, getattr(self.parity, key), None), {}, "held-out images"

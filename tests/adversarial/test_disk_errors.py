@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from revise._io import atomic_dir, atomic_path
+from revise._io.atomic import atomic_dir, atomic_path
 from revise.errors import RevisionError
 
 
@@ -118,7 +118,7 @@ def test_atomic_dir_on_a_read_only_file_system_raises_a_revision_error(read_only
 WRITER = """
 import os, signal, sys
 from pathlib import Path
-from revise._io import atomic_dir, atomic_path
+from revise._io.atomic import atomic_dir, atomic_path
 kind, target, end = sys.argv[1:]
 with (atomic_dir(target, overwrite=True) if kind == "dir" else atomic_path(target)) as tmp:
     (Path(tmp) / "half").write_text("half") if kind == "dir" else Path(tmp).write_text("half")

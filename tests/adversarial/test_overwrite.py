@@ -24,8 +24,8 @@ Probes kept here (what a careless user tried -> what revise must do):
 * `revise run` with a workdir that already holds the user's files -> exit 2 naming the workdir,
   before any stage runs, the files unchanged.
 * `revise demo -o FOLDER_OF_USER_FILES` -> exit 2, the demo never starts.
-* The mechanism itself (revise._io.check_output): an empty folder and a folder revise wrote may
-  be replaced with overwrite; a user's folder, file, or an input (also through a symlink or
+* The mechanism itself (revise._io.outputs.check_output): an empty folder and a folder revise wrote
+  may be replaced with overwrite; a user's folder, file, or an input (also through a symlink or
   inside the output folder) may not.
 """
 
@@ -248,12 +248,12 @@ def test_a_recipe_workdir_holding_user_files_is_refused_before_any_stage(
 
 
 def test_demo_refuses_a_folder_of_user_files(cli, tmp_path, monkeypatch):
-    import revise.demo
+    import revise.stages.demo
 
     def never(*args, **kwargs):
         raise AssertionError("the demo ran in the user's folder")
 
-    monkeypatch.setattr(revise.demo, "run_demo", never)
+    monkeypatch.setattr(revise.stages.demo, "run_demo", never)
     folder = tmp_path / "mine"
     (folder / "site").mkdir(parents=True)
     (folder / "site" / "notes.txt").write_text("keep me\n")
@@ -266,7 +266,7 @@ def test_demo_refuses_a_folder_of_user_files(cli, tmp_path, monkeypatch):
 
 
 def test_check_output_rules(tmp_path):
-    from revise._io import check_output
+    from revise._io.outputs import check_output
 
     empty = tmp_path / "empty"
     empty.mkdir()

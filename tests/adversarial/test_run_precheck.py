@@ -107,7 +107,7 @@ def _manifest_without_columns(tmp_path: Path) -> Path:
 
 
 def _encrypted_key(tmp_path: Path) -> Path:
-    from revise.export.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+    from revise.export.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
 
     generate_keys(tmp_path / PRIVATE_KEY_NAME, tmp_path / PUBLIC_KEY_NAME, password=b"right")
     return tmp_path / PRIVATE_KEY_NAME

@@ -25,7 +25,8 @@ import typing
 import pytest
 from pydantic.fields import FieldInfo
 
-import revise.sweep
+import revise.unlearn.sweep
+import revise.unlearn.sweep_grid
 from revise._schema import interval
 from revise.errors import UsageError
 from revise.unlearn.api import make_config, unlearn
@@ -141,13 +142,13 @@ def test_every_mistake_in_the_settings_is_reported_at_once():
 def test_a_config_built_in_python_is_checked_by_unlearn():
     import torch
 
+    from revise.data.sets import DecodedSet
     from revise.models.architectures import build
     from revise.models.card import ModelCard
-    from revise.unlearn.base import LabelledTensors
     from revise.unlearn.psg import PSGConfig
 
     card = ModelCard("small_cnn", 10, 1, (8, 8))
-    images = LabelledTensors(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    images = DecodedSet(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
     args = (build(card), card, images, images)
     with pytest.raises(UsageError, match=r"psg: eps must be in \[0, 1\], not 2"):
         unlearn(*args, method="psg", config=PSGConfig(eps=2), device="cpu")
@@ -179,19 +180,19 @@ def test_a_nine_million_point_grid_is_refused_at_once_without_building_it(
     def never(*args, **kwargs):
         raise AssertionError("the grid was built to be counted")
 
-    monkeypatch.setattr(revise.sweep, "expand_grid", never)
+    monkeypatch.setattr(revise.unlearn.sweep_grid, "expand_grid", never)
     values = ",".join(f"{i + 1}e-6" for i in range(3000))
     out = tmp_path / "sweep"
     args = ["sweep", "--model", demo_site.model, "--data", demo_site.manifest]
     args += ["--forget", cli.forget, "--grid", f"lr={values}", "--grid", f"eps={values}"]
     line = cli.one_line_error(cli(*args, "-o", out, "--device", "cpu", code=2))
-    cap = revise.sweep.MAX_GRID_POINTS
+    cap = revise.unlearn.sweep_grid.MAX_GRID_POINTS
     assert "9000000 points" in line and f"at most {cap}" in line, line
     assert not out.exists()
     assert f"at most {cap} points" in " ".join(cli("sweep", "--help", code=0).stdout.split())
     # the library refuses it the same way, before any model or data is touched
     with pytest.raises(UsageError, match=f"at most {cap}"):
-        revise.sweep.sweep(
+        revise.unlearn.sweep.sweep(
             None, None, None, method="psg", grid={"lr": list(range(3000)), "eps": [0] * 3000}
         )
 

@@ -29,10 +29,11 @@ import pytest
 from clirunner import describe, invoke
 from export_site import validate_args
 
-from revise._io import sha256_file
+from revise._io.digests import sha256_file
 from revise.errors import DataError
-from revise.export.bundle import SIGNATURE_NAME, SIGNING_RECORD
-from revise.export.signing import generate_keys, sign_bundle
+from revise.export.keys import generate_keys
+from revise.export.manifest import SIGNATURE_NAME, SIGNING_RECORD
+from revise.export.signing import sign_bundle
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def fp16_bundle(export_site, tmp_path_factory, isolated_env) -> Path:
 def _relist(bundle: Path, *names: str) -> None:
     """Record the current sha256 of ``names`` in bundle.json (drop those that are gone), and the
     current graph digest of every ONNX variant: bundle.json consistent with the edit."""
-    from revise.export.onnx import graph_digest
+    from revise.export.onnx_file import graph_digest
 
     manifest = json.loads((bundle / "bundle.json").read_text())
     for name in names:
@@ -88,7 +89,7 @@ def _edit_text(name: str, old: str, new: str) -> Callable[[Path], None]:
 
 def _edit_card_metadata(name: str) -> Callable[[Path], None]:
     def edit(bundle: Path) -> None:
-        from revise.export.onnx import read_metadata, set_metadata
+        from revise.export.onnx_file import read_metadata, set_metadata
 
         card = json.loads(read_metadata(bundle / name)["revise.card"])
         set_metadata(bundle / name, {"revise.card": json.dumps({**card, "mean": [0.4]})})
@@ -174,7 +175,7 @@ def test_sign_refuses_a_file_edited_after_validation(bundle_copy, fp16_bundle, t
 
 
 def test_sign_refuses_a_verdict_rewritten_in_the_onnx_metadata(bundle_copy, key):
-    from revise.export.onnx import set_metadata
+    from revise.export.onnx_file import set_metadata
 
     bundle = bundle_copy("fail")
     set_metadata(bundle / "model.onnx", {"revise.validation_verdict": "pass"})

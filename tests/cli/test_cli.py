@@ -240,10 +240,10 @@ def test_unlearn_psg_run(cli, demo_site, psg_run):
     assert set(record["metrics"]["forget"]["by"]["device"]) == {FORGET_DEVICE}
     import torch
 
-    from revise.evaluate import evaluate
+    from revise.data.tensors import prepare
     from revise.models.pixel import PixelSpaceModel
-    from revise.pipeline import prepare
     from revise.unlearn.base import freeze
+    from revise.unlearn.evaluate import evaluate
     from revise.unlearn.psg import PSGConfig, boundary_search
 
     loaded = load_model(demo_site.model)
@@ -258,7 +258,7 @@ def test_unlearn_psg_run(cli, demo_site, psg_run):
     assert record["metrics"]["retain"]["accuracy"] >= before["retain"]["accuracy"] - 0.1
     # the attack success ratio is the share of forget images that the original model's
     # boundary step flips (up to the noise, and the repeats that fill the last batch)
-    forget = data.sets["forget"].data
+    forget = data.sets["forget"]
     labeler = freeze(PixelSpaceModel(loaded.module, loaded.card))
     x_adv = boundary_search(labeler, forget.x, forget.y, PSGConfig(gamma=0.0), None)
     with torch.no_grad():
@@ -406,10 +406,10 @@ def test_export_writes_a_bundle_that_onnx_runtime_and_triton_load(
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from revise.evaluate import predict
-    from revise.export.onnx import read_metadata
+    from revise.export.onnx_file import read_metadata
     from revise.models.io import load_model, weights_digest
     from revise.models.pixel import normalize
+    from revise.unlearn.evaluate import predict
 
     out = tmp_path / "bundle"
     args = ("export", run_folder, "-o", out, "--data", demo_site.manifest, "--name", "digits")
@@ -483,7 +483,7 @@ DEMO_PHI = re.compile(r"Demo\^Patient\d{2}|DEMO-\d{4}")
 def test_demo_end_to_end(cli, tmp_path):
     import pydicom
 
-    from revise.export.onnx import read_metadata
+    from revise.export.onnx_file import read_metadata
 
     out = tmp_path / "demo"
     result = cli("demo", "-o", out, "--device", "cpu", code=0)

@@ -65,7 +65,7 @@ import torch
 
 from revise.distributed import finish, is_main_process
 from revise.unlearn.api import unlearn
-from revise.unlearn.base import LabelledTensors
+from revise.data.sets import DecodedSet
 
 
 class Stop(Exception):
@@ -85,8 +85,8 @@ def main(setup, out):
     for case in s["cases"]:
         net, card = s["models"][case.get("model", "plain")]
         nf, nr = case["n_forget"], case["n_retain"]
-        forget = LabelledTensors(s["forget"].x[:nf], s["forget"].y[:nf])
-        retain = LabelledTensors(s["retain"].x[:nr], s["retain"].y[:nr])
+        forget = DecodedSet(s["forget"].x[:nf], s["forget"].y[:nf])
+        retain = DecodedSet(s["retain"].x[:nr], s["retain"].y[:nr])
         kwargs = dict(method=case["method"], config=case["config"], device="cpu", seed=5)
         if case.get("stop_after"):
             folder = Path(out) / (case["name"] + ".ck")
@@ -168,10 +168,10 @@ RESUMED = [
 def digits_model():
     from sklearn.datasets import load_digits
 
+    from revise.data.sets import DecodedSet
     from revise.models.architectures import build
     from revise.models.card import ModelCard
-    from revise.train import TrainConfig, train_classifier
-    from revise.unlearn.base import LabelledTensors
+    from revise.unlearn.train import TrainConfig, train_classifier
 
     d = load_digits()
     x = torch.tensor(d.images[:600] / 16.0, dtype=torch.float32)[:, None]
@@ -179,7 +179,7 @@ def digits_model():
     card = ModelCard("small_cnn", 10, 1, (8, 8), mean=(0.3,), std=(0.4,))
     torch.manual_seed(0)
     net = train_classifier(
-        build(card), card, LabelledTensors(x, y), TrainConfig(epochs=3, lr=0.05), device="cpu"
+        build(card), card, DecodedSet(x, y), TrainConfig(epochs=3, lr=0.05), device="cpu"
     )
     dropout_card = ModelCard(
         "small_cnn", 10, 1, (8, 8), mean=(0.3,), std=(0.4,), arch_kwargs={"dropout": 0.5}
@@ -189,14 +189,14 @@ def digits_model():
     forget = y == 0
     return {
         "models": {"plain": (net, card), "dropout": (dropout_net, dropout_card)},
-        "forget": LabelledTensors(x[forget], y[forget]),
-        "retain": LabelledTensors(x[~forget], y[~forget]),
+        "forget": DecodedSet(x[forget], y[forget]),
+        "retain": DecodedSet(x[~forget], y[~forget]),
     }
 
 
 def _one_process(data, case):
+    from revise.data.sets import DecodedSet
     from revise.unlearn.api import unlearn
-    from revise.unlearn.base import LabelledTensors
 
     net, card = data["models"][case.get("model", "plain")]
     nf, nr = case["n_forget"], case["n_retain"]
@@ -206,8 +206,8 @@ def _one_process(data, case):
         return unlearn(
             net,
             card,
-            LabelledTensors(data["forget"].x[:nf], data["forget"].y[:nf]),
-            LabelledTensors(data["retain"].x[:nr], data["retain"].y[:nr]),
+            DecodedSet(data["forget"].x[:nf], data["forget"].y[:nf]),
+            DecodedSet(data["retain"].x[:nr], data["retain"].y[:nr]),
             method=case["method"],
             config=case["config"],
             device="cpu",

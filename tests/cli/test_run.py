@@ -78,7 +78,7 @@ def test_every_mistake_is_reported_at_once_and_nothing_runs(cli, demo_site, tmp_
         "sign.key:",
         "sign.password_env: the environment variable REVISE_TEST_NO_SUCH_VARIABLE is not set",
         "validate.reference:",
-        "compile: 'yes' is not true or false",
+        "compile: must be true or false, not 'yes'",
     ):
         assert expected in message, expected
     assert not (tmp_path / "work").exists()
@@ -86,7 +86,7 @@ def test_every_mistake_is_reported_at_once_and_nothing_runs(cli, demo_site, tmp_
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory, isolated_env) -> Path:
-    from revise.export.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+    from revise.export.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
 
     folder = tmp_path_factory.mktemp("keys")
     generate_keys(folder / PRIVATE_KEY_NAME, folder / PUBLIC_KEY_NAME)
@@ -205,7 +205,7 @@ def test_changed_inputs_rerun_their_stages_and_a_new_key_re_signs(
     import torch
 
     from revise.data import manifest as manifest_mod
-    from revise.export.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+    from revise.export.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
     from revise.models.io import load_model, save_model
 
     monkeypatch.chdir(tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from revise._io import RESOLVED_RECIPE
+from revise._io.outputs import RESOLVED_RECIPE
 from revise.cli import cli as revise_cli
 from revise.errors import OptionError, UsageError
 from revise.recipe import load_plan

@@ -307,7 +307,7 @@ def test_a_pacs_that_is_down_is_a_clear_error(cli, demo_site, revised, tmp_path)
 def test_validating_a_bundle_puts_the_report_into_it(cli, demo_site, revised, tmp_path):
     import hashlib
 
-    from revise.export.onnx import graph_digest, read_metadata
+    from revise.export.onnx_file import graph_digest, read_metadata
 
     bundle = tmp_path / "bundle"
     cli("export", revised, "-o", bundle, "--data", demo_site.manifest, code=0)

@@ -26,8 +26,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from revise.data import dicomweb
-from revise.data.dicomweb import DicomwebFetch, index_dicomweb, pushdown
+from revise.data import _dicomweb_server
+from revise.data._dicomweb_pushdown import pushdown
+from revise.data.dicomweb import DicomwebFetch, index_dicomweb
 from revise.data.index import index
 from revise.data.select import select
 from revise.errors import DataError, SelectionError
@@ -234,7 +235,8 @@ def test_labels_from_csv_and_rule(pacs, site, tmp_path):
 
 def test_results_come_page_by_page(pacs, site, tmp_path, monkeypatch):
     whole = fetch(pacs, cache_dir=tmp_path).result.manifest
-    monkeypatch.setattr(dicomweb, "PAGE", 2)  # 7 series and 3 instances in A1: several pages
+    # 7 series and 3 instances in A1: several pages
+    monkeypatch.setattr(_dicomweb_server, "PAGE", 2)
     paged = fetch(pacs, cache_dir=tmp_path)
     assert (paged.series, paged.instances, paged.cached) == (site.n_series, N_IMAGES + 2, 12)
     pd.testing.assert_frame_equal(paged.result.manifest, whole)
@@ -339,7 +341,7 @@ def test_server_that_answers_garbage(tmp_path, answer, message):
 
 
 def test_server_that_ignores_offset_is_not_asked_forever(tmp_path, monkeypatch):
-    monkeypatch.setattr(dicomweb, "PAGE", 2)
+    monkeypatch.setattr(_dicomweb_server, "PAGE", 2)
     page = [_record(study="1.2", series="1.2.1"), _record(study="1.2", series="1.2.2")]
     routes = {
         # the same two series whatever the offset

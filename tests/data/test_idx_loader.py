@@ -21,7 +21,8 @@ from clirunner import invoke
 
 from revise.data import manifest as manifest_mod
 from revise.data import plugins
-from revise.data.idx_loader import IdxLoader, read_idx, read_idx_header
+from revise.data._idx_format import read_idx, read_idx_header
+from revise.data.idx_loader import IdxLoader
 from revise.data.index import choose_loader, index
 from revise.data.loaders import SiteLoader
 from revise.data.tensors import load_tensors

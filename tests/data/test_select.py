@@ -373,7 +373,7 @@ def test_random_draws_are_pinned_to_sha256(df: pd.DataFrame) -> None:
     """The same rows on every machine and every version: a site can re-run its selection."""
     import hashlib
 
-    from revise.data.select import draw
+    from revise.data._select_eval import draw
 
     digest = hashlib.sha256(b"revise.random\x000\x00sample_key\x00s-2").digest()
     assert draw(0, "sample_key", "s-2") == (int.from_bytes(digest[:8], "big") >> 11) / 2**53

@@ -16,7 +16,8 @@ from pydicom.uid import JPEG2000, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLoss
 
 from revise.data import dicom_loader
 from revise.data.dicom_loader import DicomLoader, index_dicom
-from revise.data.tensors import TensorSet, load_tensors, to_model_input
+from revise.data.sets import DecodedSet
+from revise.data.tensors import load_tensors, to_model_input
 from revise.errors import DataError
 from revise.models.card import ModelCard
 
@@ -124,7 +125,7 @@ def expected_decode_failures() -> set[str]:
 
 def test_every_indexed_row_decodes_except_the_damaged_and_codec_less(manifest):
     result = load_tensors(manifest, card())
-    assert isinstance(result, TensorSet)
+    assert isinstance(result, DecodedSet)
     failed = {Path(f.path).name for f in result.failures}
     assert failed == expected_decode_failures()
     assert len(result) + len(result.failures) == len(manifest)
@@ -170,7 +171,7 @@ def test_a_damaged_jpeg_is_named_once_without_a_decoder_traceback(tmp_path, capl
     and the sets say which one lost the image."""
     from pydicom.encaps import encapsulate
 
-    from revise.pipeline import decode_sets
+    from revise.data.tensors import decode_sets
 
     ds = pydicom.dcmread(TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm")
     ds.PixelData = encapsulate([b"\xff\xd8" + bytes(500)])  # a JPEG start, then nothing

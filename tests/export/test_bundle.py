@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from revise import _io
-from revise._io import atomic_dir
+from revise._io import atomic
+from revise._io.atomic import atomic_dir
 from revise.export.bundle import attach_validation
 
 
@@ -42,7 +43,7 @@ def _fail_swap_in(monkeypatch, target: Path) -> list[tuple[str, str]]:
             raise OSError(28, "No space left on device")
         return real(src, dst)
 
-    monkeypatch.setattr(_io.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     return calls
 
 
@@ -87,7 +88,7 @@ def test_atomic_outputs_get_the_modes_of_a_plain_write(tmp_path):
     open()/mkdir() give under the process umask (read once at import)."""
     import stat
 
-    _io.write_text_atomic(tmp_path / "report.json", "{}")
+    atomic.write_text_atomic(tmp_path / "report.json", "{}")
     with atomic_dir(tmp_path / "run") as tmp:
         (tmp / "x").write_text("x")
     (tmp_path / "plain").write_text("x")

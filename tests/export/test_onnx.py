@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from revise.errors import ExportError, ModelError
-from revise.export import onnx as rx
-from revise.export.bundle import triton_config
-from revise.export.onnx import check_parity, export_onnx, read_metadata, set_metadata
+from revise.export import parity as rx_parity
+from revise.export.onnx import export_onnx
+from revise.export.onnx_file import read_metadata, set_metadata
+from revise.export.parity import check_parity
+from revise.export.triton import triton_config
 from revise.models.architectures import build
 from revise.models.card import ModelCard
 from revise.models.io import load_model
@@ -127,8 +129,8 @@ def test_check_parity_against_a_different_model_fails(exported):
 
 
 def test_broken_parity_raises_with_numbers_and_leaves_no_file(tmp_path, monkeypatch):
-    real = rx._torch_logits
-    monkeypatch.setattr(rx, "_torch_logits", lambda m, x: real(m, x) + 0.01)
+    real = rx_parity._torch_logits
+    monkeypatch.setattr(rx_parity, "_torch_logits", lambda m, x: real(m, x) + 0.01)
     target = tmp_path / "model.onnx"
     with pytest.raises(ExportError) as err:
         export_onnx(_trained(), _card(), target, samples=_samples())

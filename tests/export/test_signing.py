@@ -19,8 +19,9 @@ from clirunner import invoke
 from cryptography.exceptions import InvalidSignature
 
 from revise.errors import DataError, SignatureError, UsageError
-from revise.export.bundle import SIGNATURE_NAME, SIGNING_RECORD
-from revise.export.signing import generate_keys, sign_bundle, verify_bundle
+from revise.export.keys import generate_keys
+from revise.export.manifest import SIGNATURE_NAME, SIGNING_RECORD
+from revise.export.signing import sign_bundle, verify_bundle
 
 
 @pytest.fixture
@@ -381,7 +382,7 @@ def test_an_empty_folder_is_flagged_and_refused(signed, keys):
 
 def _relist(bundle: Path, *names: str) -> None:
     """Record the current sha256 of ``names`` in bundle.json, as a forger would."""
-    from revise._io import sha256_file
+    from revise._io.digests import sha256_file
 
     manifest = json.loads((bundle / "bundle.json").read_text())
     for name in names:
@@ -402,7 +403,7 @@ def _swap_onnx_relisted(bundle: Path, other: Path) -> None:
 
 
 def _swap_onnx_relisted_and_graph(bundle: Path, other: Path) -> None:
-    from revise.export.onnx import graph_digest
+    from revise.export.onnx_file import graph_digest
 
     _swap_onnx_relisted(bundle, other)
     manifest = json.loads((bundle / "bundle.json").read_text())

@@ -28,7 +28,7 @@ class MergeSite:
     base: Path  # the deployed model folder
     forgetting: Path  # run folders
     retention: Path
-    data: object  # PreparedData of the manifest with FORGET
+    data: object  # DecodedSets of the manifest with FORGET
     forget: str = FORGET
 
 
@@ -37,13 +37,13 @@ def merge_site(tmp_path_factory, isolated_env) -> MergeSite:
     from revise.data import manifest as manifest_mod
     from revise.data.demo_site import build_demo_site
     from revise.data.index import index
-    from revise.demo import demo_card
+    from revise.data.sets import DecodedSet
+    from revise.data.tensors import prepare
     from revise.models.architectures import build
     from revise.models.io import save_model, weights_digest
-    from revise.pipeline import prepare
-    from revise.train import TrainConfig, train_classifier
+    from revise.stages.demo import demo_card
     from revise.unlearn.api import save_run, unlearn
-    from revise.unlearn.base import LabelledTensors
+    from revise.unlearn.train import TrainConfig, train_classifier
 
     root = tmp_path_factory.mktemp("merge-site")
     with isolated_env():
@@ -52,10 +52,8 @@ def merge_site(tmp_path_factory, isolated_env) -> MergeSite:
         manifest = manifest_mod.save(indexed.manifest, root / "manifest.parquet")
         card = dataclasses.replace(demo_card(), input_size=(8, 8))
         data = prepare(indexed.manifest, card, FORGET)
-        forget, retain = data.sets["forget"].data, data.sets["retain"].data
-        everything = LabelledTensors(
-            torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y])
-        )
+        forget, retain = data.sets["forget"], data.sets["retain"]
+        everything = DecodedSet(torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]))
         torch.manual_seed(0)
         net = train_classifier(
             build(card), card, everything, TrainConfig(epochs=8, lr=0.05), device="cpu"

@@ -11,6 +11,7 @@ from clirunner import invoke
 from torch import nn
 
 from revise._run_record import RunRecord
+from revise.data.sets import DecodedSet
 from revise.errors import ModelError, UsageError
 from revise.merge import (
     RunInput,
@@ -23,7 +24,6 @@ from revise.merge import (
 )
 from revise.models.architectures import build
 from revise.models.card import ModelCard
-from revise.unlearn.base import LabelledTensors
 
 CARD = ModelCard("small_cnn", 10, 1, (8, 8), mean=(0.3,), std=(0.4,))
 
@@ -126,7 +126,7 @@ def test_batchnorm_statistics_are_those_of_the_retain_data():
     bn.num_batches_tracked.fill_(123)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(200, 1, 8, 8, generator=g)
-    data = LabelledTensors(x, torch.zeros(200, dtype=torch.long))
+    data = DecodedSet(x, torch.zeros(200, dtype=torch.long))
     layers = reestimate_batchnorm(net, CARD, data, batch_size=256, device="cpu")
     assert layers == 2
     with torch.no_grad():  # by hand: the first conv's output on the normalised retain images
@@ -145,7 +145,7 @@ def test_batchnorm_statistics_are_those_of_the_retain_data():
     # uneven data: 201 images in batches of at most 200 are two batches of 101 and 100, each
     # weighted by its images - the mean is the data's mean, not dominated by a 1-image batch
     x = torch.cat([x, torch.ones(1, 1, 8, 8) * 50])  # one far-off image
-    data = LabelledTensors(x, torch.zeros(201, dtype=torch.long))
+    data = DecodedSet(x, torch.zeros(201, dtype=torch.long))
     reestimate_batchnorm(net, CARD, data, batch_size=200, device="cpu")
     with torch.no_grad():
         z = net.features[0]((x - 0.3) / 0.4)
@@ -212,8 +212,8 @@ def test_merge_mode_must_be_one_or_the_other():
 # two real unlearning runs merged both ways: end to end, in the slow set (run by CI)
 @pytest.mark.slow
 def test_merge_cli_end_to_end(merge_site, tmp_path):
-    from revise.evaluate import predict
     from revise.models.io import load_model, weights_digest
+    from revise.unlearn.evaluate import predict
 
     site = merge_site
     forgetting, retention = site.forgetting, site.retention
@@ -264,8 +264,8 @@ def test_merge_cli_end_to_end(merge_site, tmp_path):
         assert result.exit_code == 0, result.output
         metrics = json.loads(report.read_text())
         assert set(metrics) == set(site.data.sets)
-        for name, evalset in site.data.sets.items():  # known answers: this model's predictions
-            x, y = evalset.data.x, evalset.data.y
+        for name, subset in site.data.sets.items():  # known answers: this model's predictions
+            x, y = subset.x, subset.y
             right = predict(loaded.module, loaded.card, x, device="cpu").argmax(1) == y
             assert metrics[name]["n"] == len(y)
             assert metrics[name]["accuracy"] == pytest.approx(right.float().mean().item(), abs=1e-4)

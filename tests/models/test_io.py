@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper
 from safetensors.torch import save_file
 
-from revise._io import sha256_file
+from revise._io.digests import sha256_file
 from revise.errors import ModelError, UnknownNameError
 from revise.models._onnx_import import _import_onnx2torch
 from revise.models._sniff import _sniff

@@ -13,13 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from revise.data.sets import DecodedSet
 from revise.errors import ModelError
+from revise.models._final_activation import final_activation
+from revise.models._output_wrappers import LogitsOf
 from revise.models.card import ModelCard
 from revise.models.io import load_model, save_model, weights_digest
-from revise.models.outputs import LogitsOf, deployed, final_activation, settle
+from revise.models.outputs import deployed, settle
 from revise.models.pixel import PixelSpaceModel
-from revise.train import TrainConfig, train_classifier
-from revise.unlearn.base import LabelledTensors
+from revise.unlearn.train import TrainConfig, train_classifier
 
 CLASSES = 4
 SHAPE = (1, 8, 8)
@@ -233,14 +235,14 @@ def test_an_unknown_output_kind_is_refused_with_a_suggestion():
 # --------------------------------------------------------------- training sees logits
 
 
-def _separable(n: int = 64) -> LabelledTensors:
+def _separable(n: int = 64) -> DecodedSet:
     g = torch.Generator().manual_seed(3)
     y = torch.arange(n) % CLASSES
     x = 0.1 * torch.rand(n, *SHAPE, generator=g)
     for c in range(CLASSES):  # each class lights its own quadrant
         r, q = divmod(c, 2)
         x[y == c, :, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 0.8
-    return LabelledTensors(x, y)
+    return DecodedSet(x, y)
 
 
 @pytest.mark.parametrize("suffix", [".onnx", ".ts"])
@@ -290,8 +292,8 @@ def test_an_unlearning_run_on_a_softmax_model_saves_what_reloads(tmp_path):
     path = _write(nn.Sequential(_body(), nn.Softmax(1)).eval(), tmp_path / "m.onnx")
     loaded = _load(path)
     data = _separable()
-    forget = LabelledTensors(data.x[:8], data.y[:8])
-    retain = LabelledTensors(data.x[8:], data.y[8:])
+    forget = DecodedSet(data.x[:8], data.y[:8])
+    retain = DecodedSet(data.x[8:], data.y[8:])
     config = {"epochs": 2, "batch_size": 16, "lr": 0.05}
     result = unlearn(
         loaded.module, loaded.card, forget, retain, method="finetune", config=config, device="cpu"

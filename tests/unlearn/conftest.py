@@ -6,10 +6,10 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from revise.data.sets import DecodedSet
 from revise.models.architectures import build
 from revise.models.card import ModelCard
-from revise.train import TrainConfig, train_classifier
-from revise.unlearn.base import LabelledTensors
+from revise.unlearn.train import TrainConfig, train_classifier
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def digits():
     net = train_classifier(
         build(card),
         card,
-        LabelledTensors(x[train], y[train]),
+        DecodedSet(x[train], y[train]),
         TrainConfig(epochs=10, lr=0.05),
         device="cpu",
     )
@@ -31,7 +31,7 @@ def digits():
     return {
         "card": card,
         "net": net,
-        "forget": LabelledTensors(x[train][forget], y[train][forget]),
-        "retain": LabelledTensors(x[train][~forget], y[train][~forget]),
-        "test": LabelledTensors(x[test], y[test]),
+        "forget": DecodedSet(x[train][forget], y[train][forget]),
+        "retain": DecodedSet(x[train][~forget], y[train][~forget]),
+        "test": DecodedSet(x[test], y[test]),
     }

@@ -12,13 +12,12 @@ import math
 import pytest
 import torch
 
+from revise.data.sets import DecodedSet
 from revise.errors import UsageError
-from revise.evaluate import predict
 from revise.models.architectures import build
-from revise.train import TrainConfig, train_classifier
 from revise.unlearn.api import unlearn
 from revise.unlearn.auto import auto_revise, candidates
-from revise.unlearn.base import LabelledTensors
+from revise.unlearn.evaluate import predict
 from revise.unlearn.target import (
     CLASS,
     DISTINCT_AUC,
@@ -29,6 +28,7 @@ from revise.unlearn.target import (
     forgetting_kind,
     group_separability,
 )
+from revise.unlearn.train import TrainConfig, train_classifier
 
 RECIPE = TrainConfig(epochs=10, lr=0.05)  # the recipe of the session model (conftest)
 
@@ -37,23 +37,23 @@ def accuracy(net, card, data) -> float:
     return (predict(net, card, data.x, device="cpu").argmax(1) == data.y).float().mean().item()
 
 
-def empty_like(data: LabelledTensors) -> LabelledTensors:
-    return LabelledTensors(data.x[:0], data.y[:0])
+def empty_like(data: DecodedSet) -> DecodedSet:
+    return DecodedSet(data.x[:0], data.y[:0])
 
 
 @pytest.fixture(scope="module")
 def class_case(digits):
     """Forget class 0: the sets, held-out halves, and the model retrained on the retain set."""
     test = digits["test"]  # alternate rows: calibration and judged images alike, as a site's
-    calibration = LabelledTensors(test.x[::2], test.y[::2])
-    judged = LabelledTensors(test.x[1::2], test.y[1::2])
+    calibration = DecodedSet(test.x[::2], test.y[::2])
+    judged = DecodedSet(test.x[1::2], test.y[1::2])
     torch.manual_seed(0)
     retrained = train_classifier(
         build(digits["card"]), digits["card"], digits["retain"], RECIPE, device="cpu"
     )
 
     def split(data, keep):
-        return LabelledTensors(data.x[keep], data.y[keep])
+        return DecodedSet(data.x[keep], data.y[keep])
 
     return {
         "calibration_forget": split(calibration, calibration.y == 0),
@@ -72,7 +72,7 @@ def distance(net, reference, card, forget, retain) -> float:
 def test_the_kind_of_forgetting_comes_from_the_labels(digits):
     forget, retain = digits["forget"], digits["retain"]
     assert forgetting_kind(forget, retain) == CLASS
-    some = LabelledTensors(retain.x[:50], retain.y[:50])  # classes that stay
+    some = DecodedSet(retain.x[:50], retain.y[:50])  # classes that stay
     assert forgetting_kind(some, retain) == SUBSET
 
 
@@ -133,8 +133,8 @@ def test_auto_keeps_the_original_when_it_already_meets_a_subset_target(digits, c
     and auto says so."""
     card, net, retain = digits["card"], digits["net"], digits["retain"]
     held = class_case["calibration_retain"]  # alternate rows: two halves of one distribution
-    never_seen = LabelledTensors(held.x[::2], held.y[::2])
-    calibration = LabelledTensors(held.x[1::2], held.y[1::2])
+    never_seen = DecodedSet(held.x[::2], held.y[::2])
+    calibration = DecodedSet(held.x[1::2], held.y[1::2])
     result = auto_revise(
         net, card, never_seen, retain, empty_like(never_seen), calibration, device="cpu"
     )
@@ -196,25 +196,25 @@ def test_a_monitor_ends_the_run_early(digits):
     assert seen == [3, 6] and result.record.stopped_at_step == 6
 
 
-def acquired(data: LabelledTensors, seed: int) -> LabelledTensors:
+def acquired(data: DecodedSet, seed: int) -> DecodedSet:
     """``data`` as a second device would image it: a compressive response and sensor noise."""
     g = torch.Generator().manual_seed(seed)
     noisy = data.x.clamp(0, 1) ** 0.5 + 0.1 * torch.randn(data.x.shape, generator=g)
-    return LabelledTensors(noisy.clamp(0, 1), data.y)
+    return DecodedSet(noisy.clamp(0, 1), data.y)
 
 
 def test_a_distinct_group_is_told_apart_and_the_record_says_the_target_cannot_judge_it(
     digits, class_case
 ):
     retain, test = digits["retain"], class_case["calibration_retain"]
-    device = acquired(LabelledTensors(retain.x[:200], retain.y[:200]), 0)
-    kept = LabelledTensors(retain.x[200:], retain.y[200:])
-    held_device = acquired(LabelledTensors(test.x[:60], test.y[:60]), 1)
-    held_kept = LabelledTensors(test.x[60:], test.y[60:])
+    device = acquired(DecodedSet(retain.x[:200], retain.y[:200]), 0)
+    kept = DecodedSet(retain.x[200:], retain.y[200:])
+    held_device = acquired(DecodedSet(test.x[:60], test.y[:60]), 1)
+    held_kept = DecodedSet(test.x[60:], test.y[60:])
     assert group_separability(held_device, held_kept) >= DISTINCT_AUC
     half = len(held_kept) // 2  # two halves of one distribution: nothing to tell apart
-    first = LabelledTensors(held_kept.x[:half], held_kept.y[:half])
-    second = LabelledTensors(held_kept.x[half:], held_kept.y[half:])
+    first = DecodedSet(held_kept.x[:half], held_kept.y[:half])
+    second = DecodedSet(held_kept.x[half:], held_kept.y[half:])
     assert group_separability(first, second) < 0.7
     result = auto_revise(
         digits["net"], digits["card"], device, kept, held_device, held_kept, device="cpu"
@@ -228,21 +228,21 @@ def test_a_distinct_group_is_told_apart_and_the_record_says_the_target_cannot_ju
 def test_a_state_that_meets_the_target_replaces_a_best_that_does_not():
     """The margin that keeps noise from leaving the original never keeps an original that
     misses the target over a state that meets it; otherwise a clear gain is needed."""
-    from revise.unlearn.auto import _Best, _replaces
+    from revise.unlearn._auto_search import Best, replaces
     from revise.unlearn.target import Target
 
     target = Target(SUBSET, 0.9, 0.04, 0.99, 0.95, 0.08, "held-out images of the group")
     reading = Reading(forget=0.95, retain=0.99, heldout_forget=0.9, heldout_retain=0.95)
-    original = _Best("original (unchanged)", reading, 0.048)  # misses: above 0.04
-    assert _replaces(target, 0.035, original)  # meets the target: taken
-    assert not _replaces(target, 0.045, original)  # misses too, by less than the margin
-    assert _replaces(target, 0.02, _Best("original (unchanged)", reading, 0.048))
-    met = _Best("original (unchanged)", reading, 0.039)  # meets already
+    original = Best("original (unchanged)", reading, 0.048)  # misses: above 0.04
+    assert replaces(target, 0.035, original)  # meets the target: taken
+    assert not replaces(target, 0.045, original)  # misses too, by less than the margin
+    assert replaces(target, 0.02, Best("original (unchanged)", reading, 0.048))
+    met = Best("original (unchanged)", reading, 0.039)  # meets already
     margin = target.half_width() / 4
-    assert not _replaces(target, 0.039 - margin / 2, met)  # inside the margin: noise
-    assert _replaces(target, 0.039 - 2 * margin, met)
-    moved = _Best("psg (subset)", reading, 0.039, state={}, step=5)  # a revision: any gain counts
-    assert _replaces(target, 0.0385, moved) and not _replaces(target, 0.039, moved)
+    assert not replaces(target, 0.039 - margin / 2, met)  # inside the margin: noise
+    assert replaces(target, 0.039 - 2 * margin, met)
+    moved = Best("psg (subset)", reading, 0.039, state={}, step=5)  # a revision: any gain counts
+    assert replaces(target, 0.0385, moved) and not replaces(target, 0.039, moved)
 
 
 def test_class_weighted_accuracy_follows_the_forget_sets_class_mix():
@@ -254,7 +254,7 @@ def test_class_weighted_accuracy_follows_the_forget_sets_class_mix():
     with torch.no_grad():
         always_one.weight.zero_()
         always_one.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
-    heldout = LabelledTensors(torch.randn(60, 4), torch.tensor([0, 1, 2] * 20))
+    heldout = DecodedSet(torch.randn(60, 4), torch.tensor([0, 1, 2] * 20))
     forget_labels = torch.tensor([1, 0, 0, 2])
     level, half = class_weighted_accuracy(always_one, heldout, forget_labels)
     assert level == pytest.approx(0.25)

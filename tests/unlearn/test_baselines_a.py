@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from revise.data.sets import DecodedSet
 from revise.errors import UsageError
-from revise.evaluate import predict
 from revise.models.architectures import build
-from revise.train import TrainConfig
 from revise.unlearn.api import make_config, unlearn
-from revise.unlearn.base import LabelledTensors
+from revise.unlearn.evaluate import predict
 from revise.unlearn.l1_sparse import l1_strength
 from revise.unlearn.random_label import random_other_labels
 from revise.unlearn.retrain import RetrainConfig, reinitialise
+from revise.unlearn.train import TrainConfig
 
 
 def accuracy(net, card, data) -> float:
@@ -66,7 +66,7 @@ def test_finetune_keeps_the_retain_set_and_erodes_the_forgotten_class(digits):
 
 @pytest.mark.parametrize("method", ["finetune", "l1_sparse", "neggrad_plus", "retrain"])
 def test_retain_based_methods_refuse_an_empty_retain_set(digits, method):
-    empty = LabelledTensors(digits["retain"].x[:0], digits["retain"].y[:0])
+    empty = DecodedSet(digits["retain"].x[:0], digits["retain"].y[:0])
     with pytest.raises(UsageError, match="retain set"):
         run(digits, method, {"epochs": 1}, retain=empty)
 
@@ -127,7 +127,7 @@ def test_random_label_forgets_the_class_and_keeps_the_rest(digits):
 
 
 def test_random_label_runs_without_a_retain_set(digits):
-    empty = LabelledTensors(digits["retain"].x[:0], digits["retain"].y[:0])
+    empty = DecodedSet(digits["retain"].x[:0], digits["retain"].y[:0])
     result = run(digits, "random_label", {"epochs": 5}, retain=empty)
     card, forget = digits["card"], digits["forget"]
     assert mean_loss(result.model, card, forget) > 10 * mean_loss(digits["net"], card, forget)

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from revise.errors import ModelError, UsageError
-from revise.evaluate import predict
 from revise.models.architectures import build
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel
 from revise.unlearn._structure import blocks, last_blocks, reinitialise
 from revise.unlearn.api import make_config, unlearn
 from revise.unlearn.boundary_expand import expand_head, widen
+from revise.unlearn.evaluate import predict
 from revise.unlearn.salun import forget_gradients, random_other_labels, saliency_mask
 from revise.unlearn.scrub import schedule
 

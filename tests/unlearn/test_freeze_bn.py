@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from revise.data import manifest as manifest_mod
+from revise.data.sets import DecodedSet
+from revise.data.tensors import prepare
 from revise.errors import UsageError
-from revise.evaluate import predict
 from revise.models.io import load_model
-from revise.pipeline import prepare
 from revise.unlearn.api import unlearn
-from revise.unlearn.base import LabelledTensors
 from revise.unlearn.batchnorm import reestimate_batchnorm
+from revise.unlearn.evaluate import predict
 
 FORGET = 'device == "Borealis CR-7"'
 AUTHORS = {"lr": 1e-5, "freeze_bn": True}  # the run: phi = 0, other settings default
@@ -39,12 +39,12 @@ def device_site(demo_site):
     return {
         "net": loaded.module,
         "card": loaded.card,
-        "forget": data.sets["forget"].data,
-        "retain": data.sets["retain"].data,
+        "forget": data.sets["forget"],
+        "retain": data.sets["retain"],
     }
 
 
-def accuracy(net, card, data: LabelledTensors) -> float:
+def accuracy(net, card, data: DecodedSet) -> float:
     return (predict(net, card, data.x, device="cpu").argmax(1) == data.y).float().mean().item()
 
 
@@ -63,7 +63,7 @@ def test_frozen_statistics_not_knowledge_carry_the_forget_only_update(device_sit
     assert after[0] < 0.6 and after[1] < 0.6
     # The statistics recomputed on the deployed model's own training images: the revised
     # model reads both sets as the original does (0.942, 0.954).
-    both = LabelledTensors(torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]))
+    both = DecodedSet(torch.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]))
     refreshed = copy.deepcopy(revised)
     reestimate_batchnorm(refreshed, card, both, device="cpu")
     assert accuracy(refreshed, card, forget) == pytest.approx(before[0], abs=0.015)
@@ -105,7 +105,7 @@ def test_reestimated_statistics_are_those_of_the_retain_set(digits):
 
 
 def test_reestimate_bn_needs_retain_images(digits):
-    empty = LabelledTensors(digits["retain"].x[:0], digits["retain"].y[:0])
+    empty = DecodedSet(digits["retain"].x[:0], digits["retain"].y[:0])
     with pytest.raises(UsageError, match=r"reestimate_bn .* the retain set, and it is empty"):
         unlearn(
             digits["net"],

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from revise.errors import UnknownNameError, UsageError
-from revise.evaluate import predict
 from revise.models.pixel import PixelSpaceModel
 from revise.unlearn.api import make_config, unlearn
 from revise.unlearn.base import freeze
+from revise.unlearn.evaluate import predict
 from revise.unlearn.psg import (
     PSGConfig,
     boundary_search,

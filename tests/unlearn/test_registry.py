@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from revise.errors import UsageError
-from revise.evaluate import predict
 from revise.unlearn.api import make_config, unlearn
 from revise.unlearn.base import METHODS
+from revise.unlearn.evaluate import predict
 
 
 def _forget_confidence(net, digits) -> float:

@@ -10,23 +10,20 @@ import pytest
 
 from revise._run_record import RunRecord
 from revise.cli.sweep import parse_grid
+from revise.data.sets import DecodedSet, DecodedSets
 from revise.errors import UsageError
-from revise.evaluate import EvalSet
-from revise.pipeline import PreparedData
-from revise.sweep import (
+from revise.unlearn.sweep import effective_concurrency, sweep
+from revise.unlearn.sweep_grid import expand_grid
+from revise.unlearn.sweep_ranking import (
     COLLAPSE_MARGIN,
     ESTIMATED,
     REFERENCE,
     SweepRow,
     collapse_reason,
     distance,
-    effective_concurrency,
-    expand_grid,
     rank_key,
     ranking_warnings,
-    sweep,
 )
-from revise.unlearn.base import LabelledTensors
 from revise.unlearn.target import reading_from_metrics, target_from_metrics
 
 
@@ -55,12 +52,12 @@ def test_parse_grid_reads_yaml_scalars_and_rejects_malformed_items():
         parse_grid(("gamma",))
 
 
-def _prepared(digits) -> PreparedData:
+def _prepared(digits) -> DecodedSets:
     def as_set(data):
-        return EvalSet(data, pd.DataFrame({"label": data.y.numpy()}))
+        return DecodedSet(data.x, data.y, pd.DataFrame({"label": data.y.numpy()}))
 
     sets = {"forget": as_set(digits["forget"]), "retain": as_set(digits["retain"])}
-    return PreparedData("label in [0]", sets, {})
+    return DecodedSets("label in [0]", sets, {})
 
 
 def _retrained(digits):
@@ -68,7 +65,7 @@ def _retrained(digits):
     import torch
 
     from revise.models.architectures import build
-    from revise.train import TrainConfig, train_classifier
+    from revise.unlearn.train import TrainConfig, train_classifier
 
     torch.manual_seed(0)
     config = TrainConfig(epochs=10, lr=0.05)
@@ -78,7 +75,7 @@ def _retrained(digits):
 
 
 def _accuracy(net, card, data) -> float:
-    from revise.evaluate import predict
+    from revise.unlearn.evaluate import predict
 
     return (predict(net, card, data.x, device="cpu").argmax(1) == data.y).float().mean().item()
 
@@ -350,13 +347,13 @@ def test_ranking_warnings_name_what_the_criterion_cannot_judge():
 # --- real grids on digits ----------------------------------------------------------------------
 
 
-def _with_heldout(digits) -> PreparedData:
+def _with_heldout(digits) -> DecodedSets:
     """Forget the class 0, with the digits' test images as held-out sets (inside / outside)."""
     data = _prepared(digits)
     test, zero = digits["test"], digits["test"].y == 0
     for name, mask in (("heldout_forget", zero), ("heldout_retain", ~zero)):
-        part = LabelledTensors(test.x[mask], test.y[mask])
-        data.sets[name] = EvalSet(part, pd.DataFrame({"label": part.y.numpy()}))
+        x, y = test.x[mask], test.y[mask]
+        data.sets[name] = DecodedSet(x, y, pd.DataFrame({"label": y.numpy()}))
     return data
 
 
@@ -403,8 +400,8 @@ def test_the_best_run_is_the_sweeps_own_network(digits, tmp_path):
     """Kept, not rerun (and not mixed up by runs that end out of order): its saved weights are
     those a fresh run of the same settings gives."""
     from revise.models.io import load_model, weights_digest
-    from revise.pipeline import run_unlearning
     from revise.unlearn.api import save_run
+    from revise.unlearn.pipeline import run_unlearning
 
     data = _with_heldout(digits)
     result = sweep(
@@ -437,15 +434,15 @@ def test_class_forgetting_without_heldout_images_warns(digits):
 def test_subset_forgetting_without_heldout_images_of_the_group_warns_and_falls_back(digits):
     """Forget 60 training images of kept classes: held-out images outside stand for them."""
     test = digits["test"]
-    pool = LabelledTensors(digits["retain"].x, digits["retain"].y)
-    forget = LabelledTensors(pool.x[:60], pool.y[:60])
-    retain = LabelledTensors(pool.x[60:], pool.y[60:])
+    pool = DecodedSet(digits["retain"].x, digits["retain"].y)
+    forget = DecodedSet(pool.x[:60], pool.y[:60])
+    retain = DecodedSet(pool.x[60:], pool.y[60:])
 
     def as_set(data):
-        return EvalSet(data, pd.DataFrame({"label": data.y.numpy()}))
+        return DecodedSet(data.x, data.y, pd.DataFrame({"label": data.y.numpy()}))
 
     sets = {"forget": as_set(forget), "retain": as_set(retain), "heldout_retain": as_set(test)}
-    data = PreparedData("label != 0", sets, {})
+    data = DecodedSets("label != 0", sets, {})
     result = sweep(
         digits["net"], digits["card"], data, method="psg", grid={"lr": [1e-4]},
         fixed={"epochs": 1}, device="cpu",

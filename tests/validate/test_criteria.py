@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from revise.errors import UsageError
-from revise.validate.criteria import METRICS, load_criteria, parse_criteria
+from revise.validate.criteria import load_criteria, parse_criteria
 from revise.validate.gate_checks import check_inputs
+from revise.validate.gate_metrics import METRICS
 from revise.validate.metrics import Estimate
 from revise.validate.verdicts import judge
 

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
+from revise.data.sets import DecodedSet
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
-from revise.unlearn.base import LabelledTensors
-
-
-@dataclass
-class EvalSet:
-    """Labelled pixel-space tensors and the manifest rows they came from (same order)."""
-
-    data: LabelledTensors
-    rows: pd.DataFrame
-
-    def __len__(self) -> int:
-        return len(self.data)
 
 
 @torch.no_grad()
@@ -71,24 +59,26 @@ def accuracy_by(
 def evaluate(
     net: nn.Module,
     card: ModelCard,
-    sets: Mapping[str, EvalSet],
+    sets: Mapping[str, DecodedSet],
     *,
     by: Sequence[str] = ("device", "label"),
     device: str = "auto",
 ) -> dict[str, Any]:
-    """{set: {n, accuracy, by: {column: {group: {n, accuracy}}}}} for every non-empty set."""
+    """{set: {n, accuracy, by: {column: {group: {n, accuracy}}}}} for every non-empty set (a set
+    without manifest rows has no groups)."""
     report: dict[str, Any] = {}
     for name, subset in sets.items():
         if len(subset) == 0:
             continue
-        logits = predict(net, card, subset.data.x, device=device)
-        correct = logits.argmax(1) == subset.data.y
+        logits = predict(net, card, subset.x, device=device)
+        correct = logits.argmax(1) == subset.y
+        rows = subset.rows if subset.rows is not None else pd.DataFrame()
         groups = {
             column: accuracy_by(
-                correct, subset.rows, column, card.class_names if column == "label" else None
+                correct, rows, column, card.class_names if column == "label" else None
             )
             for column in by
-            if column in subset.rows.columns
+            if column in rows.columns
         }
         report[name] = {
             "n": len(subset),

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from revise.data.sets import DecodedSet
 from revise.errors import UsageError
 from revise.models.card import ModelCard
 from revise.models.pixel import PixelSpaceModel, resolve_device
-from revise.unlearn.base import BatchStreams, LabelledTensors, sgd, steps_per_pass
+from revise.unlearn.base import BatchStreams, sgd, steps_per_pass
 
 
 @dataclass
@@ -28,7 +29,7 @@ class TrainConfig:
 def train_classifier(
     net: nn.Module,
     card: ModelCard,
-    data: LabelledTensors,
+    data: DecodedSet,
     config: TrainConfig | None = None,
     *,
     device: str = "auto",
@@ -40,7 +41,7 @@ def train_classifier(
     torch.manual_seed(seed)
     net.requires_grad_(True)
     model = PixelSpaceModel(net, card).to(dev)
-    if dev.type == "cuda":  # the images come channels_last (LabelledTensors.to): so do the weights
+    if dev.type == "cuda":  # the images come channels_last (DecodedSet.to): so do the weights
         model = model.to(memory_format=torch.channels_last)
     data = data.to(dev)
     if config.optimizer == "adam":

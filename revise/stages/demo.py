@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revise._io import DEMO_REPORT, REPORT_HTML, write_json_atomic
+from revise._io.atomic import write_json_atomic
+from revise._io.outputs import DEMO_REPORT, REPORT_HTML
 
 FORGET = 'device == "Borealis CR-7"'
 # Chosen by a small grid on the demo: the demo model is small and briefly trained, so its
@@ -93,15 +94,16 @@ def run_demo(
     from revise.data import manifest as manifest_mod
     from revise.data.demo_site import build_demo_site
     from revise.data.index import index
-    from revise.evaluate import evaluate
+    from revise.data.sets import DecodedSet
+    from revise.data.tensors import prepare
     from revise.export.bundle import attach_validation, write_bundle
     from revise.models.architectures import build
     from revise.models.io import load_model, save_model, weights_digest
     from revise.models.pixel import normalize
-    from revise.pipeline import prepare, run_unlearning
-    from revise.train import TrainConfig, train_classifier
     from revise.unlearn.api import save_run
-    from revise.unlearn.base import LabelledTensors
+    from revise.unlearn.evaluate import evaluate
+    from revise.unlearn.pipeline import run_unlearning
+    from revise.unlearn.train import TrainConfig, train_classifier
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,9 +125,9 @@ def run_demo(
     with stage("decode pixels"):
         data = prepare(indexed.manifest, card, FORGET, cache_dir=out / "cache")
     sets = data.sets
-    train_all = LabelledTensors(
-        torch.cat([sets["forget"].data.x, sets["retain"].data.x]),
-        torch.cat([sets["forget"].data.y, sets["retain"].data.y]),
+    train_all = DecodedSet(
+        torch.cat([sets["forget"].x, sets["retain"].x]),
+        torch.cat([sets["forget"].y, sets["retain"].y]),
     )
     recipe = TrainConfig(epochs=TRAIN_EPOCHS, batch_size=64, lr=0.05)
 
@@ -140,7 +142,7 @@ def run_demo(
         save_model(original, card, out / "original")
     with stage("retrain reference"):
         retrained = train_classifier(
-            fresh_model(), card, sets["retain"].data, recipe, device=device, seed=seed
+            fresh_model(), card, sets["retain"], recipe, device=device, seed=seed
         )
         save_model(retrained, card, out / "retrained")
     with stage("unlearn (psg)"):
@@ -165,7 +167,7 @@ def run_demo(
         bundle = write_bundle(
             load_model(out / "revised"),
             out / "bundle",
-            samples=normalize(sets["heldout_retain"].data.x[:256], card),
+            samples=normalize(sets["heldout_retain"].x[:256], card),
             name="demo_digits",
             overwrite=True,
         )
@@ -181,7 +183,8 @@ def run_demo(
         "failed": [v.gate.name for v in validation.failed()],
         "report": str(out / "validation" / REPORT_HTML),
     }
-    table["parity"] = bundle.manifest["onnx"]["variants"]["model.onnx"]["parity"]
+    parity = bundle.manifest.onnx.variants["model.onnx"].parity
+    table["parity"] = parity.to_json() if parity is not None else None
     table["bundle"] = str(bundle.path)
     table["attack_success_ratio"] = result.record.attack_success_ratio
     table["counts"] = data.counts()
@@ -193,13 +196,8 @@ def run_demo(
 def _sign(out: Path, bundle: Path) -> dict[str, Any]:
     """Sign the bundle with a demo key made on the spot (a site keeps its key elsewhere) and
     verify it with the public key."""
-    from revise.export.signing import (
-        PRIVATE_KEY_NAME,
-        PUBLIC_KEY_NAME,
-        generate_keys,
-        sign_bundle,
-        verify_bundle,
-    )
+    from revise.export.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+    from revise.export.signing import sign_bundle, verify_bundle
 
     keys = out / "keys"
     private, public = keys / PRIVATE_KEY_NAME, keys / PUBLIC_KEY_NAME
@@ -212,7 +210,7 @@ def _sign(out: Path, bundle: Path) -> dict[str, Any]:
 
 def _validate(out: Path, data, device: str):
     """Judge the revised model against DEMO_GATES; the report goes to ``out/validation``."""
-    from revise._io import write_text_atomic
+    from revise._io.atomic import write_text_atomic
     from revise.models.io import load_model
     from revise.validate.api import validate, write_report
     from revise.validate.criteria import load_criteria
