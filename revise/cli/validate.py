@@ -136,7 +136,7 @@ def validate_cmd(
     )
     for line in verdict_lines(result):
         click.echo(line)
-    click.echo(f"{result.report['summary']}; report in {out}/report.html")
+    click.echo(f"{result.record.summary}; report in {out}/report.html")
     if not result.passed:
         ctx.exit(1)
 

@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from revise import distributed
 from revise.errors import RevisionError, UsageError
 from revise.recipe.checks import _check_name
 from revise.recipe.document import DataSection, RunSection
@@ -25,6 +26,15 @@ from revise.recipe.model import (
 )
 from revise.recipe.run import call_args
 from revise.stages._options import parse_scalar
+from revise.stages.index import failure_lines, index_site
+from revise.stages.merge import MergeOptions, merge_to_run
+from revise.stages.merge import summary as merge_summary
+from revise.stages.unlearn import UnlearnJob, unlearn_run
+from revise.stages.unlearn import summary as run_summary
+from revise.unlearn.api import make_config
+from revise.unlearn.auto import AUTO
+from revise.unlearn.base import METHODS
+from revise.validate.criteria import load_criteria
 
 if TYPE_CHECKING:
     from revise.stages.unlearn import UnlearnJob
@@ -48,7 +58,6 @@ def _data_stage(
     args += _opt("--labels", labels) + _opt("--site", site) + _opt("--loader", loader)
 
     def run(call: StageCall) -> int:
-        from revise.stages.index import failure_lines, index_site
 
         assert root is not None  # a missing folder stops the plan
         result = index_site(
@@ -71,10 +80,6 @@ def _data_stage(
 
 
 def _unlearn_stages(b: _Build, runs: list[RunSection | None]) -> dict[str, Path]:
-    from revise.stages.unlearn import UnlearnJob
-    from revise.unlearn.api import make_config
-    from revise.unlearn.auto import AUTO
-    from revise.unlearn.base import METHODS
 
     problems, model = b.problems, b.model
     out: dict[str, Path] = {}
@@ -160,8 +165,6 @@ def _unlearn_stages(b: _Build, runs: list[RunSection | None]) -> dict[str, Path]
 def _unlearn(job: UnlearnJob | None, workers: int, args: list[str], call: StageCall) -> int:
     """One unlearning run: in this process, or in ``workers`` torchrun workers (one per GPU)
     that run its command line, as `revise unlearn --nproc-per-node` does."""
-    from revise import distributed
-    from revise.stages.unlearn import summary, unlearn_run
 
     assert job is not None  # a plan without a model or selection is refused
     if workers > 1:
@@ -175,7 +178,7 @@ def _unlearn(job: UnlearnJob | None, workers: int, args: list[str], call: StageC
     result = unlearn_run(
         job, overwrite=call.overwrite, resume=call.resume, say=call.say, progress=call.progress
     )
-    for line in summary(result.record) if result is not None else []:
+    for line in run_summary(result.record) if result is not None else []:
         call.say(line)
     call.say(f"run written to {job.out}")
     return 0
@@ -188,7 +191,6 @@ def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
         return next(iter(runs.values()), b.workdir / "runs" / "missing")
     if len(runs) < 2:
         b.problems.add("merge", "merging needs at least two unlearning runs")
-    from revise.stages.merge import MergeOptions
 
     options = _section(b.problems, "merge", merge, MergeOptions, b.path)
     if options is None:
@@ -197,8 +199,6 @@ def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
         b.check_model(f"merge.{key}", getattr(options, key), with_card=False)
     criteria = options.criteria
     if criteria is not None and criteria.is_file():
-        from revise.validate.criteria import load_criteria
-
         b.problems.check("merge.criteria", lambda: load_criteria(criteria))
     names = list(runs)
     renamed = {  # runs are named in the recipe, folders in the command
@@ -219,7 +219,6 @@ def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
     ]
 
     def run(call: StageCall) -> int:
-        from revise.stages.merge import merge_to_run, summary
 
         result = merge_to_run(
             list(runs.values()),
@@ -233,7 +232,7 @@ def _merge_stage(b: _Build, merge: Any, runs: dict[str, Path]) -> Path:
             overwrite=call.overwrite,
             say=call.say,
         )
-        for line in summary(result.record):
+        for line in merge_summary(result.record):
             call.say(line)
         return 0
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from revise.data import manifest as manifest_mod
+from revise.data._select_eval import _read_list
+from revise.data.select import InFile, _leaves, parse, select
+from revise.data.split import partition
 from revise.errors import RevisionError, SelectionError, UsageError
+from revise.export.bundle import check_name
+from revise.models.pixel import resolve_device
 from revise.recipe.model import _Build, _Problems
 from revise.recipe.selection import _selection_tree
 
@@ -14,7 +20,6 @@ from revise.recipe.selection import _selection_tree
 def _check_runtime(b: _Build) -> None:
     """What every computing stage reads: the device, the deployed model (with the card and
     arch), the manifest and the forget selection on it."""
-    from revise.models.pixel import resolve_device
 
     b.problems.check("device", lambda: resolve_device(b.device))
     b.check_model("model", b.model)
@@ -25,8 +30,6 @@ def _check_data(b: _Build) -> None:
     """The manifest loaded and the forget selection applied as the stages do it (partition:
     its @files read, a selection that matches no labelled training row refused). With an index
     stage the manifest does not exist yet: only the selection's @files are read."""
-    from revise.data import manifest as manifest_mod
-    from revise.data.split import partition
 
     if any(s.name == "index" for s in b.stages) or not b.manifest.exists():
         _check_list_files(b.problems, "forget", b.forget)
@@ -49,8 +52,6 @@ def _check_data(b: _Build) -> None:
 def _check_list_files(problems: _Problems, where: str, text: Any) -> None:
     """Read every @file of a selection as the stages will: a missing or unreadable one is a
     problem now."""
-    from revise.data._select_eval import _read_list
-    from revise.data.select import InFile, _leaves
 
     tree = _selection_tree(text) if text is not None else None
     for leaf in _leaves(tree) if tree is not None else []:
@@ -62,8 +63,6 @@ def _check_heldout(problems: _Problems, heldout: Any, selection: Any) -> None:
     """A held-out manifest loaded and narrowed by the selection as `revise validate` does; a
     folder or a DICOMweb server is read only when validation runs, so only the selection's
     @files are read now."""
-    from revise.data import manifest as manifest_mod
-    from revise.data.select import select
 
     manifest = isinstance(heldout, Path) and heldout.suffix in (".parquet", ".csv")
     if not (manifest and heldout.is_file()):
@@ -79,13 +78,11 @@ def _check_heldout(problems: _Problems, heldout: Any, selection: Any) -> None:
 
 
 def _check_name(problems: _Problems, where: str, name: str) -> None:
-    from revise.export.bundle import check_name
 
     problems.check(where, lambda: check_name(name, "name"))
 
 
 def _check_selection(problems, text: str, where: str = "forget") -> None:
-    from revise.data.select import parse
 
     try:
         parse(text)

@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 
 from revise._schema import MISSING, UNKNOWN, Problem
 from revise.errors import RevisionError, UsageError
+from revise.models.io import load_model
 from revise.recipe.selection import _selection_files, shown_args
 from revise.registry import did_you_mean
 from revise.stages._options import StageOptions, collect
@@ -136,7 +137,6 @@ class _Build:
         """Load ``model`` as its stage will (with the recipe's card and arch where the stage
         passes them): a file that is not what its name says is a problem now. A missing path
         (or card) is reported already."""
-        from revise.models.io import load_model
 
         if model is None or not model.exists() or not all(c.exists() for c in self.card):
             return

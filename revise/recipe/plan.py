@@ -17,6 +17,8 @@ from revise.recipe.document import Document, read_document
 from revise.recipe.model import Plan, Stage, _Build, _opt, _Problems
 from revise.recipe.release import _export_stage, _sign_stage, _validate_stage
 from revise.recipe.selection import _fingerprint, shown_selection
+from revise.unlearn.api import make_config
+from revise.unlearn.auto import AUTO
 
 
 def load_plan(recipe: str | Path) -> Plan:
@@ -98,8 +100,6 @@ def _resolved(
 ) -> dict[str, Any]:
     """The recipe as run: absolute paths, every hyperparameter of every method, the commands.
     ``doc``: the recipe as written; ``document``: as read (a recipe without problems)."""
-    from revise.unlearn.api import make_config
-    from revise.unlearn.auto import AUTO
 
     runs = []
     for written, run in zip(doc["unlearn"], document.runs, strict=True):

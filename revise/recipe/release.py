@@ -11,6 +11,9 @@ from typing import Any
 
 from revise._io.outputs import RESOLVED_RECIPE
 from revise.errors import UsageError
+from revise.export.keys import load_private_key
+from revise.export.manifest import SIGNATURE_NAME
+from revise.export.signing import sign_bundle
 from revise.recipe.checks import _check_heldout, _check_selection
 from revise.recipe.document import SignSection
 from revise.recipe.model import (
@@ -23,10 +26,13 @@ from revise.recipe.model import (
     _section,
 )
 from revise.recipe.selection import _selection_files
+from revise.stages.export import ExportOptions, export_bundle
+from revise.stages.validate import ValidateOptions, validate_model, verdict_lines
+from revise.validate.criteria import load_criteria
+from revise.validate.gate_checks import check_models
 
 
 def _export_stage(b: _Build, export: Any, candidate: Path, bundle: Path) -> None:
-    from revise.stages.export import ExportOptions
 
     options = _section(b.problems, "export", export, ExportOptions, b.path)
     if options is None:
@@ -34,9 +40,10 @@ def _export_stage(b: _Build, export: Any, candidate: Path, bundle: Path) -> None
     recipe = b.workdir / RESOLVED_RECIPE
     args = ["export", str(candidate), "-o", str(bundle), "--data", str(b.manifest)]
     args += ["--recipe", str(recipe), "--cache", str(b.cache), *options.flags()]
+    forget = str(b.forget) if options.int8 else None  # INT8 calibration keeps off the forget set
+    args += ["--forget", forget] if forget is not None else []
 
     def run(call: StageCall) -> int:
-        from revise.stages.export import export_bundle
 
         export_bundle(
             candidate,
@@ -45,6 +52,7 @@ def _export_stage(b: _Build, export: Any, candidate: Path, bundle: Path) -> None
             manifest=b.manifest,
             recipe=recipe,
             cache=b.cache,
+            forget=forget,
             overwrite=call.overwrite,
             say=call.say,
         )
@@ -60,7 +68,6 @@ def _export_stage(b: _Build, export: Any, candidate: Path, bundle: Path) -> None
 def _validate_stage(b: _Build, validate: Any) -> Stage | None:
     if validate is None:
         return None
-    from revise.stages.validate import ValidateOptions
 
     problems, path = b.problems, b.path
     section = dict(validate) if isinstance(validate, Mapping) else validate
@@ -83,10 +90,9 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
     _check_heldout(problems, local or options.heldout, held_select)
     b.check_model("validate.reference", options.reference)
     if criteria is not None and criteria.exists():
-        from revise.validate.criteria import load_criteria
-        from revise.validate.gate_checks import check_models
-
         have = ["original", "onnx", *(["reference"] if options.reference else [])]
+        exported = next((s for s in b.stages if s.name == "export"), None)
+        have += ["int8"] if exported is not None and "--int8" in exported.args else []
         spelling = b.spell("validate")
         try:
             check_models(load_criteria(criteria), have)
@@ -110,7 +116,6 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
     ]
 
     def run(call: StageCall) -> int:
-        from revise.stages.validate import validate_model, verdict_lines
 
         assert b.model is not None and criteria is not None  # else the plan is refused
         result = validate_model(
@@ -131,7 +136,7 @@ def _validate_stage(b: _Build, validate: Any) -> Stage | None:
         )
         for line in verdict_lines(result):
             call.tell(line)
-        call.tell(f"{result.report['summary']}; report in {out}/report.html")
+        call.tell(f"{result.record.summary}; report in {out}/report.html")
         return 0 if result.passed else 1
 
     inputs = [
@@ -165,8 +170,6 @@ def _sign_stage(
     elif env is not None and not os.environ[env]:
         problems.add("sign.password_env", f"the environment variable {env} is empty")
     elif key is not None and key.is_file():  # as `revise sign` loads it: a key, the password
-        from revise.export.keys import load_private_key
-
         password = os.environ[env].encode("utf-8") if env else None
         problems.check("sign.key", lambda: load_private_key(key, password))
     allow = sign.allow_unvalidated
@@ -177,8 +180,6 @@ def _sign_stage(
     after = ["export"] + (["validate"] if validate else [])
 
     def run(call: StageCall) -> int:
-        from revise.export.manifest import SIGNATURE_NAME
-        from revise.export.signing import sign_bundle
 
         assert key is not None  # else the plan is refused
         password = os.environ[env].encode("utf-8") if env else None

@@ -12,6 +12,7 @@ import yaml
 
 from revise._io.atomic import write_json_atomic, write_text_atomic
 from revise._io.outputs import REPORT_JSON, RESOLVED_RECIPE, check_output
+from revise._validation_record import read_validation_report
 from revise.errors import RevisionError
 from revise.recipe.model import Plan, StageCall
 from revise.recipe.selection import _quote, shown_args
@@ -109,9 +110,10 @@ def _verdict(report_folder: Path) -> int:
 
 
 def _read_verdict(report: Path) -> str | None:
+    """The report's verdict; None (a failed run) when it is missing or damaged."""
     try:
-        return json.loads(report.read_text()).get("verdict")
-    except (OSError, ValueError, AttributeError):
+        return read_validation_report(report, hint="").verdict
+    except RevisionError:
         return None
 
 

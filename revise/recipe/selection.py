@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from revise._io.digests import sha256_file
+from revise.data._select_tree import PATIENT, Random
+from revise.data.select import IDENTIFYING, InFile, _leaves, describe, parse
 from revise.errors import UsageError
+from revise.phi import site_key
 
 if TYPE_CHECKING:
     from revise.recipe.model import Stage
@@ -24,7 +27,6 @@ SELECTION_FLAGS = ("--forget", "--heldout-select")
 
 
 def _selection_tree(text: Any):
-    from revise.data.select import parse
 
     try:
         return parse(str(text))
@@ -35,7 +37,6 @@ def _selection_tree(text: Any):
 def _selection_files(text: Any) -> list[Path]:
     """The ``@file`` lists a selection reads, resolved as the commands resolve them (against
     the working directory)."""
-    from revise.data.select import InFile, _leaves
 
     tree = _selection_tree(text) if text is not None else None
     if tree is None:
@@ -47,8 +48,6 @@ def _selection_files(text: Any) -> list[Path]:
 def _names_patients(text: str) -> bool:
     """Whether a selection gives values describe() hides (patient IDs, file paths): its
     fingerprint must then see them keyed, as the shown text no longer does."""
-    from revise.data._select_tree import Random
-    from revise.data.select import IDENTIFYING, _leaves
 
     tree = _selection_tree(text)
     return tree is not None and any(
@@ -59,7 +58,6 @@ def _names_patients(text: str) -> bool:
 def shown_selection(text: Any) -> str:
     """A selection as records and logs show it: values given for ``patient`` and ``path``
     hidden."""
-    from revise.data.select import describe
 
     tree = _selection_tree(text)
     return describe(tree) if tree is not None else "<selection that does not parse>"
@@ -96,8 +94,6 @@ def _fingerprint(stage: Stage, upstream: Mapping[str, str]) -> str:
 
 def _patient_files(args: list[str]) -> set[Path]:
     """The @files compared with ``patient`` in the selections of ``args``."""
-    from revise.data._select_tree import PATIENT
-    from revise.data.select import InFile, _leaves
 
     out: set[Path] = set()
     for i, arg in enumerate(args[:-1]):
@@ -110,7 +106,6 @@ def _patient_files(args: list[str]) -> set[Path]:
 
 
 def _keyed(data: bytes) -> str:
-    from revise.phi import site_key
 
     return hmac.new(site_key(), b"revise-recipe\0" + data, hashlib.sha256).hexdigest()
 

@@ -7,6 +7,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from revise._io.atomic import atomic_path
+from revise._io.outputs import check_output
+from revise.data import manifest as manifest_mod
+from revise.data.index import DICOM, apply_label_rule, choose_loader, index
+from revise.data.manifest import normalize
 from revise.errors import DataError, OptionError
 
 if TYPE_CHECKING:
@@ -20,10 +27,6 @@ def check_label_rule(
     root: Path, loader: str, label_tag: str | None, label_map: Mapping[Any, int]
 ) -> None:
     """``label_map`` (VALUE -> class) for ``label_tag``, checked before anything is indexed."""
-    import pandas as pd
-
-    from revise.data.index import DICOM, apply_label_rule, choose_loader
-    from revise.data.manifest import normalize
 
     if label_map and not label_tag:
         raise OptionError(
@@ -63,9 +66,6 @@ def index_site(
     :class:`~revise.data.loaders.IndexResult` (its manifest as written). ``failures``: a CSV
     listing every unreadable file and why. Every option is checked before the site is read
     (indexing a site can take long)."""
-    from revise._io.outputs import check_output
-    from revise.data import manifest as manifest_mod
-    from revise.data.index import apply_label_rule, index
 
     if out.suffix not in (".parquet", ".csv"):
         raise OptionError("out", f"{out}: a manifest is .parquet or .csv")
@@ -113,9 +113,6 @@ def failure_lines(result: IndexResult, shown: int = 20) -> list[str]:
 
 def _write_failures(path: Path, failures: list[IndexFailure]) -> None:
     """The failures CSV (path, reason): only its header when none failed."""
-    import pandas as pd
-
-    from revise._io.atomic import atomic_path
 
     table = pd.DataFrame([vars(f) for f in failures], columns=["path", "reason"])
     with atomic_path(path) as tmp:

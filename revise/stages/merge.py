@@ -10,10 +10,22 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from revise._io.outputs import check_output
 from revise._run_record import RunRecord
 from revise._schema import fail
+from revise.data import manifest as manifest_mod
+from revise.data.split import share_of_sets
+from revise.data.tensors import prepare
 from revise.errors import OptionError
+from revise.merge import load_run, merge_runs
+from revise.merge.arithmetic import parse_override, parse_strengths
+from revise.merge.compose import parse_rule
+from revise.merge.search import check_search_size
+from revise.models.io import load_model
 from revise.stages._options import StageOptions
+from revise.unlearn.api import save_run
+from revise.validate.criteria import load_criteria
+from revise.validate.judge import gate_judge
 
 Say = Callable[[str], None]
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
@@ -90,12 +102,6 @@ def merge_to_run(
     """Merge the run folders ``runs`` into the run folder ``out``; the merged
     :class:`~revise.unlearn.api.UnlearnResult`. ``manifest`` and ``forget`` give the sets that
     strength weighting, the search, the BatchNorm re-estimation and the fine-tune read."""
-    from revise._io.outputs import check_output
-    from revise.merge import load_run, merge_runs
-    from revise.merge.arithmetic import parse_override, parse_strengths
-    from revise.merge.compose import parse_rule
-    from revise.models.io import load_model
-    from revise.unlearn.api import save_run
 
     o = options or MergeOptions()
     inputs = [*runs, o.base, manifest, o.reference, o.criteria]
@@ -108,18 +114,12 @@ def merge_to_run(
     fixed = [parse_override(text, n) for text in o.strength]
     given = parse_strengths(o.strengths, n) if o.strengths else None
     if o.search_strengths:  # before the base model and the data are read
-        from revise.merge.search import check_search_size
-
         check_search_size(len(o.grid), n)
     base = None
     if given is not None or o.search_strengths or fixed:
         base = load_model(o.base or _recorded_base(loaded[0])).module
     data = None
     if manifest is not None:
-        from revise.data import manifest as manifest_mod
-        from revise.data.split import share_of_sets
-        from revise.data.tensors import prepare
-
         data = prepare(manifest_mod.load(manifest), loaded[0].card, forget, cache_dir=cache)
         say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
         if forget:
@@ -127,9 +127,6 @@ def merge_to_run(
     reference = load_model(o.reference).module if o.reference is not None else None
     judge = None
     if o.criteria is not None and data is not None and base is not None:
-        from revise.validate.criteria import load_criteria
-        from revise.validate.judge import gate_judge
-
         gates = load_criteria(o.criteria)
         judge = gate_judge(gates, data, base, reference, loaded[0].card, device)
     result = merge_runs(

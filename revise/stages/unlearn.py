@@ -16,9 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from revise import distributed
+from revise._io.outputs import check_output
 from revise._run_record import BaseModelRef, RunRecord
+from revise.data import manifest as manifest_mod
+from revise.data.split import share_of_sets
+from revise.data.tensors import prepare
 from revise.errors import UsageError
+from revise.models.io import load_model, weights_digest
+from revise.unlearn import checkpoint
+from revise.unlearn.api import (
+    check_partial,
+    checkpoint_dir_for,
+    discard_partial,
+    make_config,
+    partial_dir,
+    save_run,
+)
 from revise.unlearn.auto import AUTO
+from revise.unlearn.pipeline import run_unlearning
 
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -49,7 +64,6 @@ class UnlearnJob:
 
 def check_job(job: UnlearnJob) -> Any:
     """The method's settings checked before any work: its config, or None for auto."""
-    from revise.unlearn.api import make_config
 
     if job.method == AUTO:
         if job.settings:
@@ -64,8 +78,6 @@ def check_job(job: UnlearnJob) -> Any:
 def prepare_partial(say: Say, out: Path, resume: bool) -> None:
     """Say what happens to an unfinished run of ``out`` (its ``.partial`` folder): continued
     when ``resume`` and it holds a checkpoint, otherwise removed for a fresh start."""
-    from revise.unlearn import checkpoint
-    from revise.unlearn.api import check_partial, checkpoint_dir_for, partial_dir
 
     check_partial(out)  # never remove a folder revise did not make
     partial = partial_dir(out)
@@ -100,13 +112,6 @@ def unlearn_run(
 
     ``progress(description)``: a context manager yielding the step callback (the CLI's bar);
     ``quiet`` silences the decoding progress."""
-    from revise._io.outputs import check_output
-    from revise.data import manifest as manifest_mod
-    from revise.data.split import share_of_sets
-    from revise.data.tensors import prepare
-    from revise.models.io import load_model, weights_digest
-    from revise.unlearn.api import checkpoint_dir_for, discard_partial, save_run
-    from revise.unlearn.pipeline import run_unlearning
 
     out = job.out
     check_output(out, overwrite=overwrite, inputs=job.inputs(), option="out")

@@ -8,9 +8,25 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from revise._io.outputs import check_output
+from revise._io.temporaries import check_finished
 from revise._schema import fail
+from revise.data import manifest as manifest_mod
+from revise.data.calibration import run_record, without_calibration
+from revise.data.manifest import FORBIDDEN_COLUMNS
+from revise.data.split import partition, share_of_sets
+from revise.data.tensors import decode_sets
 from revise.errors import OptionError
+from revise.export.bundle import attach_validation
+from revise.export.manifest import INT8_ONNX, is_bundle
+from revise.export.parity import require_onnxruntime
+from revise.models.io import load_model
+from revise.registry import did_you_mean
 from revise.stages._options import StageOptions
+from revise.validate.api import check_onnx_matches, validate, write_report
+from revise.validate.criteria import load_criteria
+from revise.validate.gate_checks import check_inputs, check_models
+from revise.validate.heldout import is_dicomweb, load_heldout, with_heldout
 
 Say = Callable[[str], None]
 GROUPS = ("device", "label")
@@ -33,7 +49,6 @@ class ValidateOptions(StageOptions):
     @field_validator("by")
     @classmethod
     def _no_paths(cls, by: tuple[str, ...]) -> tuple[str, ...]:
-        from revise.data.manifest import FORBIDDEN_COLUMNS
 
         bad = [column for column in by if column in FORBIDDEN_COLUMNS]
         if bad:  # its values would be written to the report
@@ -48,7 +63,6 @@ class ValidateOptions(StageOptions):
         return labels
 
     def is_url(self) -> bool:
-        from revise.validate.heldout import is_dicomweb
 
         return self.heldout is not None and is_dicomweb(self.heldout)
 
@@ -74,24 +88,10 @@ def validate_model(
     """Judge ``model`` (a run folder, model file or bundle) against the gates in ``criteria``
     and write the report folder ``out``; the :class:`~revise.validate.api.ValidationResult`.
 
-    A bundle is checked with the ONNX model it ships (parity on held-out images) and gets the
-    report attached. ``seed``: the MIA splits'. An automatic revision's calibration rows are
+    A bundle is checked with the ONNX model it ships (parity on held-out images), and its INT8
+    variant against it when it ships one, and gets the report attached. ``seed``: the MIA
+    splits'. An automatic revision's calibration rows are
     left out of the sets judged."""
-    from revise._io.outputs import check_output
-    from revise._io.temporaries import check_finished
-    from revise.data import manifest as manifest_mod
-    from revise.data.calibration import run_record, without_calibration
-    from revise.data.split import partition, share_of_sets
-    from revise.data.tensors import decode_sets
-    from revise.export.bundle import attach_validation
-    from revise.export.manifest import is_bundle
-    from revise.export.parity import require_onnxruntime
-    from revise.models.io import load_model
-    from revise.registry import did_you_mean
-    from revise.validate.api import check_onnx_matches, validate, write_report
-    from revise.validate.criteria import load_criteria
-    from revise.validate.gate_checks import check_inputs, check_models
-    from revise.validate.heldout import load_heldout, with_heldout
 
     options = options or ValidateOptions()
     reference = options.reference
@@ -102,10 +102,13 @@ def validate_model(
     bundle = model if is_bundle(model) else None
     if bundle is not None and onnx is None:
         onnx = bundle / "model.onnx"  # a bundle is validated with the ONNX file it ships
+    # and its INT8 variant against it (revise.validate.int8)
+    int8 = bundle / INT8_ONNX if bundle is not None and (bundle / INT8_ONNX).is_file() else None
     if onnx is not None:
         require_onnxruntime()  # the parity check needs it: say so before any work
     gates = load_criteria(criteria)  # a wrong criteria file stops here, before any work
     have = ["original"] + (["reference"] if reference else []) + (["onnx"] if onnx else [])
+    have += ["int8"] if int8 is not None else []
     check_models(gates, have)
     local = Path(options.heldout) if options.heldout and not options.is_url() else None
     inputs = [*named.values(), criteria, onnx, local, options.heldout_labels, card]
@@ -147,7 +150,15 @@ def validate_model(
     say("sets: " + ", ".join(f"{k} {v}" for k, v in data.counts().items()))
     say(f"the forget selection selects {share_of_sets(data.counts())}")
     result = validate(
-        models, data, gates, onnx_path=onnx, by=options.by, device=device, seed=seed, inputs=record
+        models,
+        data,
+        gates,
+        onnx_path=onnx,
+        int8_path=int8,
+        by=options.by,
+        device=device,
+        seed=seed,
+        inputs=record,
     )
     write_report(result, out, overwrite=overwrite)
     if bundle is not None:
