@@ -47,6 +47,7 @@ __all__ = [
     "GateVerdict",
     "HeldoutSource",
     "Inputs",
+    "Int8Check",
     "LeftOut",
     "LossHistogram",
     "LossMia",
@@ -285,6 +286,17 @@ class OnnxFile(ReportPart):
     graph_sha256: str | None = None  # of the graph, without its metadata
 
 
+class Int8Check(ReportPart):
+    """The INT8 variant (``file``) against the fp32 ONNX model, both in ONNX Runtime, on each
+    held-out set and per group (:mod:`revise.validate.int8`): how often they predict the same
+    class, each one's accuracy (``accuracy["fp32"|"int8"][set]``), INT8 minus fp32 accuracy."""
+
+    file: OnnxFile | None = None
+    agreement: dict[str, AccuracyTable] = Field(default_factory=dict)
+    accuracy: dict[str, dict[str, AccuracyTable]] = Field(default_factory=dict)
+    change: dict[str, AccuracyTable] = Field(default_factory=dict)
+
+
 class BundleFiles(ReportPart):
     """``inputs.bundle``: the files of the bundle validated, each with its digest."""
 
@@ -360,6 +372,7 @@ class ValidationReport(ReportPart):
     loss_histograms: dict[str, LossHistogram] = Field(default_factory=dict)  # model -> histogram
     reference: ReferenceDistance | None = None
     parity: Parity | None = None
+    int8: Int8Check | None = None  # when the bundle ships model.int8.onnx
     definitions: dict[str, str] = Field(default_factory=dict)  # metric -> what it measures
     software: dict[str, str] = Field(default_factory=dict)  # package -> version
     timings_s: dict[str, Number] = Field(default_factory=dict)

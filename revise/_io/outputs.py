@@ -26,6 +26,7 @@ RUN_RECORD = "run.json"  # a run folder: revise unlearn, revise merge (and a bun
 BUNDLE_MANIFEST = "bundle.json"  # revise export
 REPORT_JSON = "revision_report.json"  # revise validate (attached to a bundle)
 REPORT_HTML = "report.html"  # revise validate, beside REPORT_JSON
+CHANGE_CONTROL = "change_control.json"  # revise validate, beside REPORT_JSON
 SWEEP_RECORD = "sweep.json"  # revise sweep
 DEMO_REPORT = "demo_report.json"  # revise demo
 RESOLVED_RECIPE = "recipe.resolved.yaml"  # the workdir of revise run (before any stage)

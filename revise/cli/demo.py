@@ -43,6 +43,12 @@ def demo(ctx: click.Context, out: Path, device: str, seed: int) -> None:
         f"{parity['n']} held-out images: max |diff| {parity['max_abs_diff']:.2e}, "
         f"labels agree {parity['label_agreement']:.3f}"
     )
+    int8 = result.table.get("int8_parity")
+    if int8:
+        click.echo(
+            f"INT8 variant (model.int8.onnx) on the same images: labels agree "
+            f"{int8['label_agreement']:.3f} with PyTorch, max |diff| {int8['max_abs_diff']:.2e}"
+        )
     validation = result.table["validation"]
     click.echo(
         f"acceptance gates ({out / 'gates.yaml'}): {validation['verdict'].upper()}, "

@@ -273,6 +273,31 @@ def evaluate_cmd(
 )
 @click.option("--fp16", is_flag=True, help="Also ship model.fp16.onnx (own parity gate).")
 @click.option(
+    "--int8",
+    is_flag=True,
+    help="Also ship model.int8.onnx: static QDQ quantization calibrated on retain images of "
+    "--data (never forget-set images), own gate.",
+)
+@click.option(
+    "--calibration-samples",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Retain images the INT8 variant is calibrated on.",
+)
+@click.option(
+    "--int8-min-agreement",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="INT8 gate: least share of parity images on which it predicts as PyTorch does.",
+)
+@click.option(
+    "--forget",
+    help="The revision's forget selection, kept out of INT8 calibration (default: the model's "
+    "run record's).",
+)
+@click.option(
     "--parity-samples",
     default=256,
     show_default=True,
@@ -305,6 +330,10 @@ def export_cmd(
     validation,
     name,
     fp16,
+    int8,
+    calibration_samples,
+    int8_min_agreement,
+    forget,
     parity_samples,
     opset,
     recipe,
@@ -318,7 +347,15 @@ def export_cmd(
 
     options = build(
         ExportOptions,
-        {"name": name, "fp16": fp16, "parity_samples": parity_samples, "opset": opset},
+        {
+            "name": name,
+            "fp16": fp16,
+            "int8": int8,
+            "calibration_samples": calibration_samples,
+            "int8_min_agreement": int8_min_agreement,
+            "parity_samples": parity_samples,
+            "opset": opset,
+        },
         what="revise export",
         spell=spelling(ctx),
     )
@@ -332,6 +369,7 @@ def export_cmd(
         validation=validation,
         recipe=recipe,
         cache=cache,
+        forget=forget,
         overwrite=overwrite,
         say=echo(ctx),
     )

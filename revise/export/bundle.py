@@ -27,6 +27,7 @@ from revise._io.digests import sha256_file
 from revise._io.outputs import BUNDLE_MANIFEST, REPORT_JSON, RUN_RECORD
 from revise._run_record import RunRecord, read_run_record
 from revise.errors import ExportError, OptionError, UsageError
+from revise.export.attestations import write_attestations
 from revise.export.bundle_validation import (
     check_parity_graph,
     check_validated_files,
@@ -36,12 +37,14 @@ from revise.export.bundle_validation import (
 )
 from revise.export.manifest import (
     FP16_ONNX,
+    INT8_ONNX,
     MODEL_ONNX,
     RECIPE_FILE,
     REPORT_FILES,
     SCHEMA,
     SIGNATURE_FILES,
     UNLISTED,
+    VALIDATION_PROPS_LEGACY,
     BundleManifest,
     FileEntry,
     OnnxEntry,
@@ -53,7 +56,9 @@ from revise.export.manifest import (
 )
 from revise.export.onnx import INPUT_NAME, export_onnx
 from revise.export.onnx_file import graph_digest, set_metadata
+from revise.export.onnx_metadata import key
 from revise.export.parity import check_parity
+from revise.export.quantize import INT8_MIN_AGREEMENT, CalibrationImages, int8_variant
 from revise.export.triton import write_triton
 from revise.models.io import LoadedModel, save_model, weights_digest
 
@@ -91,15 +96,19 @@ def write_bundle(
     name: str = "revised_model",
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
+    int8: CalibrationImages | None = None,
+    int8_min_agreement: float = INT8_MIN_AGREEMENT,
     validation: str | Path | None = None,
     recipe: str | None = None,
     overwrite: bool = False,
 ) -> Bundle:
     """Write the bundle of ``model`` (typically a run folder) to ``out``, atomically.
 
-    ``samples`` are *normalised* held-out images for the parity gates. ``validation`` is a
-    report folder from `revise validate` of this very model (checked by weights digest);
-    ``recipe`` the resolved recipe text of `revise run`."""
+    ``samples`` are *normalised* held-out images for the parity gates. ``int8``: also ship
+    model.int8.onnx, calibrated on these retain images and gated on its label agreement with
+    PyTorch (:mod:`revise.export.quantize`). ``validation`` is a report folder from `revise
+    validate` of this very model (checked by weights digest); ``recipe`` the resolved recipe
+    text of `revise run`."""
     check_name(name, "bundle name")
     digest = weights_digest(model.module)
     report = read_report(validation, digest) if validation else None
@@ -130,6 +139,10 @@ def write_bundle(
             check_parity_graph(report, variants[MODEL_ONNX])
         if fp16:
             variants[FP16_ONNX] = _fp16_variant(model, tmp, samples)
+        if int8 is not None:  # revise.export.quantize
+            variants[INT8_ONNX] = int8_variant(
+                model, tmp, samples, int8, min_agreement=int8_min_agreement
+            )
         if run is not None:
             shutil.copyfile(Path(model.path) / RUN_RECORD, tmp / RUN_RECORD)
         if recipe is not None:
@@ -183,9 +196,11 @@ def attach_validation(bundle: str | Path, validation: str | Path) -> Bundle:
             shutil.copyfile(Path(validation) / file, tmp / file)
         props = validation_props(summary)
         for onnx_file in sorted(tmp.rglob("*.onnx")):
-            set_metadata(onnx_file, props)
+            # an older bundle's keys (revise.*) give way to the com.revise. ones
+            set_metadata(onnx_file, props, drop=VALIDATION_PROPS_LEGACY)
         manifest = current.manifest.model_copy(deep=True)
-        manifest.provenance = {**manifest.provenance, **props}
+        kept = {k: v for k, v in manifest.provenance.items() if k not in VALIDATION_PROPS_LEGACY}
+        manifest.provenance = {**kept, **props}
         manifest.validation = summary
         _finish(tmp, manifest)
     return load_bundle(current.path)
@@ -212,9 +227,9 @@ def _provenance(
     import revise
 
     props = {
-        "revise.weights_sha256": digest,
-        "revise.source_format": model.format,
-        "revise.versions": json.dumps(
+        key("weights_sha256"): digest,
+        key("source_format"): model.format,
+        key("versions"): json.dumps(
             {
                 "revise": revise.__version__,
                 "torch": torch.__version__,
@@ -229,11 +244,11 @@ def _provenance(
         selection = run.forget_selection or ""
         props.update(
             {
-                "revise.method": run.method,
-                "revise.base_model_digest": run.base_model_digest or "",
-                "revise.forget_selection": selection,
-                "revise.forget_selection_sha256": hashlib.sha256(selection.encode()).hexdigest(),
-                "revise.forget_set_digest": (run.selection_digests or {}).get("forget", ""),
+                key("method"): run.method,
+                key("base_model_digest"): run.base_model_digest or "",
+                key("forget_selection"): selection,
+                key("forget_selection_sha256"): hashlib.sha256(selection.encode()).hexdigest(),
+                key("forget_set_digest"): (run.selection_digests or {}).get("forget", ""),
             }
         )
     props.update(validation_props(summary))
@@ -272,9 +287,11 @@ def _fp16_variant(model: LoadedModel, folder: Path, samples: torch.Tensor) -> On
 
 
 def _finish(folder: Path, manifest: BundleManifest) -> None:
-    """Record every file's sha256 and size in bundle.json (but the UNLISTED: itself, the
-    signature's), then write it; make the folder readable by the server that will load it
-    (atomic writes create 0600)."""
+    """Write the attestations (revise.export.attestations: they record the verdict), record
+    every file's sha256 and size in bundle.json (but the UNLISTED: itself, the signature's),
+    then write it; make the folder readable by the server that will load it (atomic writes
+    create 0600)."""
+    write_attestations(folder, manifest)
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()

@@ -30,6 +30,7 @@ from revise.export.manifest import (
     read_bundle_manifest,
 )
 from revise.export.onnx_file import graph_digest, read_metadata
+from revise.export.onnx_metadata import LEGACY_PREFIX, PREFIX, read_prop
 from revise.models.io import WEIGHTS_FILE
 
 # model-signing's verifier always leaves these top-level names out of what it hashes, whatever
@@ -185,7 +186,7 @@ def check_contents(bundle: Path) -> None:
                 f"records for it ({recorded[:12]}...)",
                 hint="re-export the bundle (and validate it again)",
             )
-        stamped = read_metadata(path).get("revise.weights_sha256")
+        stamped = read_prop(read_metadata(path), "weights_sha256")
         if stamped != weights:
             raise DataError(
                 f"{path} was exported from other weights ({str(stamped)[:12]}...) than the "
@@ -241,13 +242,18 @@ def validated_files_unchanged(bundle: Path) -> bool:
                 hint=_HINT,
             ) from exc
         for key, wanted in expected.items():
-            if stated.get(key) != wanted:
+            name = key.removeprefix(PREFIX)
+            # every copy must agree: the key, and the legacy one of a bundle from before the
+            # com.revise. namespace (an older bundle holds only that one)
+            said = [stated[k] for k in (key, LEGACY_PREFIX + name) if k in stated] or [None]
+            wrong = next((value for value in said if value != wanted), wanted)
+            if wrong != wanted:
                 source = (
                     f"{REPORT_JSON} says {wanted!r}" if report else f"there is no {REPORT_JSON}"
                 )
-                what = key.removeprefix("revise.").replace("_", " ")
+                what = name.replace("_", " ")
                 raise DataError(
-                    f"{path} says {what} {stated.get(key)!r} in its metadata but {source}",
+                    f"{path} says {what} {wrong!r} in its metadata but {source}",
                     hint="validate the bundle again: revise validate BUNDLE ...",
                 )
     return bound

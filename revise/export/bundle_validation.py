@@ -24,6 +24,7 @@ from revise.export.manifest import (
     AFTER_VALIDATION,
     REPORT_FILES,
     VALIDATION_PROPS,
+    VALIDATION_PROPS_LEGACY,
     OnnxVariant,
     ValidationSummary,
 )
@@ -103,12 +104,10 @@ def validation_summary(report: dict[str, Any], path: str | Path) -> ValidationSu
 def validation_props(summary: ValidationSummary | None) -> dict[str, str]:
     """The VALIDATION_PROPS that a bundle's ONNX files carry for the validation ``summary``
     (None: no validation ran)."""
+    verdict_key, criteria_key = VALIDATION_PROPS
     if summary is None:
-        return {"revise.validation_verdict": "not run"}
-    return {
-        "revise.validation_verdict": str(summary.verdict),
-        "revise.criteria_sha256": str(summary.criteria_sha256),
-    }
+        return {verdict_key: "not run"}
+    return {verdict_key: str(summary.verdict), criteria_key: str(summary.criteria_sha256)}
 
 
 def read_report(folder: str | Path, digest: str) -> dict[str, Any]:
@@ -144,8 +143,9 @@ def check_parity_graph(report: dict[str, Any], shipped: OnnxVariant) -> None:
 
 
 def _onnx_content_digest(path: Path) -> str:
-    """sha256 of an ONNX model as serialised without the VALIDATION_PROPS (the graph, the
-    weights and every other metadata entry: the card, the provenance)."""
+    """sha256 of an ONNX model as serialised without the VALIDATION_PROPS, under either
+    namespace (the graph, the weights and every other metadata entry: the card, the
+    provenance)."""
     import onnx
 
     try:
@@ -155,7 +155,8 @@ def _onnx_content_digest(path: Path) -> str:
             f"{path} is not a readable ONNX model ({type(exc).__name__})",
             hint="re-export the bundle",
         ) from exc
-    kept = [p for p in proto.metadata_props if p.key not in VALIDATION_PROPS]
+    rewritten = (*VALIDATION_PROPS, *VALIDATION_PROPS_LEGACY)
+    kept = [p for p in proto.metadata_props if p.key not in rewritten]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()

@@ -5,13 +5,17 @@ bundle/
   bundle.json              what is inside: files and sha256, provenance, validation, parity
   model.onnx               fp32, one file (no external data), provenance in metadata_props
   model.fp16.onnx          optional fp16 variant with its own parity gate
+  model.int8.onnx          optional INT8 (QDQ) variant, calibrated on retain images, own gate
   model.safetensors        the weights, and card.json: how to feed the model
   card.json
   run.json                 the unlearning run's record (when the model is a run folder)
   recipe.yaml              the resolved recipe (when `revise run` made the bundle)
-  revision_report.json     validation (when it ran) and report.html
-  report.html
+  revision_report.json     validation (when it ran), report.html and change_control.json
+  report.html              (the change-control summary: revise.validate.change_control)
+  change_control.json
   triton/<name>/config.pbtxt, triton/<name>/labels.txt, triton/<name>/1/model.onnx
+  attestations/revision.intoto.json   in-toto Statement of the revision (revise.export.attestations)
+  attestations/model.cdx.json         CycloneDX 1.6 ML-BOM of the model (revise.export.mlbom)
   signing.json, revise.sig written by `revise sign` (see revise.export.signing)
 ```
 The names of these files, which of them bundle.json lists and which a validation report covers
@@ -29,7 +33,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError
 
-from revise._io.outputs import BUNDLE_MANIFEST, REPORT_HTML, REPORT_JSON
+from revise._io.outputs import BUNDLE_MANIFEST, CHANGE_CONTROL, REPORT_HTML, REPORT_JSON
 from revise._io.text import read_json_object
 from revise._run_record import RecordPart
 from revise._schema import problems, refusal
@@ -37,7 +41,10 @@ from revise.errors import ModelError, RevisionError
 
 __all__ = [
     "AFTER_VALIDATION",
+    "ATTESTATION_FILES",
+    "BOM_FILE",
     "FP16_ONNX",
+    "INT8_ONNX",
     "MODEL_ONNX",
     "RECIPE_FILE",
     "REPORT_FILES",
@@ -45,9 +52,11 @@ __all__ = [
     "SIGNATURE_FILES",
     "SIGNATURE_NAME",
     "SIGNING_RECORD",
+    "STATEMENT_FILE",
     "TRITON_DIR",
     "UNLISTED",
     "VALIDATION_PROPS",
+    "VALIDATION_PROPS_LEGACY",
     "BundleManifest",
     "FileEntry",
     "OnnxEntry",
@@ -62,18 +71,27 @@ __all__ = [
 SCHEMA = "revise.bundle/1"
 MODEL_ONNX = "model.onnx"
 FP16_ONNX = "model.fp16.onnx"
+INT8_ONNX = "model.int8.onnx"  # revise.export.quantize
 RECIPE_FILE = "recipe.yaml"
 TRITON_DIR = "triton"  # triton/<name>/: a Triton model repository
-REPORT_FILES = (REPORT_JSON, REPORT_HTML)
+REPORT_FILES = (REPORT_JSON, REPORT_HTML, CHANGE_CONTROL)  # `revise validate` writes them
 SIGNING_RECORD = "signing.json"  # written by `revise sign`, then covered by the signature
 SIGNATURE_NAME = "revise.sig"  # model-signing's signature of every other file
 SIGNATURE_FILES = (SIGNING_RECORD, SIGNATURE_NAME)
+# Provenance as attestations, rewritten whenever bundle.json is (they record the verdict): listed
+# in bundle.json and covered by the signature, but, like the report, not by the report's digests.
+STATEMENT_FILE = "attestations/revision.intoto.json"
+BOM_FILE = "attestations/model.cdx.json"
+ATTESTATION_FILES = (STATEMENT_FILE, BOM_FILE)
 # The files bundle.json does not list: itself, and those `revise sign` adds.
 UNLISTED = (BUNDLE_MANIFEST, *SIGNATURE_FILES)
 # Written once the model is validated: the only files a validation report cannot bind.
-AFTER_VALIDATION = (BUNDLE_MANIFEST, *REPORT_FILES, *SIGNATURE_FILES)
-# The ONNX metadata that attaching a report writes (checked against the report on their own).
-VALIDATION_PROPS = ("revise.validation_verdict", "revise.criteria_sha256")
+AFTER_VALIDATION = (BUNDLE_MANIFEST, *REPORT_FILES, *SIGNATURE_FILES, *ATTESTATION_FILES)
+# The ONNX metadata that attaching a report writes (checked against the report on their own),
+# and the same keys as bundles written before the com.revise. namespace hold them (read only;
+# docs/onnx-metadata.md).
+VALIDATION_PROPS = ("com.revise.validation_verdict", "com.revise.criteria_sha256")
+VALIDATION_PROPS_LEGACY = ("revise.validation_verdict", "revise.criteria_sha256")
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -120,14 +138,17 @@ class Parity(_Part):
 
 
 class OnnxVariant(_Part):
-    """``onnx.variants[FILE]``: one ONNX file of the bundle (model.onnx, model.fp16.onnx)."""
+    """``onnx.variants[FILE]``: one ONNX file of the bundle (model.onnx, model.fp16.onnx,
+    model.int8.onnx)."""
 
-    precision: str  # fp32, fp16
+    precision: str  # fp32, fp16, int8
     graph_sha256: str  # revise.export.onnx_file.graph_digest: the graph without its metadata
     opset: int | None = None  # fp32
     exporter: str | None = None  # fp32: dynamo or torchscript
     parity: Parity | None = None  # None: exported without images to check it on
-    tolerance: dict[str, float] | None = None  # fp16: its own parity gate
+    tolerance: dict[str, float] | None = None  # fp16, int8: its own parity gate
+    quantization: dict[str, Any] | None = None  # int8: how (revise.export.quantize.QUANTIZATION)
+    calibration: dict[str, Any] | None = None  # int8: n, source, sample_keys_sha256
 
 
 class OnnxEntry(_Part):
@@ -165,7 +186,7 @@ class BundleManifest(_Part):
     name: str
     created_utc: str
     weights_sha256: str  # revise.models.io.weights_digest of model.safetensors
-    provenance: dict[str, str]  # the revise.* metadata_props of every ONNX file
+    provenance: dict[str, str]  # the com.revise.* metadata_props of every ONNX file
     validation: ValidationSummary | None = None  # null: no validation ran
     onnx: OnnxEntry
     triton: TritonEntry | None = None

@@ -41,6 +41,7 @@ from revise._io.digests import sha256_file
 from revise._logs import loggers_silenced
 from revise.errors import ExportError, OptionError
 from revise.export.onnx_file import check_file, merge_props, serialize_one_file
+from revise.export.onnx_metadata import image_props, key
 from revise.export.parity import ParityReport, check_parity, device_of, eval_mode
 from revise.models._final_activation import final_activation
 from revise.models._output_wrappers import LogitsOf
@@ -263,8 +264,9 @@ def export_onnx(
     network ended in an activation, the exported graph has it back and its output is named for
     what it returns (see the module docstring). ``samples`` are normalised held-out images; when
     given, :func:`check_parity` must pass or an :class:`~revise.errors.ExportError` is raised and
-    nothing is written at ``path``. The card (as JSON under ``revise.card``) and ``metadata``
-    are merged into the model's metadata_props.
+    nothing is written at ``path``. The card (as JSON under ``com.revise.card``), ONNX's image
+    metadata for it (:func:`revise.export.onnx_metadata.image_props`) and ``metadata`` are
+    merged into the model's metadata_props.
     """
     path = Path(path)
     opset = check_opset(opset)
@@ -296,8 +298,9 @@ def export_onnx(
                     "(N, num_classes) tensor",
                 ) from exc2
     opset_written = _opset_of(proto)
-    props = {"revise.card": json.dumps(card.to_dict(), sort_keys=True, default=str)}
-    props["revise.exporter"] = exporter
+    props = {key("card"): json.dumps(card.to_dict(), sort_keys=True, default=str)}
+    props[key("exporter")] = exporter
+    props.update(image_props(card))  # ONNX's own image metadata, for runtimes and viewers
     props.update(metadata or {})
     merged = merge_props(proto, props)
     data = serialize_one_file(proto)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ def load_proto(path: str | os.PathLike, *, external_data: bool = True) -> Any:
         ) from None
 
 
-def merge_props(proto: Any, metadata: dict[str, str]) -> dict[str, str]:
-    """Merge into metadata_props by hand (onnx.helper.set_model_props drops existing ones)."""
-    props = {p.key: p.value for p in proto.metadata_props}
+def merge_props(proto: Any, metadata: dict[str, str], drop: Iterable[str] = ()) -> dict[str, str]:
+    """Merge into metadata_props by hand (onnx.helper.set_model_props drops existing ones),
+    leaving out the keys ``drop`` (e.g. the legacy names of keys being rewritten)."""
+    dropped = set(drop)
+    props = {p.key: p.value for p in proto.metadata_props if p.key not in dropped}
     props.update({str(k): str(v) for k, v in metadata.items()})
     del proto.metadata_props[:]
     for key in sorted(props):
@@ -65,11 +68,14 @@ def check_file(path: Path) -> None:
         raise ExportError(f"the exported ONNX model fails onnx.checker: {exc}") from exc
 
 
-def set_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> dict[str, str]:
-    """Merge ``metadata`` into an ONNX file's metadata_props (existing keys kept), atomically."""
+def set_metadata(
+    path: str | os.PathLike, metadata: dict[str, str], drop: Iterable[str] = ()
+) -> dict[str, str]:
+    """Merge ``metadata`` into an ONNX file's metadata_props (existing keys kept but those in
+    ``drop``), atomically."""
     path = Path(path)
     proto = load_proto(path)
-    merged = merge_props(proto, metadata)
+    merged = merge_props(proto, metadata, drop)
     data = serialize_one_file(proto)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -22,6 +22,13 @@ verifying::
 Anyone can check a bundle without revise: ``model_signing verify key BUNDLE --signature
 BUNDLE/revise.sig --public_key revise-signing.pub``.
 
+A second scheme signs with a key whose certificate a private CA issued (model-signing's
+certificate signer); it is verified offline against the CA, not a key, and signing.json
+records the scheme and the certificate's subject and fingerprint (:mod:`.certificates`)::
+
+    sign_bundle(bundle, "signer.key", certificate="signer.pem", chain=["intermediate.pem"])
+    verify_bundle(bundle, ca=["root-ca.pem"])   # or: model_signing verify certificate ...
+
 The keys are :mod:`revise.export.keys`; the checks that the bundle is the one exported and
 validated, :mod:`revise.export.bundle_checks`.
 """
@@ -33,6 +40,7 @@ import datetime as dt
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -44,7 +52,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from revise._io.atomic import atomic_path
 from revise._io.digests import sha256_file
 from revise._io.outputs import REPORT_JSON
-from revise.errors import SignatureError, UsageError
+from revise.errors import DataError, SignatureError, UsageError
+from revise.export.attestations import AttestationSummary, check_attestations
 from revise.export.bundle_checks import (
     check_contents,
     check_signable,
@@ -52,6 +61,15 @@ from revise.export.bundle_checks import (
     validated_files_unchanged,
     validation_verdict,
     walk,
+)
+from revise.export.certificates import (
+    chain_entry,
+    describe,
+    load_certificates,
+    scheme_of,
+    signer_certificates,
+    verify_chain,
+    verifying_with,
 )
 from revise.export.keys import (
     hash_for,
@@ -76,6 +94,9 @@ class VerifyResult:
     message: str = ""
     files: int = 0  # files the signature covers
     record: dict[str, Any] | None = None  # signing.json, only when ok (then it is authentic)
+    certificate: dict[str, str] | None = None  # the certificate scheme: who signed (describe)
+    # the bundle's attestations, checked against the signed files (None: it has none)
+    attestations: AttestationSummary | None = None
 
 
 # -- signing ----------------------------------------------------------------------------------
@@ -87,15 +108,21 @@ def sign_bundle(
     *,
     password: bytes | None = None,
     allow_unvalidated: bool = False,
+    certificate: str | Path | None = None,
+    chain: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Sign every file of ``bundle`` (but the signature) and return the signing record.
 
-    Refuses a bundle whose validation failed or never ran unless ``allow_unvalidated``; the
-    choice goes into signing.json, which the signature covers. Re-signing replaces both."""
+    Two schemes: the bare key (the default), or ``certificate`` (PEM, issued for the key by a
+    private CA) with its ``chain`` (the issuing intermediate(s), maybe the root), verified
+    against the CA (:mod:`revise.export.certificates`). Refuses a bundle whose validation
+    failed or never ran unless ``allow_unvalidated``; the choice goes into signing.json, which
+    the signature covers. Re-signing replaces both."""
     bundle = _bundle_folder(bundle)
     key_path = Path(private_key)
     password = password_bytes(password)
     key = load_private_key(key_path, password)
+    signer = signer_certificates(key, certificate, chain, password)
     check_signable(bundle)
     verdict = validation_verdict(bundle)
     check_contents(bundle)
@@ -104,6 +131,7 @@ def sign_bundle(
         verdict = None
     if verdict != "pass" and not allow_unvalidated:
         _refuse_unvalidated(bundle, verdict, unbound)
+    check_attestations(bundle)  # the statement and the BOM describe these very files
     ms = _model_signing()
     record = {
         "schema": SCHEMA,
@@ -112,7 +140,11 @@ def sign_bundle(
         "allow_unvalidated": bool(allow_unvalidated),
         "public_key_sha256": public_key_sha256(key.public_key()),
         "tool": f"revise {_revise_version()} / model-signing {ms.__version__}",
+        "scheme": "key" if signer is None else "certificate",
     }
+    if signer is not None:  # names and fingerprints only: nothing secret
+        record["certificate"] = describe(signer[0])
+        record["chain"] = [chain_entry(c) for c in signer[1]]
     # Drop the old signature first: a failed re-sign leaves an unsigned bundle, not a stale one.
     (bundle / SIGNATURE_NAME).unlink(missing_ok=True)
     _write_public(
@@ -125,13 +157,15 @@ def sign_bundle(
     with tempfile.TemporaryDirectory(prefix="revise-sign-") as tmp:
         # Signed into a folder outside the bundle: nothing new appears in it while it is hashed.
         staged = Path(tmp) / SIGNATURE_NAME
-        try:
-            (
-                ms.signing.Config()
-                .set_hashing_config(hashing_config)
-                .use_elliptic_key_signer(private_key=key_path, password=password)
-                .sign(bundle, staged)
+        config = ms.signing.Config().set_hashing_config(hashing_config)
+        if certificate is None:
+            config = config.use_elliptic_key_signer(private_key=key_path, password=password)
+        else:
+            config = config.use_certificate_signer(
+                private_key=key_path, signing_certificate=certificate, certificate_chain=chain
             )
+        try:
+            config.sign(bundle, staged)
         except (ValueError, TypeError, OSError) as exc:
             raise SignatureError(f"model-signing could not sign {bundle}: {exc}") from exc
         _write_public(bundle / SIGNATURE_NAME, staged.read_bytes())
@@ -172,27 +206,44 @@ def _bundle_folder(bundle: str | Path) -> Path:
     return bundle
 
 
-def verify_bundle(bundle: str | Path, public_key: str | Path) -> VerifyResult:
+def verify_bundle(
+    bundle: str | Path, public_key: str | Path | None = None, *, ca: Sequence[str | Path] = ()
+) -> VerifyResult:
     """Check ``bundle`` against its signature with model-signing; on a mismatch, name the
-    files that changed, were added or were removed since signing."""
+    files that changed, were added or were removed since signing. Give the ``public_key`` of
+    a bundle signed with a bare key, or the ``ca`` certificate(s) (PEM) of the private CA that
+    issued the signing certificate of one signed with a certificate; offline either way."""
     bundle = _bundle_folder(bundle)
-    key_path = Path(public_key)
-    key = load_public_key(key_path)
+    key_path, ca_paths = verifying_with(public_key, ca)
+    key = load_public_key(key_path) if key_path is not None else None
+    trusted = load_certificates(ca_paths, "CA certificate") if ca_paths else []
     signature = bundle / SIGNATURE_NAME
     if not signature.is_file():
         return VerifyResult(
             False, message=f"{bundle} is not signed (no {SIGNATURE_NAME}); sign it with revise sign"
         )
     ms = _model_signing()
+    try:
+        chain = scheme_of(signature, by_certificate=key is None)
+    except SignatureError as exc:
+        return VerifyResult(False, message=str(exc))
+    config = ms.verifying.Config()
+    if key is None:
+        config = config.use_certificate_verifier(certificate_chain=ca_paths)
+    else:
+        config = config.use_elliptic_key_verifier(public_key=key_path)
     try:  # model-signing's own verdict is the authority: ok is never True without it
-        ms.verifying.Config().use_elliptic_key_verifier(public_key=key_path).verify(
-            bundle, signature
-        )
+        config.verify(bundle, signature)
         failure: Exception | None = None
     except Exception as exc:  # ValueError, InvalidSignature, KeyError on a mangled file, ...
         failure = exc
+    signer = None
     try:
-        statement = _signed_statement(signature, key, key_path)
+        if key is None:  # the statement is trusted once the chain leads to the CA
+            key, signer = verify_chain(chain or [], trusted, ca_paths), describe(chain[0])
+            statement = _signed_statement(signature, key, f"certificate {signer['subject']}")
+        else:
+            statement = _signed_statement(signature, key, key_path)
     except SignatureError as exc:
         return VerifyResult(False, message=str(exc))
     predicate = statement.get("predicate") or {}
@@ -211,10 +262,19 @@ def verify_bundle(bundle: str | Path, public_key: str | Path) -> VerifyResult:
         changed += [n for n in files if n in signed and sha256_file(bundle / n) != signed[n]]
         changed.sort()
     if failure is None and not (changed or added or removed):
+        try:  # signed like every file; they must also describe the files signed
+            attested = check_attestations(bundle, _signed_digests(bundle, predicate, signed))
+        except DataError as exc:
+            return VerifyResult(False, message=str(exc), files=len(signed))
         record_path = bundle / SIGNING_RECORD
         record = read_json(record_path) if record_path.is_file() else None
         return VerifyResult(
-            True, message=f"{len(signed)} files verified", files=len(signed), record=record
+            True,
+            message=f"{len(signed)} files verified",
+            files=len(signed),
+            record=record,
+            certificate=signer,
+            attestations=attested,
         )
     if changed or added or removed:
         message = (
@@ -224,6 +284,14 @@ def verify_bundle(bundle: str | Path, public_key: str | Path) -> VerifyResult:
     else:
         message = f"model-signing rejects {bundle}: {failure}"
     return VerifyResult(False, changed, added, removed, message, files=len(signed))
+
+
+def _signed_digests(bundle: Path, predicate: dict[str, Any], signed: dict) -> dict[str, str]:
+    """sha256 of each signed file: as the signature records them (revise signs sha256 by
+    file), else hashed here (model-signing has checked the files against the signature)."""
+    if _is_sha256_by_file(predicate):
+        return {name: str(digest) for name, digest in signed.items()}
+    return {name: sha256_file(bundle / name) for name in signed if (bundle / name).is_file()}
 
 
 def _is_sha256_by_file(predicate: dict[str, Any]) -> bool:
@@ -241,7 +309,7 @@ def _pae(payload_type: str, payload: bytes) -> bytes:
 
 
 def _signed_statement(
-    signature: Path, key: ec.EllipticCurvePublicKey, key_path: Path
+    signature: Path, key: ec.EllipticCurvePublicKey, key_path: Path | str
 ) -> dict[str, Any]:
     """The in-toto statement inside the signature's DSSE envelope, once the envelope is shown
     to be signed by ``key`` (so the file list it names can be trusted for the diff)."""

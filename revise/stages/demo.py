@@ -3,7 +3,8 @@
 Builds the digits DICOM site (two devices), indexes it, trains the deployed model on every
 training image and a retrained reference without the retiring device, revises the deployed
 model with psg to forget that device, evaluates all three on the four sets, exports the revised
-model to ONNX with a parity check, and reports a before/after table with wall-clock per stage.
+model to ONNX with a parity check and an INT8 variant calibrated on retain images, and reports a
+before/after table with wall-clock per stage.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ PSG_DEMO_CONFIG = {
 TRAIN_EPOCHS = 20
 # Acceptance criteria a site would write before revising: the retired device is forgotten on
 # held-out images, the remaining device keeps its accuracy, members cannot be told from
-# non-members as well as on the retrained reference, and the ONNX export agrees exactly.
+# non-members as well as on the retrained reference, and the ONNX export agrees exactly; its
+# INT8 variant predicts as the fp32 export on the remaining device (measured: 0.994 agreement,
+# accuracy -0.006 on its 324 held-out images; 0.964 on the retired device's near ties).
 DEMO_GATES = """\
 gates:
   - name: retired device forgotten on held-out images
@@ -61,6 +64,15 @@ gates:
   - name: ONNX export predicts exactly as PyTorch
     metric: parity_label_agreement
     at_least: 1.0
+  - name: INT8 variant predicts as the fp32 export on the remaining device
+    metric: int8_label_agreement
+    set: heldout_retain
+    per: device
+    at_least: 0.97
+  - name: INT8 variant loses at most 2 points on the remaining device
+    metric: int8_accuracy_change
+    set: heldout_retain
+    at_least: -0.02
 """
 
 
@@ -97,6 +109,7 @@ def run_demo(
     from revise.data.sets import DecodedSet
     from revise.data.tensors import prepare
     from revise.export.bundle import attach_validation, write_bundle
+    from revise.export.quantize import calibration_set
     from revise.models.architectures import build
     from revise.models.io import load_model, save_model, weights_digest
     from revise.models.pixel import normalize
@@ -169,6 +182,9 @@ def run_demo(
             out / "bundle",
             samples=normalize(sets["heldout_retain"].x[:256], card),
             name="demo_digits",
+            int8=calibration_set(  # never the forget set's images
+                sets["retain"], card, source="the demo's retain set (the remaining device)"
+            ),
             overwrite=True,
         )
     with stage("validate + report"):
@@ -178,13 +194,15 @@ def run_demo(
         signature = _sign(out, bundle.path)
     table["signature"] = signature
     table["validation"] = {
-        "verdict": validation.report["verdict"],
-        "summary": validation.report["summary"],
+        "verdict": validation.record.verdict,
+        "summary": validation.record.summary,
         "failed": [v.gate.name for v in validation.failed()],
         "report": str(out / "validation" / REPORT_HTML),
     }
     parity = bundle.manifest.onnx.variants["model.onnx"].parity
     table["parity"] = parity.to_json() if parity is not None else None
+    int8 = bundle.manifest.onnx.variants["model.int8.onnx"].parity
+    table["int8_parity"] = int8.to_json() if int8 is not None else None
     table["bundle"] = str(bundle.path)
     table["attack_success_ratio"] = result.record.attack_success_ratio
     table["counts"] = data.counts()
@@ -225,8 +243,14 @@ def _validate(out: Path, data, device: str):
             ("reference", "retrained"),
         )
     }
+    bundle = out / "bundle"
     result = validate(
-        models, data, criteria, onnx_path=out / "bundle" / "model.onnx", device=device
+        models,
+        data,
+        criteria,
+        onnx_path=bundle / "model.onnx",
+        int8_path=bundle / "model.int8.onnx",
+        device=device,
     )
     write_report(result, out / "validation", overwrite=True)
     return result

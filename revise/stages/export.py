@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from revise.errors import OptionError
+from revise.export.quantize import INT8_MIN_AGREEMENT
 from revise.stages._options import StageOptions, check
 
 Say = Callable[[str], None]
@@ -19,6 +20,18 @@ class ExportOptions(StageOptions):
 
     name: str = Field("revised_model", description="Model name (Triton repository).")
     fp16: bool = Field(False, description="Also ship model.fp16.onnx (own parity gate).")
+    int8: bool = Field(
+        False, description="Also ship model.int8.onnx (static QDQ quantization, own gate)."
+    )
+    calibration_samples: int = Field(
+        256, ge=1, description="Retain images the INT8 variant is calibrated on."
+    )
+    int8_min_agreement: float = Field(
+        INT8_MIN_AGREEMENT,
+        ge=0.0,
+        le=1.0,
+        description="INT8 gate: least label agreement with PyTorch.",
+    )
     parity_samples: int = Field(256, ge=1, description="Images for the parity check.")
     opset: int = Field(18, description="ONNX opset: 7 up to the newest the installed onnx knows.")
 
@@ -50,13 +63,16 @@ def export_bundle(
     validation: Path | None = None,
     recipe: Path | None = None,
     cache: Path | None = None,
+    forget: str | None = None,
     overwrite: bool = False,
     say: Say = lambda _: None,
 ):
     """Write the bundle folder ``out`` for ``model``; the :class:`~revise.export.bundle.Bundle`.
 
     The parity check runs on ``manifest``'s held-out images (its first rows when it has none),
-    else on random images in the card's pixel range."""
+    else on random images in the card's pixel range. The INT8 variant is calibrated on its
+    retain rows: training rows outside ``forget``, by default the run record's forget selection
+    (:func:`revise.export.quantize.calibration_from_manifest`)."""
     import torch
 
     from revise._io.outputs import check_output
@@ -73,6 +89,12 @@ def export_bundle(
             hint=f"e.g. {{out}} {folder}; then use {folder / 'model.onnx'}",
         )
     options = options or ExportOptions()
+    if options.int8 and manifest is None:
+        raise OptionError(
+            "int8",
+            "needs the site's manifest: the INT8 variant is calibrated on its retain images",
+            hint="give the manifest (revise export --data MANIFEST), or leave out {int8}",
+        )
     inputs = [model, card, manifest, validation, recipe]
     check_output(out, overwrite=overwrite, inputs=inputs, option="out")
     require_onnxruntime()  # the parity check needs it: say so before any work
@@ -87,6 +109,15 @@ def export_bundle(
         samples = low + (high - low) * torch.rand(
             options.parity_samples, c.in_channels, *c.input_size, generator=g
         )
+    calibration = None
+    if options.int8:
+        from revise.export.quantize import calibration_from_manifest
+
+        assert manifest is not None  # refused above
+        calibration = calibration_from_manifest(
+            model, manifest, c, options.calibration_samples, forget=forget, cache=cache
+        )
+        say(f"INT8 calibration: {len(calibration.keys)} {calibration.source}")
     bundle = write_bundle(
         loaded,
         out,
@@ -94,6 +125,8 @@ def export_bundle(
         name=options.name,
         opset=options.opset,
         fp16=options.fp16,
+        int8=calibration,
+        int8_min_agreement=options.int8_min_agreement,
         validation=validation,
         recipe=recipe.read_text() if recipe else None,
         overwrite=overwrite,

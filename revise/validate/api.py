@@ -2,7 +2,7 @@
 verdicts, and the report files.
 
     result = validate(models, data, criteria)   # models: candidate, original[, reference]
-    write_report(result, out)                   # revision_report.json + report.html
+    write_report(result, out)   # revision_report.json, change_control.json, report.html
 
 The report is a typed record (:class:`revise._validation_record.ValidationReport`), measured in
 :mod:`revise.validate.measure`, judged in :mod:`revise.validate.verdicts`, its provenance from
@@ -22,7 +22,8 @@ from typing import Any
 from pydantic import ValidationError
 from torch import nn
 
-from revise._io.outputs import REPORT_HTML, REPORT_JSON
+from revise._io.outputs import CHANGE_CONTROL, REPORT_HTML, REPORT_JSON
+from revise._run_record import RunRecord
 from revise._schema import problems, refusal
 from revise._validation_record import (
     SCHEMA,
@@ -33,6 +34,7 @@ from revise._validation_record import (
     SetFacts,
     ValidationReport,
 )
+from revise.data.calibration import run_record
 from revise.data.select import describe
 from revise.data.sets import DecodedSets
 from revise.errors import DataError, UsageError
@@ -40,9 +42,12 @@ from revise.models.card import ModelCard
 from revise.models.io import LoadedModel
 from revise.validate import measure
 from revise.validate import metrics as m
+from revise.validate.change_control import change_control
+from revise.validate.change_control_record import ChangeControl
 from revise.validate.criteria import Criteria
-from revise.validate.gate_checks import check_sets
+from revise.validate.gate_checks import check_models, check_sets
 from revise.validate.gate_metrics import METRICS
+from revise.validate.int8 import measure_int8
 from revise.validate.provenance import bundle_files, digest, onnx_file, software
 from revise.validate.verdicts import GateContext, Verdict
 
@@ -59,11 +64,18 @@ SET_DESCRIPTIONS = {
 
 @dataclass
 class ValidationResult:
-    """The report of one validation (``record``, what revision_report.json holds) and the
-    verdict of every gate."""
+    """The report of one validation (``record``, what revision_report.json holds), the
+    verdict of every gate, and the revised model's run record (``run``: None when it has
+    none), from which with the report comes the change-control summary."""
 
     record: ValidationReport
     verdicts: list[Verdict] = field(default_factory=list)
+    run: RunRecord | None = None
+
+    @property
+    def change_control(self) -> ChangeControl:
+        """The change-control summary (change_control.json; made anew on each read)."""
+        return change_control(self.record, self.run)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -86,6 +98,7 @@ def validate(
     *,
     card: ModelCard | None = None,
     onnx_path: str | Path | None = None,
+    int8_path: str | Path | None = None,
     by: Sequence[str] = ("device", "label"),
     device: str = "auto",
     seed: int = 0,
@@ -101,7 +114,9 @@ def validate(
     see :func:`revise.export.bundle_validation.validated_files`): `revise sign` checks them.
     ``reuse``: a dict the caller keeps across calls that judge many candidates against the same
     baselines on the same data (a merge search); the original's and the reference's predictions
-    and membership attacks are then computed once (keyed by model and data object)."""
+    and membership attacks are then computed once (keyed by model and data object).
+    ``int8_path``: a bundle's model.int8.onnx, measured against ``onnx_path`` on the held-out
+    sets (the report's ``int8``, the ``int8_*`` gates: :mod:`revise.validate.int8`)."""
     t_start = time.perf_counter()
     given = _given_inputs(inputs)  # a description the report cannot hold: before any work
     models = {name: _loaded(name, model, card) for name, model in models.items()}
@@ -110,6 +125,7 @@ def validate(
     bundle = bundle_files(candidate)  # before measuring: the files the verdict is about
     if onnx_path is not None:
         check_onnx_matches(candidate, onnx_path)
+    _check_int8(criteria, candidate, onnx_path, int8_path)
     for name, loaded in models.items():
         if loaded.card.num_classes != card.num_classes:
             raise DataError(
@@ -139,7 +155,8 @@ def validate(
             agreement[s] = measure.as_proportion(m.proportion(same))
     reference = measure.reference_summary(accuracy, mia) if "reference" in outputs else None
     parity = measure.parity(candidate, sets, onnx_path) if onnx_path else None
-    context = GateContext(outputs, sets, class_names, mia, reference, parity)
+    int8 = measure_int8(onnx_path, int8_path, sets, card, by) if int8_path else None
+    context = GateContext(outputs, sets, class_names, mia, reference, parity, int8 and int8[1])
     verdicts = [v for gate in criteria.gates for v in context.verdicts(gate)]
     passed = sum(v.passed for v in verdicts)
     given.criteria = CriteriaFile(path=criteria.source, sha256=criteria.sha256)
@@ -175,6 +192,7 @@ def validate(
         loss_histograms=histograms,
         reference=reference,
         parity=parity,
+        int8=int8[0] if int8 else None,
         definitions={name: spec.definition for name, spec in METRICS.items()},
         software=software(),
         timings_s={
@@ -185,7 +203,27 @@ def validate(
         decode_failures=len(data.failures),
         decode_left_out=data.left_out_record(),
     )
-    return ValidationResult(report, verdicts)
+    run = run_record(candidate.path) if Path(candidate.path).is_dir() else None
+    return ValidationResult(report, verdicts, run)
+
+
+def _check_int8(
+    criteria: Criteria,
+    candidate: LoadedModel,
+    onnx_path: str | Path | None,
+    int8_path: str | Path | None,
+) -> None:
+    """INT8 gates need the variant, and the variant the fp32 ONNX model it is judged against
+    (both exported from the candidate's weights)."""
+    if int8_path is None:
+        check_models(criteria, ["original", "reference", "onnx"])  # refuses int8_* gates
+        return
+    if onnx_path is None:
+        raise UsageError(
+            f"the INT8 variant {int8_path} is judged against the fp32 ONNX model: give it too",
+            hint="validate the bundle that ships both (model.onnx, model.int8.onnx)",
+        )
+    check_onnx_matches(candidate, int8_path)
 
 
 def _given_inputs(inputs: Mapping[str, Any] | None) -> Inputs:
@@ -213,14 +251,17 @@ def _check_decoded(criteria: Criteria, data: DecodedSets, *, class_names: Sequen
 
 
 def write_report(result: ValidationResult, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``out/revision_report.json`` and ``out/report.html``, the folder atomically."""
+    """Write ``out/revision_report.json``, ``out/change_control.json`` and ``out/report.html``
+    (the change-control summary its first section), the folder atomically."""
     from revise._io.atomic import atomic_dir, write_json_atomic
     from revise.validate.report_html import write_html
 
     out = Path(out)
+    summary = result.change_control
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json_atomic(tmp / REPORT_JSON, result.record.to_json())
-        write_html(result.record, tmp / REPORT_HTML)
+        write_json_atomic(tmp / CHANGE_CONTROL, summary.to_json())
+        write_html(result.record, tmp / REPORT_HTML, change_control=summary)
     return out
 
 
@@ -237,8 +278,9 @@ def check_onnx_matches(candidate: LoadedModel, onnx_path: str | Path) -> None:
     parity would only fail, without saying why). A file exported elsewhere carries no digest:
     parity alone judges it."""
     from revise.export.onnx_file import read_metadata
+    from revise.export.onnx_metadata import read_prop
 
-    exported_from = read_metadata(onnx_path).get("revise.weights_sha256")
+    exported_from = read_prop(read_metadata(onnx_path), "weights_sha256")
     mine = digest(candidate) if exported_from else ""
     if exported_from and exported_from != mine:
         raise UsageError(

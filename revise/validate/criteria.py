@@ -178,6 +178,9 @@ class _GateSpec(BaseModel):
         set_name = self.set or spec.default_set
         if spec.per_set and set_name is None:
             raise fail(f"{metric} is measured on a set: give `set:`, one of {', '.join(SETS)}")
+        if spec.sets is not None and set_name not in spec.sets:
+            sets = " and ".join(spec.sets)
+            raise fail(f"{metric} is measured on {sets}, not {set_name}", f"set: {spec.sets[-1]}")
         if not spec.per_set and (self.set or self.where or self.per is not None):
             raise fail(f"{metric} is measured on the whole run: no set/where/per")
         operators = [op for op in OPERATORS if getattr(self, op) is not None]

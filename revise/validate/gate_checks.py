@@ -46,10 +46,13 @@ def _model_problems(criteria: Criteria, have: Sequence[str]) -> list[str]:
         for need in sorted(({METRICS[gate.metric].requires} | gate.baselines()) - {None}):
             if need != "original" and need not in have:
                 flag = "{reference} RETRAINED_MODEL" if need == "reference" else "{onnx} FILE"
+                hint = f"pass {flag}"
+                if need == "int8":  # a bundle's variant: model.int8.onnx
+                    hint = "validate a bundle that ships model.int8.onnx: revise export --int8"
                 problems.append(
                     _with_hint(
                         f"{criteria.source}, gate {number} ({gate.name}) needs the {need} model",
-                        f"pass {flag}",
+                        hint,
                     )
                 )
     return problems

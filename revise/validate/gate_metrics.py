@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from revise.validate.mia import MIN_PER_GROUP
 
 BASELINES = ("original", "reference")
+HELDOUT_SETS = ("heldout_forget", "heldout_retain")
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,13 @@ class MetricSpec:
     definition: str
     per_set: bool  # measured on one of the four sets (and its groups), with a 95% interval
     baselines: tuple[str, ...] = ()  # models a threshold may be relative to
-    requires: str | None = None  # "reference" or "onnx": an input the metric cannot do without
+    requires: str | None = None  # "reference", "onnx", "int8": an input it cannot do without
     default_set: str | None = None
     needs: tuple[str, ...] = ()  # sets that must hold images (the whole-run metrics)
     min_images: int = 1  # in each of ``needs``: the attack models need both sides in a split
     # The values the metric can take: a threshold outside makes a gate that cannot fail (or pass)
     scale: tuple[float, float] = (0.0, 1.0)
+    sets: tuple[str, ...] | None = None  # the sets it is measured on (None: all four)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -95,5 +97,22 @@ METRICS: dict[str, MetricSpec] = {
         "share of held-out images on which the ONNX model and the candidate predict the same class",
         per_set=False,
         requires="onnx",
+    ),
+    "int8_label_agreement": MetricSpec(
+        "share of images on which the INT8 variant (model.int8.onnx) and the fp32 ONNX model "
+        "predict the same class, both in ONNX Runtime (CPU); 95% bootstrap interval",
+        per_set=True,
+        requires="int8",
+        default_set="heldout_retain",
+        sets=HELDOUT_SETS,
+    ),
+    "int8_accuracy_change": MetricSpec(
+        "INT8 variant's accuracy minus the fp32 ONNX model's on the same images, both in ONNX "
+        "Runtime (CPU); paired bootstrap 95% interval",
+        per_set=True,
+        requires="int8",
+        default_set="heldout_retain",
+        scale=(-1.0, 1.0),
+        sets=HELDOUT_SETS,
     ),
 }

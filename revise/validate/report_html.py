@@ -26,6 +26,7 @@ from typing import Any
 import jinja2
 
 from revise._validation_record import ValidationReport
+from revise.validate.change_control_record import ChangeControl
 from revise.validate.report_format import ci, num, short_digest
 from revise.validate.report_sections import page_view
 
@@ -44,20 +45,30 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_html(report: ValidationReport | Mapping[str, Any]) -> str:
+def render_html(
+    report: ValidationReport | Mapping[str, Any], change_control: ChangeControl | None = None
+) -> str:
     """The whole report page as one self-contained HTML string; ``report`` is the typed report
-    or the JSON object revision_report.json holds (a wrong one is a pydantic ValidationError)."""
+    or the JSON object revision_report.json holds (a wrong one is a pydantic ValidationError).
+    Its first section is ``change_control``, the change-control summary (made from the report
+    alone when not given)."""
     if not isinstance(report, ValidationReport):
         report = ValidationReport.model_validate(report)
-    return _environment().get_template("report.html.j2").render(page=page_view(report))
+    page = page_view(report, change_control)
+    return _environment().get_template("report.html.j2").render(page=page)
 
 
-def write_html(report: ValidationReport | Mapping[str, Any], path: Path) -> Path:
+def write_html(
+    report: ValidationReport | Mapping[str, Any],
+    path: Path,
+    *,
+    change_control: ChangeControl | None = None,
+) -> Path:
     """Render ``report`` and write it to ``path`` atomically (complete or absent)."""
     from revise._io.atomic import atomic_path
 
     path = Path(path)
-    text = render_html(report)
+    text = render_html(report, change_control)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path

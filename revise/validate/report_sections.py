@@ -20,6 +20,8 @@ from revise._validation_record import (
     ValidationReport,
 )
 from revise.validate import figures
+from revise.validate.change_control_record import ChangeControl
+from revise.validate.change_control_view import change_control_section
 from revise.validate.report_format import (
     JUDGED_ON,
     SET_ORDER,
@@ -31,6 +33,7 @@ from revise.validate.report_format import (
     num,
     set_title,
 )
+from revise.validate.report_int8 import int8_section
 from revise.validate.report_view import (
     AccuracyRow,
     AccuracySet,
@@ -357,10 +360,11 @@ def _software(report: ValidationReport) -> Section:
     return Section("software", "Software and timings", view)
 
 
-def page_view(report: ValidationReport) -> Page:
-    """What the page shows, section by section; absent optional sections are left out (and
-    so is their link in the contents line)."""
+def page_view(report: ValidationReport, change_control: ChangeControl | None = None) -> Page:
+    """What the page shows, section by section, the change-control summary first; absent
+    optional sections are left out (and so is their link in the contents line)."""
     sections = [
+        change_control_section(report, change_control),
         _gates(report),
         _accuracy(report),
         _agreement(report),
@@ -368,6 +372,7 @@ def page_view(report: ValidationReport) -> Page:
         _mia(report),
         _reference(report),
         _parity(report),
+        int8_section(report),
         _inputs(report),
         _definitions(report),
         _software(report),

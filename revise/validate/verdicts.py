@@ -148,7 +148,8 @@ def judge(
 @dataclass
 class GateContext:
     """What the gates are judged on: every model's outputs on every set, the membership
-    attacks, the distance to the reference and the ONNX parity (None: not measured)."""
+    attacks, the distance to the reference, the ONNX parity and the outputs of the fp32 and
+    INT8 ONNX models on the held-out sets (None: not measured)."""
 
     outputs: Mapping[str, Outputs]
     sets: Mapping[str, Any]
@@ -156,6 +157,7 @@ class GateContext:
     mia: Mapping[str, Membership]
     reference: ReferenceDistance | None
     parity: Parity | None
+    int8: tuple[Outputs, Outputs] | None = None  # (fp32, int8): revise.validate.int8
 
     def verdicts(self, gate: Gate) -> list[Verdict]:
         if METRICS[gate.metric].per_set:
@@ -185,6 +187,12 @@ class GateContext:
 
     def _measure(self, gate: Gate, mask: np.ndarray) -> tuple[Estimate, dict[str, float]]:
         s = gate.set
+        if METRICS[gate.metric].requires == "int8":
+            assert self.int8 is not None  # check_models rejected INT8 gates without the variant
+            fp32, int8 = self.int8
+            if gate.metric == "int8_accuracy_change":
+                return m.paired_change(int8.correct(s)[mask], fp32.correct(s)[mask]), {}
+            return m.proportion(int8.predicted(s)[mask] == fp32.predicted(s)[mask]), {}
         candidate = self.outputs["candidate"]
         original = self.outputs.get("original")
         if gate.metric == "accuracy":

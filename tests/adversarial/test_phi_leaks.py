@@ -9,18 +9,21 @@ Probes kept (what a careless user tried, and what revise must do):
   export` of the run, then `revise -vv validate` of the bundle with the same selection: no file
   written under the run folder, the bundle (run.json, bundle.json, model.onnx and its
   metadata_props) or the report folder holds the path or the folder name, nor does any output
-  on stdout or stderr (debug logs included); the records still say a list file was used;
+  on stdout or stderr (debug logs included); the records still say a list file was used; the
+  bundle's attestations (in-toto statement, ML-BOM) hold no patient's name, ID or birth date;
 * ``describe()`` of ``@file`` comparisons on any column (``device in @devs.txt`` too): no path.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
 import pytest
 
 from revise.data.select import describe
+from revise.export.manifest import ATTESTATION_FILES, STATEMENT_FILE
 
 FOLDER = "Doe^Jane_MRN0042"
 
@@ -71,8 +74,29 @@ def test_the_list_file_path_reaches_no_record_log_or_output(cli, demo_site, forg
     metadata = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
     _no_secret(metadata, secrets)
     # still a useful record: the selection's shape, and that a list file was used
-    assert metadata["revise.forget_selection"] == "patient in @<list file>"
+    assert metadata["com.revise.forget_selection"] == "patient in @<list file>"
     assert '"patient in @<list file>"' in (run / "run.json").read_text()
+    # the attestations record the revision with the selection as digests only: no patient's
+    # name, ID or birth date (those of the list included), no selection text, no path
+    attestations = {name: (bundle / name).read_text() for name in ATTESTATION_FILES}
+    _no_secret(attestations, (*secrets, *_patient_values(demo_site.dicom), "patient in"))
+    revision = json.loads(attestations[STATEMENT_FILE])["predicate"]["revision"]
+    assert revision["method"] == "psg" and len(revision["forget_selection_sha256"]) == 64
+    assert set(revision["set_digests"]) >= {"forget", "retain"}
+
+
+def _patient_values(dicom: Path) -> tuple[str, ...]:
+    """Every patient's ID, name (and its parts) and birth date, read from the site's files."""
+    import pydicom
+
+    values: set[str] = set()
+    for folder in sorted(p for p in dicom.iterdir() if p.is_dir()):
+        first = next(folder.glob("*.dcm"))
+        ds = pydicom.dcmread(first, stop_before_pixels=True)
+        name = str(ds.PatientName)
+        values.update({str(ds.PatientID), name, *name.split("^"), str(ds.PatientBirthDate)})
+    assert len(values) > 3 * 10  # a real site of patients, not an empty probe
+    return tuple(sorted(v for v in values if len(v) >= 4 and v != "Demo"))
 
 
 @pytest.mark.parametrize(

@@ -91,8 +91,8 @@ def _edit_card_metadata(name: str) -> Callable[[Path], None]:
     def edit(bundle: Path) -> None:
         from revise.export.onnx_file import read_metadata, set_metadata
 
-        card = json.loads(read_metadata(bundle / name)["revise.card"])
-        set_metadata(bundle / name, {"revise.card": json.dumps({**card, "mean": [0.4]})})
+        card = json.loads(read_metadata(bundle / name)["com.revise.card"])
+        set_metadata(bundle / name, {"com.revise.card": json.dumps({**card, "mean": [0.4]})})
 
     return edit
 

@@ -437,11 +437,11 @@ def test_export_writes_a_bundle_that_onnx_runtime_and_triton_load(
     # provenance in the ONNX metadata, matching the run record
     meta = read_metadata(out / "model.onnx")
     record = json.loads((run_folder / "run.json").read_text())
-    assert meta["revise.method"] == "psg"
-    assert meta["revise.base_model_digest"] == record["base_model_digest"]
-    assert meta["revise.forget_selection"] == record["forget_selection"]
-    assert meta["revise.validation_verdict"] == "not run"
-    assert "revise.card" in meta and json.loads(meta["revise.versions"])["onnxruntime"]
+    assert meta["com.revise.method"] == "psg"
+    assert meta["com.revise.base_model_digest"] == record["base_model_digest"]
+    assert meta["com.revise.forget_selection"] == record["forget_selection"]
+    assert meta["com.revise.validation_verdict"] == "not run"
+    assert "com.revise.card" in meta and json.loads(meta["com.revise.versions"])["onnxruntime"]
 
     # the bundle is a model folder too, with the run's weights
     loaded = load_model(run_folder)
@@ -521,6 +521,10 @@ def test_demo_end_to_end(cli, tmp_path):
     for path in out.rglob("*.onnx"):
         texts[f"{path.relative_to(out)} metadata"] = json.dumps(read_metadata(path))
     expected = {"revised/run.json", "demo_report.json", "validation/revision_report.json"}
+    # the bundle carries its attestations, checked with the same patient-data probe
+    expected |= {"bundle/attestations/revision.intoto.json", "bundle/attestations/model.cdx.json"}
+    # and the change-control summary, beside the report and in the bundle
+    expected |= {"validation/change_control.json", "bundle/change_control.json"}
     assert expected | {"bundle/model.onnx metadata"} <= set(texts)
     texts["validation/report.html"] = (out / "validation" / "report.html").read_text()
     for where, text in texts.items():

@@ -164,10 +164,41 @@ def test_the_report_holds_no_patient_identifiers(passing_report, demo_site):
 
     _, _, out = passing_report
     text = (out / "revision_report.json").read_text() + (out / "report.html").read_text()
+    text += (out / "change_control.json").read_text()
     for path in sorted(demo_site.dicom.rglob("*.dcm"))[:50]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         for value in (ds.PatientID, str(ds.PatientName), ds.PatientBirthDate):
             assert value not in text
+
+
+def test_the_change_control_summary_is_written_beside_the_report(passing_report):
+    _, _, out = passing_report
+    doc = json.loads((out / "change_control.json").read_text())
+    report = json.loads((out / "revision_report.json").read_text())
+    run = json.loads((Path(report["models"]["candidate"]["path"]) / "run.json").read_text())
+    assert doc["schema"] == "revise.change_control/1" and doc["verdict"] == "pass"
+    what = doc["description_of_modification"]
+    assert what["forget_selection"] == report["forget_selection"]
+    assert what["base_model_sha256"] == run["base_model_digest"]
+    assert what["original_model"]["sha256"] == report["models"]["original"]["sha256"]
+    protocol = doc["modification_protocol"]
+    method = protocol["method"]
+    assert method["name"] == run["method"] == "psg" and method["seed"] == run["seed"]
+    assert method["settings"] == run["hyperparameters"] and method["record"] == "run.json"
+    used = protocol["data_management"]["used"]
+    assert used["training"] == {"forget": run["forget_samples"], "retain": run["retain_samples"]}
+    assert {s["name"]: s["n"] for s in used["validation_sets"]} == {
+        name: facts["n"] for name, facts in report["sets"].items()
+    }
+    evaluation = protocol["performance_evaluation"]
+    assert [g["name"] for g in evaluation["gates"]] == [g["name"] for g in report["gates"]]
+    assert all(g["passed"] for g in evaluation["gates"]) and evaluation["verdict"] == "pass"
+    assert evaluation["criteria"]["sha256"] == report["inputs"]["criteria"]["sha256"]
+    impact = doc["impact_assessment"]
+    assert impact["reference"]["distance"] == report["reference"]["distance"]
+    assert impact["target"] == run["target"]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.split('<section id="')[1].startswith('change_control">')
 
 
 def test_a_gate_that_must_fail_fails_with_exit_1_saying_by_how_much(
@@ -323,13 +354,14 @@ def test_validating_a_bundle_puts_the_report_into_it(cli, demo_site, revised, tm
     assert (
         after["validation"]["criteria_sha256"] == hashlib.sha256(criteria.read_bytes()).hexdigest()
     )
-    assert set(after["files"]) == set(before["files"]) | {"revision_report.json", "report.html"}
+    reports = {"revision_report.json", "report.html", "change_control.json"}
+    assert set(after["files"]) == set(before["files"]) | reports
     for rel, entry in after["files"].items():
         assert hashlib.sha256((bundle / rel).read_bytes()).hexdigest() == entry["sha256"], rel
     for onnx_file in ("model.onnx", "triton/revised_model/1/model.onnx"):
         meta = read_metadata(bundle / onnx_file)
-        assert meta["revise.validation_verdict"] == "fail"
-        assert meta["revise.criteria_sha256"] == after["validation"]["criteria_sha256"]
+        assert meta["com.revise.validation_verdict"] == "fail"
+        assert meta["com.revise.criteria_sha256"] == after["validation"]["criteria_sha256"]
         assert (
             graph_digest(bundle / onnx_file)
             == before["onnx"]["variants"]["model.onnx"]["graph_sha256"]
@@ -392,6 +424,7 @@ def test_a_patient_named_in_the_forget_selection_stays_out_of_the_report(
     report = json.loads((out / "revision_report.json").read_text())
     assert report["forget_selection"].startswith('device == "Borealis CR-7" or patient == ')
     text = (out / "revision_report.json").read_text() + (out / "report.html").read_text()
+    text += (out / "change_control.json").read_text()
     assert clear_id not in text
 
 

@@ -106,15 +106,15 @@ def test_parity_report(exported):
 def test_metadata_is_merged_not_replaced(exported, tmp_path):
     _, result, _ = exported
     props = read_metadata(result.path)
-    assert props["site"] == "test" and props["revise.exporter"] == "dynamo"
-    assert json.loads(props["revise.card"])["std"] == [0.25]
+    assert props["site"] == "test" and props["com.revise.exporter"] == "dynamo"
+    assert json.loads(props["com.revise.card"])["std"] == [0.25]
     copy = tmp_path / "signed.onnx"
     copy.write_bytes(result.path.read_bytes())
     merged = set_metadata(copy, {"signature": "abc", "site": "other"})
     after = read_metadata(copy)
     assert after == merged
     assert after["signature"] == "abc" and after["site"] == "other"
-    assert after["revise.card"] == props["revise.card"]  # pre-existing prop preserved
+    assert after["com.revise.card"] == props["com.revise.card"]  # pre-existing prop preserved
     onnx.checker.check_model(str(copy), full_check=True)
 
 
@@ -147,7 +147,7 @@ def test_opset16_is_written_by_the_dynamo_exporter_and_loads_back(tmp_path):
     model.eval()
     # torch writes opset 18 and cannot take this graph down; ONNX's converter can
     assert result.opset == 16 and result.exporter == "dynamo" and result.fallback_reason == ""
-    assert result.parity.passed and read_metadata(result.path)["revise.exporter"] == "dynamo"
+    assert result.parity.passed and read_metadata(result.path)["com.revise.exporter"] == "dynamo"
     loaded = load_model(result.path, card=_card())  # onnx2torch handles opset 16
     x = _samples(5)
     with torch.no_grad():
@@ -190,7 +190,7 @@ def test_an_activation_the_card_names_is_put_back_and_named(tmp_path, kind):
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-6)
     if kind == "softmax":
         np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-5)  # rows of probabilities
-    assert json.loads(read_metadata(result.path)["revise.card"])["output"] == kind
+    assert json.loads(read_metadata(result.path)["com.revise.card"])["output"] == kind
     # the file loads back as what it is: the card agrees with its final node
     loaded = load_model(result.path, card=dataclasses.replace(card, architecture="onnx"))
     with torch.no_grad():

@@ -81,7 +81,7 @@ def test_sign_and_verify_api(bundle, keys):
     result = verify_bundle(bundle, public)
     assert result.ok, result.message
     files = [p for p in bundle.rglob("*") if p.is_file() and p.name != SIGNATURE_NAME]
-    assert result.files == len(files) == 10  # every file, sub-folders and signing.json too
+    assert result.files == len(files) == 13  # every file, sub-folders and signing.json too
     assert result.record == record
     assert (result.changed, result.added, result.removed) == ([], [], [])
 
@@ -115,7 +115,7 @@ def test_cli_keygen_sign_verify(bundle, tmp_path):
     assert "validation: pass" in result.stdout
     result = invoke("verify", bundle, "--pub", public)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == "OK: 10 files verified"
+    assert result.stdout.splitlines()[0] == "OK: 13 files verified"
 
 
 def test_cli_keygen_curve_p384(tmp_path):
