@@ -35,7 +35,7 @@ from pydantic import (
 from revise._io.text import read_json_object
 from revise._run_record import RecordPart
 from revise._schema import fail, problems, refusal
-from revise.errors import ModelError
+from revise.errors import ModelError, RevisionError
 
 __all__ = [
     "SCHEMA",
@@ -380,15 +380,17 @@ class ValidationReport(ReportPart):
     decode_left_out: dict[str, LeftOut] = Field(default_factory=dict)
 
 
-def read_validation_report(path: str | Path, *, hint: str) -> ValidationReport:
+def read_validation_report(
+    path: str | Path, *, hint: str, kind: type[RevisionError] = ModelError
+) -> ValidationReport:
     """The validation report in the file ``path``; a damaged one (not JSON, not an object, a
     field of the wrong type) is a ModelError naming the file and each wrong field, with
     ``hint``."""
     path = Path(path)
-    data = read_json_object(path, "validation report", ModelError, hint=hint)
+    data = read_json_object(path, "validation report", kind, hint=hint)
     try:
         return ValidationReport.model_validate(data)
     except ValidationError as exc:
         found = problems(exc, ValidationReport)
         message, _ = refusal(f"{path} is not a valid validation report", found)
-        raise ModelError(message, hint=hint) from None
+        raise kind(message, hint=hint) from None

@@ -16,7 +16,10 @@ from revise._io.digests import sha256_file
 from revise._io.outputs import BUNDLE_MANIFEST, REPORT_JSON
 from revise.errors import DataError, SignatureError, UsageError
 from revise.export.bundle_validation import (
+    candidate_digest,
     check_validated_files,
+    parity_graph,
+    read_bundle_report,
     validation_props,
     validation_summary,
 )
@@ -85,15 +88,10 @@ def validation_verdict(bundle: Path) -> str | None:
     manifest = manifest_of(bundle)
     report_path = bundle / REPORT_JSON
     verdict: str | None = None
-    if report_path.is_file():
-        report = read_json(report_path)
-        verdict = report.get("verdict")
-        if verdict not in ("pass", "fail"):
-            raise DataError(
-                f"{report_path} has verdict {verdict!r}, expected 'pass' or 'fail'",
-                hint="re-run `revise validate` and re-export the bundle",
-            )
-        validated = ((report.get("models") or {}).get("candidate") or {}).get("sha256")
+    report = read_bundle_report(bundle)  # its verdict is "pass" or "fail", or it is refused
+    if report is not None:
+        verdict = report.verdict
+        validated = candidate_digest(report)
         weights = manifest.weights_sha256
         if validated and weights and validated != weights:
             raise DataError(
@@ -166,15 +164,15 @@ def check_contents(bundle: Path) -> None:
         graphs[f"{triton.repository}/{triton.model}/{triton.version}/{MODEL_ONNX}"] = graphs[
             MODEL_ONNX
         ]
-    report = read_json(bundle / REPORT_JSON) if (bundle / REPORT_JSON).is_file() else {}
-    validated = ((report.get("models") or {}).get("candidate") or {}).get("sha256")
-    if report and validated != weights:
+    report = read_bundle_report(bundle)
+    if report is not None and candidate_digest(report) != weights:
         raise DataError(
-            f"{bundle / REPORT_JSON} validates other weights ({str(validated)[:12]}...) than "
+            f"{bundle / REPORT_JSON} validates other weights "
+            f"({str(candidate_digest(report))[:12]}...) than "
             f"the bundle's model.safetensors ({weights[:12]}...)",
             hint="validate the bundle itself: revise validate BUNDLE ...",
         )
-    checked = ((report.get("inputs") or {}).get("onnx") or {}).get("graph_sha256")
+    checked = parity_graph(report) if report is not None else None
     for name, recorded in graphs.items():
         path = bundle / name
         if not path.is_file():
@@ -199,7 +197,7 @@ def check_contents(bundle: Path) -> None:
             f"({checked[:12]}...) than the bundle's model.onnx",
             hint="validate the bundle itself: revise validate BUNDLE ...",
         )
-    if report:
+    if report is not None:
         claimed = manifest.validation or ValidationSummary()
         _check_summary(manifest_path, claimed, validation_summary(report, bundle / REPORT_JSON))
 
@@ -229,7 +227,7 @@ def validated_files_unchanged(bundle: Path) -> bool:
     states the report's verdict and criteria. False: there is a report, but it records no files
     of this bundle (it validated a model folder)."""
     report_path = bundle / REPORT_JSON
-    report = read_json(report_path) if report_path.is_file() else None
+    report = read_bundle_report(bundle)
     bound = report is None or check_validated_files(bundle, report)
     expected = validation_props(validation_summary(report, report_path) if report else None)
     files, _, _ = walk(bundle)

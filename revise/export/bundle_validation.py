@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from revise._io.digests import sha256_file
 from revise._io.outputs import REPORT_JSON
 from revise._schema import problems, refusal
+from revise._validation_record import ValidationReport, read_validation_report
 from revise.errors import DataError, ExportError, UsageError
 from revise.export.manifest import (
     AFTER_VALIDATION,
@@ -51,13 +52,14 @@ def validation_record(folder: str | Path) -> dict[str, Any]:
     return {"path": str(folder), "sha256": digest, "files": files}
 
 
-def check_validated_files(folder: str | Path, report: dict[str, Any]) -> bool:
+def check_validated_files(folder: str | Path, report: ValidationReport) -> bool:
     """Whether ``report`` records the files of the bundle ``folder`` (False: it validated a
     model folder, or was written before revise recorded them). Raises DataError naming the
     first file changed, added or removed since."""
     folder = Path(folder)
-    recorded = ((report.get("inputs") or {}).get("bundle") or {}).get("files")
-    if not isinstance(recorded, dict) or not recorded:
+    bundle = report.inputs.bundle if report.inputs is not None else None
+    recorded = bundle.files if bundle is not None else None
+    if not recorded:
         return False
     actual = validated_files(folder)
     differ = sorted(n for n in set(actual) | set(recorded) if actual.get(n) != recorded.get(n))
@@ -81,19 +83,19 @@ def check_validated_files(folder: str | Path, report: dict[str, Any]) -> bool:
     )
 
 
-def validation_summary(report: dict[str, Any], path: str | Path) -> ValidationSummary:
+def validation_summary(report: ValidationReport, path: str | Path) -> ValidationSummary:
     """What bundle.json records of the validation ``report`` read from ``path`` (its
     ``validation`` entry); a report whose verdict, summary or gates are not what `revise
     validate` writes is a DataError naming the file."""
-    criteria = report.get("inputs", {}).get("criteria", {})
-    digest = hashlib.sha256(json.dumps(report, sort_keys=True).encode("utf-8")).hexdigest()
+    criteria = report.inputs.criteria if report.inputs is not None else None
+    as_written = json.dumps(report.to_json(), sort_keys=True)  # the file round-trips to this
     try:
         return ValidationSummary(
-            verdict=report.get("verdict"),
-            summary=report.get("summary"),
-            criteria_sha256=criteria.get("sha256"),
-            report_sha256=digest,
-            failed_gates=[g["name"] for g in report.get("gates", []) if not g.get("passed")],
+            verdict=report.verdict,
+            summary=report.summary,
+            criteria_sha256=criteria.sha256 if criteria is not None else None,
+            report_sha256=hashlib.sha256(as_written.encode("utf-8")).hexdigest(),
+            failed_gates=[gate.name for gate in report.gates if not gate.passed],
         )
     except ValidationError as exc:
         found = problems(exc, ValidationSummary)
@@ -110,7 +112,7 @@ def validation_props(summary: ValidationSummary | None) -> dict[str, str]:
     return {verdict_key: str(summary.verdict), criteria_key: str(summary.criteria_sha256)}
 
 
-def read_report(folder: str | Path, digest: str) -> dict[str, Any]:
+def read_report(folder: str | Path, digest: str) -> ValidationReport:
     """The report of the `revise validate` output ``folder``, which must validate the weights
     of digest ``digest`` (the model being exported, or the bundle's)."""
     folder = Path(folder)
@@ -120,8 +122,10 @@ def read_report(folder: str | Path, digest: str) -> dict[str, Any]:
             f"{folder} is not a validation report folder (missing {', '.join(missing)})",
             hint="pass the -o folder of `revise validate`",
         )
-    report = json.loads((folder / REPORT_JSON).read_text())
-    validated = (report.get("models") or {}).get("candidate", {}).get("sha256")
+    report = read_validation_report(
+        folder / REPORT_JSON, hint="validate the model again: revise validate ...", kind=DataError
+    )
+    validated = candidate_digest(report)
     if validated != digest:
         raise ExportError(
             f"the report in {folder} validates other weights ({str(validated)[:12]}...) than "
@@ -131,15 +135,37 @@ def read_report(folder: str | Path, digest: str) -> dict[str, Any]:
     return report
 
 
-def check_parity_graph(report: dict[str, Any], shipped: OnnxVariant) -> None:
+def check_parity_graph(report: ValidationReport, shipped: OnnxVariant) -> None:
     """A report whose parity gate ran on an ONNX file must have run on the graph shipped (the
     export is deterministic; only metadata may differ)."""
-    checked = ((report.get("inputs") or {}).get("onnx") or {}).get("graph_sha256")
+    checked = parity_graph(report)
     if checked and checked != shipped.graph_sha256:
         raise ExportError(
             "the report's parity check ran on another ONNX graph than the bundle's model.onnx",
             hint="validate the bundle itself: revise validate BUNDLE ...",
         )
+
+
+def candidate_digest(report: ValidationReport) -> str | None:
+    """The weights digest of the model the report validated (its ``candidate``)."""
+    candidate = report.models.get("candidate")
+    return candidate.sha256 if candidate is not None else None
+
+
+def parity_graph(report: ValidationReport) -> str | None:
+    """The digest of the ONNX graph the report's parity check ran on (None: it ran on none)."""
+    onnx = report.inputs.onnx if report.inputs is not None else None
+    return onnx.graph_sha256 if onnx is not None else None
+
+
+def read_bundle_report(bundle: Path) -> ValidationReport | None:
+    """The bundle's revision_report.json (None: it has none); a damaged one is a DataError
+    naming the file and each wrong field."""
+    path = bundle / REPORT_JSON
+    if not path.is_file():
+        return None
+    hint = "re-run `revise validate` on the bundle"
+    return read_validation_report(path, hint=hint, kind=DataError)
 
 
 def _onnx_content_digest(path: Path) -> str:

@@ -17,8 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revise._io.atomic import write_json_atomic
+import torch
+
+from revise._io.atomic import write_json_atomic, write_text_atomic
 from revise._io.outputs import DEMO_REPORT, REPORT_HTML
+from revise.data import manifest as manifest_mod
+from revise.data.demo_site import build_demo_site
+from revise.data.index import index
+from revise.data.sets import DecodedSet
+from revise.data.tensors import prepare
+from revise.export.bundle import attach_validation, write_bundle
+from revise.export.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+from revise.export.quantize import calibration_set
+from revise.export.signing import sign_bundle, verify_bundle
+from revise.models.architectures import build
+from revise.models.card import ModelCard
+from revise.models.io import load_model, save_model, weights_digest
+from revise.models.pixel import normalize
+from revise.unlearn.api import save_run
+from revise.unlearn.evaluate import evaluate
+from revise.unlearn.pipeline import run_unlearning
+from revise.unlearn.train import TrainConfig, train_classifier
+from revise.validate.api import validate, write_report
+from revise.validate.criteria import load_criteria
 
 FORGET = 'device == "Borealis CR-7"'
 # Chosen by a small grid on the demo: the demo model is small and briefly trained, so its
@@ -84,7 +105,6 @@ class DemoResult:
 
 
 def demo_card():
-    from revise.models.card import ModelCard
 
     return ModelCard(
         architecture="small_cnn",
@@ -101,22 +121,6 @@ def demo_card():
 def run_demo(
     out: str | Path, *, device: str = "auto", seed: int = 0, say: Callable[[str], None] = print
 ) -> DemoResult:
-    import torch
-
-    from revise.data import manifest as manifest_mod
-    from revise.data.demo_site import build_demo_site
-    from revise.data.index import index
-    from revise.data.sets import DecodedSet
-    from revise.data.tensors import prepare
-    from revise.export.bundle import attach_validation, write_bundle
-    from revise.export.quantize import calibration_set
-    from revise.models.architectures import build
-    from revise.models.io import load_model, save_model, weights_digest
-    from revise.models.pixel import normalize
-    from revise.unlearn.api import save_run
-    from revise.unlearn.evaluate import evaluate
-    from revise.unlearn.pipeline import run_unlearning
-    from revise.unlearn.train import TrainConfig, train_classifier
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,8 +218,6 @@ def run_demo(
 def _sign(out: Path, bundle: Path) -> dict[str, Any]:
     """Sign the bundle with a demo key made on the spot (a site keeps its key elsewhere) and
     verify it with the public key."""
-    from revise.export.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
-    from revise.export.signing import sign_bundle, verify_bundle
 
     keys = out / "keys"
     private, public = keys / PRIVATE_KEY_NAME, keys / PUBLIC_KEY_NAME
@@ -228,10 +230,6 @@ def _sign(out: Path, bundle: Path) -> dict[str, Any]:
 
 def _validate(out: Path, data, device: str):
     """Judge the revised model against DEMO_GATES; the report goes to ``out/validation``."""
-    from revise._io.atomic import write_text_atomic
-    from revise.models.io import load_model
-    from revise.validate.api import validate, write_report
-    from revise.validate.criteria import load_criteria
 
     write_text_atomic(out / "gates.yaml", DEMO_GATES)
     criteria = load_criteria(out / "gates.yaml")

@@ -6,10 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from pydantic import Field, field_validator
 
+from revise._io.outputs import check_output
+from revise.data import manifest as manifest_mod
+from revise.data.tensors import load_tensors
 from revise.errors import OptionError
-from revise.export.quantize import INT8_MIN_AGREEMENT
+from revise.export.bundle import check_name, write_bundle
+from revise.export.onnx import check_opset
+from revise.export.parity import require_onnxruntime
+from revise.export.quantize import INT8_MIN_AGREEMENT, calibration_from_manifest
+from revise.models.io import load_model
+from revise.models.pixel import normalize
 from revise.stages._options import StageOptions, check
 
 Say = Callable[[str], None]
@@ -38,7 +47,6 @@ class ExportOptions(StageOptions):
     @field_validator("name")
     @classmethod
     def _folder_name(cls, name: str) -> str:
-        from revise.export.bundle import check_name
 
         check(lambda: check_name(name, "name"))
         return name
@@ -46,7 +54,6 @@ class ExportOptions(StageOptions):
     @field_validator("opset")
     @classmethod
     def _known_opset(cls, opset: int) -> int:
-        from revise.export.onnx import check_opset
 
         check(lambda: check_opset(opset, "opset"))
         return opset
@@ -73,13 +80,6 @@ def export_bundle(
     else on random images in the card's pixel range. The INT8 variant is calibrated on its
     retain rows: training rows outside ``forget``, by default the run record's forget selection
     (:func:`revise.export.quantize.calibration_from_manifest`)."""
-    import torch
-
-    from revise._io.outputs import check_output
-    from revise.export.bundle import write_bundle
-    from revise.export.parity import require_onnxruntime
-    from revise.models.io import load_model
-    from revise.models.pixel import normalize
 
     if out.suffix.lower() == ".onnx":
         folder = out.with_suffix("")
@@ -111,8 +111,6 @@ def export_bundle(
         )
     calibration = None
     if options.int8:
-        from revise.export.quantize import calibration_from_manifest
-
         assert manifest is not None  # refused above
         calibration = calibration_from_manifest(
             model, manifest, c, options.calibration_samples, forget=forget, cache=cache
@@ -147,8 +145,6 @@ def export_bundle(
 def _parity_images(manifest_path: Path, card, n: int, cache: Path | None):
     """Images for the parity check: the held-out rows of the manifest, or its first rows
     (training images) when it has none; and the words saying which were used."""
-    from revise.data import manifest as manifest_mod
-    from revise.data.tensors import load_tensors
 
     df = manifest_mod.load(manifest_path)
     heldout = df[df["split"].astype("string").fillna("").str.lower() == "heldout"]

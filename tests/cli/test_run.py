@@ -93,6 +93,7 @@ def keys(tmp_path_factory, isolated_env) -> Path:
     return folder
 
 
+@pytest.mark.slow  # end to end; CI runs it with the slow set
 def test_the_whole_revision_to_a_signed_bundle_and_back_again(
     cli, demo_site, retrained_model, keys, tmp_path
 ):
@@ -133,6 +134,7 @@ def test_the_whole_revision_to_a_signed_bundle_and_back_again(
     cli("verify", bundle, "--pub", keys / "revise-signing.pub", code=0)
 
 
+@pytest.mark.slow  # end to end; CI runs it with the slow set
 def test_failed_gates_leave_the_bundle_unsigned(cli, demo_site, keys, tmp_path):
     path = recipe(
         tmp_path, demo_site, criteria=IMPOSSIBLE, sign={"key": str(keys / "revise-signing.key")}
@@ -259,6 +261,7 @@ def test_changed_inputs_rerun_their_stages_and_a_new_key_re_signs(
     cli("verify", work / "bundle", "--pub", keys / PUBLIC_KEY_NAME, code=0)
 
 
+@pytest.mark.slow  # end to end; CI runs it with the slow set
 def test_a_validation_crash_stops_the_recipe_and_is_not_a_verdict(cli, demo_site, tmp_path):
     """A crash of `revise validate` (exit 1, like failed gates) must not be read as the old
     report's verdict: the recipe fails with the error, nothing is signed, and the next run

@@ -272,6 +272,7 @@ def test_heldout_select_narrows_the_heldout_images(
     assert report["sets"]["heldout_retain"]["n"] == 0
 
 
+@pytest.mark.slow  # end to end; CI runs it with the slow set
 def test_heldout_straight_from_a_pacs_end_to_end(
     cli, orthanc, demo_site, revised, passing_report, tmp_path
 ):

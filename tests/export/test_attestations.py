@@ -17,6 +17,7 @@ import pytest
 from clirunner import describe, invoke
 
 from revise._io.outputs import REPORT_JSON
+from revise._validation_record import ValidationReport
 from revise.errors import DataError
 from revise.export.attestations import PREDICATE_TYPE, check_attestations, subject_files
 from revise.export.keys import generate_keys
@@ -325,7 +326,8 @@ def _as_legacy(bundle: Path) -> None:
             validation_record(bundle), path=report["inputs"]["bundle"]["path"]
         )
         (bundle / REPORT_JSON).write_text(json.dumps(report, indent=2))
-        manifest["validation"] = validation_summary(report, bundle / REPORT_JSON).to_json()
+        typed = ValidationReport.model_validate(report)
+        manifest["validation"] = validation_summary(typed, bundle / REPORT_JSON).to_json()
     manifest["files"] = {
         p.relative_to(bundle).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
         for p in sorted(bundle.rglob("*"))

@@ -343,6 +343,7 @@ def test_merge_cli_errors(merge_site, tmp_path):
     assert _folder_bytes(site.forgetting, site.retention) == shared  # only read, never written
 
 
+@pytest.mark.slow  # end to end; CI runs it with the slow set
 def test_a_gate_aware_search_prefers_strengths_that_pass_the_gates(merge_site, tmp_path):
     """With the base model itself as the reference, distance alone picks strengths 0 (no edit,
     nothing forgotten); a gate demanding some forgetting must move the choice to a merge that
