@@ -19,11 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from revise._io.text import read_json_object
-from revise._schema import problems, refusal
-from revise.errors import ModelError
+from revise._schema import read_record
 
 __all__ = [
     "BaseModelRef",
@@ -146,9 +144,4 @@ def read_run_record(path: str | Path, *, hint: str) -> RunRecord:
     """The run record in the file ``path``; a damaged one (not JSON, not an object, a field of
     the wrong type) is a ModelError naming the file and each wrong field, with ``hint``."""
     path = Path(path)
-    data = read_json_object(path, "run record", ModelError, hint=hint)
-    try:
-        return RunRecord.model_validate(data)
-    except ValidationError as exc:
-        message, _ = refusal(f"{path} is not a valid run record", problems(exc, RunRecord))
-        raise ModelError(message, hint=hint) from None
+    return read_record(RunRecord, path, "run record", hint=hint)

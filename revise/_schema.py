@@ -14,14 +14,19 @@ import math
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
 import annotated_types
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from revise._io.text import read_json_object
+from revise.errors import ModelError, RevisionError
 from revise.registry import did_you_mean
+
+Record = TypeVar("Record", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,32 @@ def refusal(what: str, found: list[Problem]) -> tuple[str, str | None]:
         texts.append(f"({i}) {problem.text}" + (f" ({hint})" if hint else ""))
         said.add(problem.hint or "")
     return f"{what}: {len(found)} problems: " + "; ".join(texts), None
+
+
+def record_of(
+    model: type[Record], data: Any, refused: str, *, kind: type[RevisionError], hint: str
+) -> Record:
+    """``data`` as the typed record ``model`` (run.json, bundle.json, revision_report.json,
+    ...); a value that does not fit is a ``kind`` error, ``refused``, naming each wrong field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, _ = refusal(refused, problems(exc, model))
+        raise kind(message, hint=hint) from None
+
+
+def read_record(
+    model: type[Record],
+    path: Path,
+    what: str,
+    *,
+    hint: str,
+    kind: type[RevisionError] = ModelError,
+) -> Record:
+    """The typed record in the JSON file ``path``: a damaged one (not JSON, not an object, a
+    field of the wrong type) is a ``kind`` error naming the file and each wrong field."""
+    data = read_json_object(path, what, kind, hint=hint)
+    return record_of(model, data, f"{path} is not a valid {what}", kind=kind, hint=hint)
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,11 @@ from pydantic import (
     Field,
     PlainValidator,
     PrivateAttr,
-    ValidationError,
     model_validator,
 )
 
-from revise._io.text import read_json_object
 from revise._run_record import RecordPart
-from revise._schema import fail, problems, refusal
+from revise._schema import fail, read_record
 from revise.errors import ModelError, RevisionError
 
 __all__ = [
@@ -387,10 +385,4 @@ def read_validation_report(
     field of the wrong type) is a ModelError naming the file and each wrong field, with
     ``hint``."""
     path = Path(path)
-    data = read_json_object(path, "validation report", kind, hint=hint)
-    try:
-        return ValidationReport.model_validate(data)
-    except ValidationError as exc:
-        found = problems(exc, ValidationReport)
-        message, _ = refusal(f"{path} is not a valid validation report", found)
-        raise kind(message, hint=hint) from None
+    return read_record(ValidationReport, path, "validation report", hint=hint, kind=kind)

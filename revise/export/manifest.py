@@ -31,12 +31,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
 from revise._io.outputs import BUNDLE_MANIFEST, CHANGE_CONTROL, REPORT_HTML, REPORT_JSON
 from revise._io.text import read_json_object
 from revise._run_record import RecordPart
-from revise._schema import problems, refusal
+from revise._schema import record_of
 from revise.errors import ModelError, RevisionError
 
 __all__ = [
@@ -217,9 +217,5 @@ def read_bundle_manifest(
             f"{path} has schema {data.get('schema')!r}, not {SCHEMA!r}",
             hint="re-export the bundle with this version of revise",
         )
-    try:
-        return BundleManifest.model_validate(data)
-    except ValidationError as exc:
-        found = problems(exc, BundleManifest)
-        message, _ = refusal(f"{path} is not a valid bundle manifest", found)
-        raise kind(message, hint=hint) from None
+    refused = f"{path} is not a valid bundle manifest"
+    return record_of(BundleManifest, data, refused, kind=kind, hint=hint)

@@ -21,12 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from revise._io.text import read_json_object
-from revise._schema import problems, refusal
+from revise._schema import read_record
 from revise._validation_record import Group, Number, Numbers, ReportPart
-from revise.errors import ModelError
 
 __all__ = [
     "FRAMEWORK",
@@ -234,10 +232,4 @@ def read_change_control(path: str | Path, *, hint: str) -> ChangeControl:
     """The change-control summary in the file ``path``; a damaged one is a ModelError naming
     the file and each wrong field, with ``hint``."""
     path = Path(path)
-    data = read_json_object(path, "change-control summary", ModelError, hint=hint)
-    try:
-        return ChangeControl.model_validate(data)
-    except ValidationError as exc:
-        found = problems(exc, ChangeControl)
-        message, _ = refusal(f"{path} is not a valid change-control summary", found)
-        raise ModelError(message, hint=hint) from None
+    return read_record(ChangeControl, path, "change-control summary", hint=hint)
