@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from revise import distributed
 from revise.cli._common import (
     arch_option,
     cache_option,
@@ -163,6 +162,8 @@ def unlearn_cmd(
         seed=seed,
     )
     check_job(job)  # bad settings fail before any work (and before workers start)
+    from revise import distributed  # torch: loaded by the command, not by `revise --help`
+
     if nproc_per_node > 1 and not distributed.launched_by_torchrun():
         ctx.exit(distributed.relaunch(nproc_per_node, worker_argv(ctx, drop=("nproc_per_node",))))
     result = unlearn_run(
