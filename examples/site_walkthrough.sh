@@ -17,7 +17,7 @@ revise unlearn --model "$work/demo/original" --data "$work/manifest.parquet" --f
 revise evaluate --model "$work/run" --data "$work/manifest.parquet" --forget "$forget" \
   --cache "$work/cache" --json "$work/metrics.json" --overwrite
 revise export "$work/run" -o "$work/bundle" --data "$work/manifest.parquet" --cache "$work/cache" \
-  --overwrite
+  --int8 --overwrite  # model.int8.onnx too, calibrated on retain rows (the run's forget selection)
 # Validate the bundle (its model.onnx is checked for parity) against the acceptance criteria the
 # demo wrote before its run; exit 1 if a gate fails, and then signing below refuses
 revise validate "$work/bundle" --original "$work/demo/original" --data "$work/manifest.parquet" \

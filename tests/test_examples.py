@@ -30,7 +30,7 @@ def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_site_walkthrough_script_ends_with_a_signed_validated_bundle(tmp_path):
     work = tmp_path / "walk"
     result = _run(["bash", str(EXAMPLES / "site_walkthrough.sh"), str(work)], tmp_path)
-    assert "OK: 14 files verified" in result.stdout  # 11, the attestations, change_control.json
+    assert "OK: 15 files verified" in result.stdout  # 11, attestations, change control, int8
     assert "method psg, verdict pass" in result.stdout  # the attestations' summary
     bundle = json.loads((work / "bundle" / "bundle.json").read_text())
     assert bundle["validation"]["verdict"] == "pass"
