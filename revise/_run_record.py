@@ -71,6 +71,7 @@ class TargetCheck(RecordPart):
     reached: dict[str, float | None] | None = None  # auto: the chosen state's reading
     caveat: str | None = None  # auto, subset forgetting
     distinct_group_auc: float | None = None  # auto: the forget set is a distinct group
+    ceiling_source: str | None = None  # auto: the site's ceiling on the group's accuracy
 
 
 class Calibration(RecordPart):

@@ -309,7 +309,9 @@ def test_scenario_suite_tiny_run_has_every_row_and_sane_numbers(suite_tiny):
     counts = saved["datasets"]["digits"]["counts"]
     for result in saved["results"]:
         rows, c = result["rows"], result["counts"]
-        assert set(rows) == {"original", "retrain", "finetune", "neggrad_plus", *auto}
+        # a device is also revised under a site's ceiling, as --criteria gives one
+        ceiling = [module.AUTO_CEILING] if auto and result["scenario"] == "device" else []
+        assert set(rows) == {"original", "retrain", "finetune", "neggrad_plus", *auto, *ceiling}
         assert c["forget"] + c["retain"] == counts["train"]
         assert c["test_forget"] + c["test_retain"] == counts["test"]
         assert c["calibration_forget"] + c["calibration_retain"] == counts["calibration"]
@@ -357,6 +359,10 @@ def test_scenario_suite_tiny_run_has_every_row_and_sane_numbers(suite_tiny):
     assert text.count("| retrain, seed 1 |") == 4
     assert "## The automatic revision against the target" in text
     assert ("of 4 scenarios." if auto else "No row: the automatic revision") in text
+    if auto:
+        assert f"| digits | device, {module.AUTO_CEILING} |" in text
+        ceiling = by_kind["device"][module.AUTO_CEILING]
+        assert ceiling["config"]["chosen"] != "original (unchanged)" or ceiling["fa"] <= 0.5
 
 
 @pytest.mark.slow  # a benchmark end to end at its tiny scale

@@ -88,6 +88,12 @@ def _load_manifest(path: Path):
     is_flag=True,
     help="torch.compile the networks (pays on a GPU for long runs; the first steps compile).",
 )
+@click.option(
+    "--criteria",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Acceptance criteria (YAML gates) fixed before the run: auto aims under their ceiling "
+    "on the forgotten group's held-out accuracy (a device, a site).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (only).")
 @click.option(
     "--nproc-per-node",
@@ -114,6 +120,7 @@ def unlearn_cmd(
     checkpoint_every,
     resume,
     compile_,
+    criteria,
     as_json,
     nproc_per_node,
     cache,
@@ -134,7 +141,9 @@ def unlearn_cmd(
     if as_json:
         ctx.obj["quiet"] = True  # stdout carries the JSON alone
     say = echo(ctx)
-    check_output(out, overwrite=overwrite, inputs=[model_path, card, manifest_path], option="out")
+    check_output(
+        out, overwrite=overwrite, inputs=[model_path, card, manifest_path, criteria], option="out"
+    )
     if method == AUTO and settings:
         if ctx.get_parameter_source("method") is ParameterSource.DEFAULT:
             raise UsageError(
@@ -160,6 +169,7 @@ def unlearn_cmd(
         cache=cache,
         device=device,
         seed=seed,
+        criteria=criteria,
     )
     check_job(job)  # bad settings fail before any work (and before workers start)
     from revise import distributed  # torch: loaded by the command, not by `revise --help`

@@ -107,6 +107,7 @@ def _unlearn_stages(b: _Build, runs: list[RunSection | None]) -> dict[str, Path]
         out[name] = folder
         pairs = [a for k, v in settings.items() for a in ("--set", f"{k}={_text(v)}")]
         seed = b.seed if run.seed is None else run.seed
+        criteria = b.criteria if method == AUTO else None  # what auto aims under
         args = [
             "unlearn",
             "--model",
@@ -127,6 +128,7 @@ def _unlearn_stages(b: _Build, runs: list[RunSection | None]) -> dict[str, Path]
             str(b.checkpoint_every),
             *(["--nproc-per-node", str(b.workers)] if b.workers > 1 else []),
             *(["--compile"] if b.compile else []),
+            *(["--criteria", str(criteria)] if criteria else []),
             *b.common,
         ]
         job = None
@@ -146,6 +148,7 @@ def _unlearn_stages(b: _Build, runs: list[RunSection | None]) -> dict[str, Path]
                 cache=b.cache,
                 device=b.device,
                 seed=seed,
+                criteria=criteria,
             )
         b.stages.append(
             Stage(
@@ -153,7 +156,11 @@ def _unlearn_stages(b: _Build, runs: list[RunSection | None]) -> dict[str, Path]
                 args,
                 folder,
                 partial(_unlearn, job, b.workers, args),
-                inputs=[*([model] if model else []), *b.data_inputs()],
+                inputs=[
+                    *([model] if model else []),
+                    *b.data_inputs(),
+                    *([criteria] if criteria else []),
+                ],
                 after=[s.name for s in b.stages if s.name == "index"],
                 partial=folder.with_name(folder.name + ".partial"),
                 spell=b.spell(where, settings=f"{where}.settings"),

@@ -111,6 +111,7 @@ class _Build:
     checkpoint_every: int = 50
     workers: int = 1  # torchrun workers for each unlearning run (one per GPU)
     compile: bool = False
+    criteria: Path | None = None  # validate.criteria: auto runs aim under their ceiling
 
     def spell(self, section: str, **keys: str) -> _Spelling:
         """Library option -> the recipe key that gives it, for a stage of ``section``."""

@@ -65,6 +65,9 @@ def load_plan(recipe: str | Path) -> Plan:
     )
     _check_runtime(b)
     b.checkpoint_every, b.workers, b.compile = top.checkpoint_every, top.nproc_per_node, top.compile
+    checks = top.validate_
+    if isinstance(checks, Mapping) and checks.get("criteria") is not None:  # fixed before the run
+        b.criteria = path("validate.criteria", checks["criteria"], must_exist=False)
     runs = _unlearn_stages(b, document.runs)
     candidate = _merge_stage(b, top.merge, runs)
     bundle = workdir / "bundle"

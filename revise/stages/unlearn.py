@@ -34,6 +34,7 @@ from revise.unlearn.api import (
 )
 from revise.unlearn.auto import AUTO
 from revise.unlearn.pipeline import run_unlearning
+from revise.validate.criteria import forget_ceiling, load_criteria
 
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -56,15 +57,23 @@ class UnlearnJob:
     cache: Path | None = None
     device: str = "auto"
     seed: int = 0
+    # The site's acceptance criteria, fixed before the run: auto aims under their ceiling on the
+    # forgotten group's held-out accuracy (revise.validate.criteria.forget_ceiling).
+    criteria: Path | None = None
 
     def inputs(self) -> list[Path | None]:
         """The files it reads, which its output must never replace."""
-        return [self.model, self.card, self.manifest]
+        return [self.model, self.card, self.manifest, self.criteria]
 
 
 def check_job(job: UnlearnJob) -> Any:
     """The method's settings checked before any work: its config, or None for auto."""
 
+    if job.criteria is not None and job.method != AUTO:
+        raise UsageError(
+            f"acceptance criteria guide only the automatic revision, not {job.method}",
+            hint="validate with them (revise validate --criteria), or drop the method to run auto",
+        )
     if job.method == AUTO:
         if job.settings:
             raise UsageError(
@@ -116,6 +125,16 @@ def unlearn_run(
     out = job.out
     check_output(out, overwrite=overwrite, inputs=job.inputs(), option="out")
     config = check_job(job)  # bad settings fail before any work
+    ceiling = None
+    if job.criteria is not None:
+        ceiling = forget_ceiling(load_criteria(job.criteria))
+        say(
+            f"aiming under {ceiling.source}: held-out accuracy on the group at most "
+            f"{ceiling.value:g}"
+            if ceiling
+            else f"{job.criteria} has no fixed ceiling on heldout_forget accuracy: auto aims at "
+            "its own target"
+        )
     if first_worker():
         prepare_partial(say, out, resume)
     loaded = load_model(job.model, card=job.card, architecture=job.arch)
@@ -145,6 +164,7 @@ def unlearn_run(
                 checkpoint_every=job.checkpoint_every,
                 resume=resume,
                 compile=job.compile,
+                forget_ceiling=ceiling,
             )
     except BaseException:
         if first_worker():

@@ -41,6 +41,7 @@ class Candidate:
     # which images one pass of the method goes over (its epochs count those passes).
     cost_per_image: float
     passes_over: str  # "forget", "retain" or "union"
+    share: float = 1.0  # of the budget left when it starts, the part it may use
 
 
 @dataclass

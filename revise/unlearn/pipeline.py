@@ -14,11 +14,12 @@ from revise._run_record import Calibration
 from revise.data.select import describe
 from revise.data.sets import DecodedSets, split_calibration
 from revise.distributed import is_main_process
+from revise.errors import UsageError
 from revise.models.card import ModelCard
 from revise.unlearn.api import UnlearnResult, unlearn
 from revise.unlearn.auto import AUTO, MISS_MARGIN, auto_revise
 from revise.unlearn.evaluate import evaluate
-from revise.unlearn.target import check_against_target, forgetting_kind
+from revise.unlearn.target import Ceiling, check_against_target, forgetting_kind
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,23 @@ def run_unlearning(
     checkpoint_every: int = 0,
     resume: bool = False,
     compile: bool = False,
+    forget_ceiling: Ceiling | None = None,
 ) -> UnlearnResult:
     """Unlearn, then evaluate the revised model on all four sets and complete the run record.
 
     ``checkpoint_dir``, ``checkpoint_every``, ``resume`` and ``compile`` are :func:`unlearn`'s.
     ``method="auto"`` is the automatic revision (:func:`revise.unlearn.auto.auto_revise`): it
     takes a calibration slice of the held-out rows (``revise.data.calibration``), which the
-    record's metrics and `revise validate` then leave out; it has no settings or checkpoints."""
+    record's metrics and `revise validate` then leave out; it has no settings or checkpoints.
+    ``forget_ceiling``: the site's ceiling on the group's held-out accuracy, which auto aims under
+    (a method run with chosen settings has nothing to aim, and is refused one)."""
     if method == AUTO:
-        return _run_auto(net, card, data, config, device, seed, base_digest)
+        return _run_auto(net, card, data, config, device, seed, base_digest, forget_ceiling)
+    if forget_ceiling is not None:
+        raise UsageError(
+            f"acceptance criteria guide only the automatic revision, not {method}",
+            hint="drop the criteria here (validate with them), or drop the method to run auto",
+        )
     result = unlearn(
         net,
         card,
@@ -105,9 +114,9 @@ def _run_auto(
     device: str,
     seed: int,
     base_digest: str,
+    forget_ceiling: Ceiling | None,
 ) -> UnlearnResult:
     from revise.data import calibration
-    from revise.errors import UsageError
 
     if config:
         raise UsageError(
@@ -124,6 +133,7 @@ def _run_auto(
         calib["heldout_retain"],
         device=device,
         seed=seed,
+        forget_ceiling=forget_ceiling,
         progress=log.info,
     )
     rows = {name: s.rows for name, s in calib.items()}

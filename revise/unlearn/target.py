@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -36,6 +36,9 @@ from revise.data.sets import DecodedSet
 
 CLASS, SUBSET = "class", "subset"
 Z95 = 1.96
+# The ceiling is aimed under by this many standard errors of the calibration slice's reading
+# (one-sided, about 84%): validation judges the gate on other held-out images of the group.
+CEILING_Z = 1.0
 # Images read per set at each check: the same ones every time, so that differences between
 # checks are paired and finer than a +-0.03 interval; cheap beside the steps between checks.
 CHECK_IMAGES = 256
@@ -114,6 +117,16 @@ class Reading:
     heldout_retain: float
 
 
+@dataclass(frozen=True)
+class Ceiling:
+    """The highest held-out accuracy on the forgotten group a site accepts, from its acceptance
+    criteria (fixed before the run): for a distinct group (a device, a site) the only statement,
+    without retraining, of how a model that never saw the group should read it."""
+
+    value: float
+    source: str  # the gate and its file, for the record
+
+
 @dataclass
 class Target:
     """The reference-free target of one revision."""
@@ -125,16 +138,18 @@ class Target:
     heldout_retain: float  # the original's held-out accuracy outside the group
     heldout_retain_half_width: float  # its 95% interval's half-width
     heldout_forget_source: str  # which held-out images gave ``forget`` (subset kind)
+    # A site's ceiling (Ceiling.source): ``forget`` is then an upper bound, not a level - any
+    # reading at or under it is on target - and the group's held-out images count as for a class.
+    ceiling_source: str | None = None
 
     def distance(self, reading: Reading) -> float:
         """Estimated distance to the retrained model: D against the target, with the held-out
         accuracy lost outside the group (and, for a class, the held-out class still recognised).
         Terms nothing measured drop out: the forget term when the target is unknown (a subset
         without held-out images), the retain term without retain images."""
-        forget = reading.forget
-        if self.kind == CLASS and not math.isnan(reading.heldout_forget):
-            forget = (forget + reading.heldout_forget) / 2
-        d_forget = 0.0 if math.isnan(self.forget) else forget - self.forget
+        d_forget = 0.0 if math.isnan(self.forget) else self._forget_read(reading) - self.forget
+        if self.ceiling_source is not None:
+            d_forget = max(0.0, d_forget)
         d_retain = reading.retain - self.retain
         if math.isnan(d_retain):
             d_retain = 0.0
@@ -143,7 +158,36 @@ class Target:
         return math.sqrt(d_retain**2 + d_forget**2 + drop**2)
 
     def as_record(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in asdict(self).items()
+            if v is not None
+        }
+
+    def _forget_read(self, reading: Reading) -> float:
+        """The forget accuracy compared with ``forget``: for a class, and under a ceiling, the
+        group's held-out images count as much as its training images."""
+        pooled = self.kind == CLASS or self.ceiling_source is not None
+        if pooled and not math.isnan(reading.heldout_forget):
+            return (reading.forget + reading.heldout_forget) / 2
+        return reading.forget
+
+    def under_ceiling(self, reading: Reading) -> bool:
+        """With a site's ceiling: whether ``reading`` has the group at or under its aim."""
+        return self.ceiling_source is not None and self._forget_read(reading) <= self.forget
+
+    def under(self, ceiling: Ceiling, n_group: int) -> Target:
+        """This target with the site's ceiling: the forget accuracy aimed at is the ceiling less
+        CEILING_Z standard errors of a reading on the ``n_group`` held-out images it is read on
+        (so that the gate, judged on other held-out images, passes too), or the original's level
+        where that is lower already."""
+        aim = ceiling.value - CEILING_Z / Z95 * binomial_half_width(ceiling.value, n_group)
+        return replace(
+            self,
+            forget=max(0.0, min(aim, self.forget)) if not math.isnan(self.forget) else aim,
+            forget_half_width=0.0,
+            ceiling_source=ceiling.source,
+        )
 
     def half_width(self) -> float:
         """Half-width of the 95% interval of an estimated distance: what the target's forget

@@ -110,3 +110,38 @@ def test_a_damaged_run_record_is_an_error_not_a_silent_full_judgement(tmp_path):
     (tmp_path / "run.json").write_text("[1, 2]")
     with pytest.raises(ModelError, match="not a JSON object"):
         run_record(tmp_path)
+
+
+CEILING = (
+    "gates:\n  - {name: device forgotten, metric: accuracy, set: heldout_forget, at_most: 0.5}\n"
+)
+
+
+def test_criteria_guide_only_the_automatic_revision(cli, demo_site, tmp_path):
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(CEILING)
+    args = ["unlearn", "--model", demo_site.model, "--data", demo_site.manifest]
+    out = tmp_path / "r"
+    result = cli(*args, "--forget", cli.forget, "--method", "psg", "--criteria", gates, "-o", out)
+    assert result.exit_code == 2, cli.describe(result)
+    assert "acceptance criteria guide only the automatic revision, not psg" in result.stderr
+    assert not out.exists()
+    result = cli(*args, "--forget", cli.forget, "--criteria", gates, "-o", gates, code=2)
+    assert "would replace the input" in result.stderr and gates.read_text() == CEILING
+
+
+@pytest.mark.slow  # a device revision under the ceiling: about 15 s
+def test_auto_aims_under_the_criteria_ceiling_on_a_device(cli, demo_site, tmp_path):
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(CEILING)
+    args = ["unlearn", "--model", demo_site.model, "--data", demo_site.manifest]
+    out = tmp_path / "run"
+    result = cli(*args, "--forget", cli.forget, "--criteria", gates, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, cli.describe(result)
+    assert f"aiming under gate 'device forgotten' of {gates}" in result.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert record["chosen"].startswith("psg (group")
+    assert record["target"]["ceiling_source"] == f"gate 'device forgotten' of {gates}"
+    original = record["target"]["original"]["heldout_forget"]
+    assert original >= 0.8  # the deployed model reads the device it was trained on
+    assert record["metrics"]["heldout_forget"]["accuracy"] <= original - 0.25  # toward the ceiling

@@ -478,7 +478,6 @@ def test_export_writes_a_bundle_that_onnx_runtime_and_triton_load(
 DEMO_PHI = re.compile(r"Demo\^Patient\d{2}|DEMO-\d{4}")
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # the whole demo: site, two trainings, bundle
 def test_demo_end_to_end(cli, tmp_path):
     import pydicom
@@ -498,6 +497,16 @@ def test_demo_end_to_end(cli, tmp_path):
     assert revised["forget"]["accuracy"] <= original["forget"]["accuracy"] - 0.15, report
     drift = revised["heldout_retain"]["accuracy"] - original["heldout_retain"]["accuracy"]
     assert abs(drift) <= 0.08, report
+    # the automatic revision aimed under the criteria's ceiling on the retired device
+    assert report["auto"]["chosen"] == "psg (group)", report["auto"]
+    assert "retired device forgotten on held-out images" in report["auto"]["aimed_under"]
+    assert revised["heldout_forget"]["accuracy"] <= 0.5
+    # and no image it calibrated on is judged: the table and the gates see the other rows
+    run = json.loads((out / "revised" / "run.json").read_text())
+    aside = run["calibration"]["rows"]
+    assert aside["heldout_forget"] > 0 and aside["heldout_retain"] > 0
+    for name in ("heldout_forget", "heldout_retain"):
+        assert report["counts"][name] == original[name]["n"] == revised[name]["n"]
     assert report["parity"]["label_agreement"] == 1.0
     bundle = json.loads((out / "bundle" / "bundle.json").read_text())
     assert bundle["validation"]["verdict"] == "pass" and "model.onnx" in bundle["files"]
@@ -506,6 +515,8 @@ def test_demo_end_to_end(cli, tmp_path):
     assert re.search(r"acceptance gates .*: PASS, (\d+) of \1 gates passed", result.stdout)
     validation = json.loads((out / "validation" / "revision_report.json").read_text())
     assert validation["verdict"] == "pass" and validation["reference"]["distance"] < 0.15
+    for name in ("heldout_forget", "heldout_retain"):  # the gates judged no calibration row
+        assert validation["sets"][name]["n"] == report["counts"][name]
     assert (out / "validation" / "report.html").is_file()
 
     # No patient name or ID anywhere but in the DICOM files and the label CSV.

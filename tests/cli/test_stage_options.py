@@ -140,3 +140,24 @@ def test_merge_options_refuse_every_mistake_at_once():
     assert "--grid '0,x' is not comma-separated numbers" in message
     assert "--finetune-epochs must be >= 0, not -1" in message
     assert "--criteria steer the strength search: add --search-strengths" in message
+
+
+def test_an_auto_run_aims_under_the_recipes_criteria_and_a_named_method_does_not(
+    demo_site, tmp_path
+):
+    plan = load_plan(
+        write_recipe(
+            tmp_path,
+            demo_site,
+            unlearn=[{"name": "a"}, {"name": "b", "method": "psg"}],  # a: auto, the default
+            merge={},
+            validate={"criteria": "gates.yaml"},
+        )
+    )
+    stages = {stage.name: stage for stage in plan.stages}
+    gates = tmp_path / "gates.yaml"
+    auto = parsed(stages["unlearn:a"].args)
+    assert auto["method"] == "auto" and auto["criteria"] == gates
+    assert gates in stages["unlearn:a"].inputs  # a change of criteria reruns the revision
+    assert parsed(stages["unlearn:b"].args)["criteria"] is None
+    assert gates not in stages["unlearn:b"].inputs

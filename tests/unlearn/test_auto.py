@@ -22,11 +22,13 @@ from revise.unlearn.target import (
     CLASS,
     DISTINCT_AUC,
     SUBSET,
+    Ceiling,
     Judge,
     Reading,
     binomial_half_width,
     forgetting_kind,
     group_separability,
+    make_target,
 )
 from revise.unlearn.train import TrainConfig, train_classifier
 
@@ -263,3 +265,107 @@ def test_class_weighted_accuracy_follows_the_forget_sets_class_mix():
     assert half == pytest.approx(Z95 * math.sqrt(sum(w * w * floor for w in weights)))
     # a forgotten class with no held-out image: no estimate
     assert class_weighted_accuracy(always_one, heldout, torch.tensor([1, 5])) is None
+
+
+def test_a_ceiling_makes_the_target_one_sided_with_a_known_aim():
+    original = Reading(forget=0.99, retain=0.98, heldout_forget=0.97, heldout_retain=0.95)
+    target = make_target(SUBSET, original, 45, 100, "45 held-out images of the group")
+    aimed = target.under(Ceiling(0.5, "gate 'g' of gates.yaml"), 45)
+    # 0.5 less one standard error of an accuracy of 0.5 read on 45 images
+    assert aimed.forget == pytest.approx(0.5 - math.sqrt(0.25 / 45))
+    assert aimed.ceiling_source == "gate 'g' of gates.yaml" and aimed.forget_half_width == 0
+    under = Reading(forget=0.3, retain=0.98, heldout_forget=0.2, heldout_retain=0.95)
+    assert aimed.distance(under) == 0 and aimed.under_ceiling(under)  # any reading under it
+    # over it: the training and held-out images of the group count alike, lost retention adds
+    over = Reading(forget=0.7, retain=0.95, heldout_forget=0.5, heldout_retain=0.95)
+    assert aimed.distance(over) == pytest.approx(math.hypot(0.6 - aimed.forget, 0.03))
+    assert not aimed.under_ceiling(over)
+    # an original already under the ceiling is the aim itself
+    low = Reading(forget=0.4, retain=0.98, heldout_forget=0.3, heldout_retain=0.95)
+    assert make_target(SUBSET, low, 45, 100, "").under(Ceiling(0.5, ""), 45).forget == 0.3
+
+
+@pytest.fixture(scope="module")
+def device_site(digits):
+    """Every third image of the digits from a second device (inverted contrast, blurred, noisy),
+    a model trained on both devices, and one retrained without the second."""
+    test_x = digits["test"].x
+    x = torch.cat([digits["forget"].x, digits["retain"].x, test_x])
+    y = torch.cat([digits["forget"].y, digits["retain"].y, digits["test"].y])
+    g = torch.Generator().manual_seed(0)
+    blurred = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(x, (1,) * 4, "replicate"), 3, 1
+    )
+    second = (1 - blurred) * 0.8 + 0.1 + 0.05 * torch.randn(x.shape, generator=g)
+    device = torch.arange(len(y)) % 3 == 0
+    x = torch.where(device[:, None, None, None], second, x)
+    train = torch.arange(len(y)) < len(y) - len(test_x)
+    calibration = ~train & (torch.arange(len(y)) % 2 == 0)
+    card = digits["card"]
+    sets = {
+        name: DecodedSet(x[mask], y[mask])
+        for name, mask in {
+            "forget": train & device,
+            "retain": train & ~device,
+            "calibration_forget": calibration & device,
+            "calibration_retain": calibration & ~device,
+            "judged_forget": ~train & ~calibration & device,
+            "judged_retain": ~train & ~calibration & ~device,
+        }.items()
+    }
+    models = {}
+    for name, rows in {"original": train, "retrained": train & ~device}.items():
+        torch.manual_seed(0)
+        models[name] = train_classifier(
+            build(card), card, DecodedSet(x[rows], y[rows]), RECIPE, device="cpu"
+        )
+    return sets, models
+
+
+def test_auto_goes_under_the_sites_ceiling_on_a_device_and_keeps_the_other(digits, device_site):
+    sets, models = device_site
+    card, original, retrained = digits["card"], models["original"], models["retrained"]
+    assert accuracy(original, card, sets["judged_forget"]) >= 0.75  # it learned the device
+    assert accuracy(retrained, card, sets["judged_forget"]) <= 0.3  # never having seen it
+    result = auto_revise(
+        original,
+        card,
+        sets["forget"],
+        sets["retain"],
+        sets["calibration_forget"],
+        sets["calibration_retain"],
+        device="cpu",
+        forget_ceiling=Ceiling(0.5, "gate 'device forgotten' of gates.yaml"),
+    )
+    revised = result.model
+    # judged on held-out images it never calibrated on, as the site's gate would be
+    assert accuracy(revised, card, sets["judged_forget"]) <= 0.5
+    kept = accuracy(revised, card, sets["judged_retain"])
+    assert kept >= accuracy(retrained, card, sets["judged_retain"]) - 0.03
+    target = result.record.target
+    assert result.record.chosen.startswith("psg (group")
+    assert target.ceiling_source == "gate 'device forgotten' of gates.yaml"
+    assert target.distinct_group_auc >= DISTINCT_AUC and "site's ceiling" in target.caveat
+    assert target.forget < 0.5  # aimed under it, by the calibration slice's standard error
+
+
+def test_without_held_out_images_of_the_group_the_ceiling_is_read_on_its_training_images(
+    digits, device_site
+):
+    sets, models = device_site
+    card, original = digits["card"], models["original"]
+    result = auto_revise(
+        original,
+        card,
+        sets["forget"],
+        sets["retain"],
+        empty_like(sets["calibration_forget"]),  # the calibration slice holds none of the group
+        sets["calibration_retain"],
+        device="cpu",
+        forget_ceiling=Ceiling(0.5, "gate 'device forgotten' of gates.yaml"),
+    )
+    target = result.record.target
+    assert target.original["heldout_forget"] is None  # not the other images standing for it
+    assert "training and held-out images alike" in target.caveat
+    before = accuracy(original, card, sets["judged_forget"])
+    assert accuracy(result.model, card, sets["judged_forget"]) <= before - 0.2

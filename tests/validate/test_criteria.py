@@ -216,3 +216,25 @@ def test_every_mistake_of_every_gate_is_reported_at_once_naming_gate_and_key():
         "(6) g.yaml, gate 4: a gate is a mapping with `metric:` and one of "
         "at_most/at_least/between"
     )
+
+
+def test_the_ceiling_auto_aims_under_is_the_lowest_fixed_bound_on_the_groups_accuracy():
+    from revise.validate.criteria import forget_ceiling
+
+    ceiling = forget_ceiling(parse_criteria(GOOD, source="gates.yaml"))
+    assert (
+        ceiling.value == 0.2 and ceiling.source == "gate 'retired device forgotten' of gates.yaml"
+    )
+    both = GOOD + "  - {name: tight, metric: accuracy, set: heldout_forget, between: [0, 0.15]}\n"
+    assert forget_ceiling(parse_criteria(both)).value == 0.15
+    # bounds that are not one number on the whole group aim at nothing
+    others = """
+gates:
+  - {metric: accuracy, set: heldout_forget, at_most: original - 0.3}
+  - {metric: accuracy, set: heldout_forget, per: device, at_most: 0.1}
+  - {metric: accuracy, set: heldout_forget, where: {device: X}, at_most: 0.1}
+  - {metric: accuracy, set: forget, at_most: 0.1}
+  - {metric: accuracy, set: heldout_forget, at_least: 0.1}
+  - {metric: agreement, set: heldout_forget, at_most: 0.1}
+"""
+    assert forget_ceiling(parse_criteria(others)) is None
