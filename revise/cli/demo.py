@@ -40,6 +40,8 @@ def demo(ctx: click.Context, out: Path, device: str, seed: int) -> None:
         f"\nauto chose {auto['chosen']}, aiming under {auto['aimed_under']}; estimated distance "
         f"to a retrained model {auto['estimated_distance']:.3f}"
     )
+    if auto["note"]:
+        click.echo(f"note: {auto['note']}")
     click.echo(
         "\naccuracy on the rows the revision did not calibrate on (original = deployed, "
         "revised = after auto, retrained = reference):"

@@ -208,6 +208,7 @@ def run_demo(
         "estimated_distance": result.record.target.estimated_distance,
         "aimed_under": result.record.target.ceiling_source,
         "warning": result.record.warning,
+        "note": result.record.note,
     }
     table["counts"] = judged.counts()
     table["timings_s"] = timings

@@ -206,6 +206,8 @@ def summary(record: RunRecord) -> list[str]:
         ]
     if record.warning:
         lines.append(f"WARNING: {record.warning}")
+    if record.note:
+        lines.append(f"note: {record.note}")
     for name, stats in record.metrics.items():
         lines.append(f"  {name:<16} n={stats['n']:<6} accuracy {stats['accuracy']:.3f}")
     return lines

@@ -347,6 +347,8 @@ def test_auto_goes_under_the_sites_ceiling_on_a_device_and_keeps_the_other(digit
     assert target.ceiling_source == "gate 'device forgotten' of gates.yaml"
     assert target.distinct_group_auc >= DISTINCT_AUC and "site's ceiling" in target.caveat
     assert target.forget < 0.5  # aimed under it, by the calibration slice's standard error
+    # a third of the images are the device: moving it costs as much as retraining, said plainly
+    assert "costs no more" in result.record.note and "--method retrain" in result.record.note
 
 
 def test_without_held_out_images_of_the_group_the_ceiling_is_read_on_its_training_images(
@@ -369,3 +371,26 @@ def test_without_held_out_images_of_the_group_the_ceiling_is_read_on_its_trainin
     assert "training and held-out images alike" in target.caveat
     before = accuracy(original, card, sets["judged_forget"])
     assert accuracy(result.model, card, sets["judged_forget"]) <= before - 0.2
+
+
+def test_the_second_group_rate_is_gentler_after_lost_retention_and_bolder_otherwise():
+    from revise.unlearn._auto_group import first_rung, second_rung
+    from revise.unlearn._auto_search import Trial
+
+    original = Reading(forget=0.99, retain=0.98, heldout_forget=0.97, heldout_retain=0.95)
+    target = make_target(SUBSET, original, 45, 100, "").under(Ceiling(0.5, "g"), 45)
+
+    def trial(*checks, error=""):
+        keys = ("distance", "retain", "heldout_retain")
+        return Trial(first_rung(), [dict(zip(keys, c, strict=True)) for c in checks], error=error)
+
+    lr = first_rung().settings["lr"]
+    # its closest state (distance 0.2) kept retention within 0.05: still above, so bolder
+    bolder = second_rung(trial((0.3, 0.70, 0.60), (0.2, 0.97, 0.93)), target)
+    assert bolder.name == "psg (group, bolder)" and bolder.settings["lr"] == pytest.approx(3 * lr)
+    # its closest state paid 0.15 of held-out retention: gentler
+    gentler = second_rung(trial((0.3, 0.97, 0.95), (0.2, 0.97, 0.80)), target)
+    assert gentler.name == "psg (group, gentler)"
+    assert gentler.settings["lr"] == pytest.approx(lr / 3)
+    assert second_rung(trial(error="diverged"), target).name == "psg (group, gentler)"
+    assert first_rung().settings["lr"] == lr  # the first rung's settings are not changed
