@@ -66,12 +66,17 @@ def demo(ctx: click.Context, out: Path, device: str, seed: int) -> None:
     for name in validation["failed"]:
         click.echo(f"  failed: {name}")
     signature = result.table["signature"]
-    status = "verified" if signature["verified"] else "NOT VERIFIED"
-    click.echo(
-        f"signed bundle {result.table['bundle']}: {status}, {signature['files']} files "
-        f"(revise verify {result.table['bundle']} --pub {signature['public_key']})"
-    )
+    if signature is None:
+        click.echo(f"bundle {result.table['bundle']} left unsigned: it failed its acceptance gates")
+    else:
+        status = "verified" if signature["verified"] else "NOT VERIFIED"
+        click.echo(
+            f"signed bundle {result.table['bundle']}: {status}, {signature['files']} files "
+            f"(revise verify {result.table['bundle']} --pub {signature['public_key']})"
+        )
     click.echo(f"total wall-clock {total:.1f} s; table: {out / 'demo_report.json'}")
+    if signature is None:  # the revision did not pass: say so with the exit status too
+        ctx.exit(1)
 
 
 COMMANDS = [demo]

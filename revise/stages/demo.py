@@ -190,7 +190,9 @@ def run_demo(
         validation = _validate(out, judged, criteria, device)
         attach_validation(bundle.path, out / "validation")
     with stage("sign + verify bundle"):
-        signature = _sign(out, bundle.path)
+        # a bundle that failed its gates stays unsigned, as `revise sign` would leave it
+        passed = validation.record.verdict == "pass"
+        signature = _sign(out, bundle.path) if passed else None
     table["signature"] = signature
     table["validation"] = {
         "verdict": validation.record.verdict,

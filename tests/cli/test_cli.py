@@ -545,3 +545,21 @@ def test_demo_end_to_end(cli, tmp_path):
     for path in out.rglob("*"):
         if path.is_file() and path.suffix != ".dcm" and path != out / "site" / "labels.csv":
             assert not raw.search(path.read_bytes()), path
+
+
+@pytest.mark.slow  # the whole demo again, under criteria it cannot meet
+def test_a_demo_that_fails_its_gates_leaves_the_bundle_unsigned_and_exits_1(
+    cli, tmp_path, monkeypatch
+):
+    import revise.stages.demo
+
+    impossible = revise.stages.demo.DEMO_GATES.replace("at_most: 0.5", "at_most: 0.0", 1)
+    assert impossible != revise.stages.demo.DEMO_GATES
+    monkeypatch.setattr(revise.stages.demo, "DEMO_GATES", impossible)
+    out = tmp_path / "demo"
+    result = cli("demo", "-o", out, "--device", "cpu", code=1)
+    assert "failed: retired device forgotten on held-out images" in result.stdout
+    assert f"bundle {out / 'bundle'} left unsigned: it failed its acceptance gates" in result.stdout
+    assert not (out / "bundle" / "revise.sig").exists()
+    report = json.loads((out / "demo_report.json").read_text())
+    assert report["signature"] is None and report["validation"]["verdict"] == "fail"
