@@ -25,8 +25,9 @@ from revise.unlearn.api import save_run
 from revise.unlearn.evaluate import evaluate
 from revise.unlearn.pipeline import run_unlearning
 from revise.unlearn.train import TrainConfig, train_classifier
+from revise.validate.aims import forget_ceiling
 from revise.validate.api import validate, write_report
-from revise.validate.criteria import forget_ceiling, parse_criteria
+from revise.validate.criteria import parse_criteria
 
 work = Path(sys.argv[1] if len(sys.argv) > 1 else "revise-api-example")
 site = build_demo_site(work / "site")

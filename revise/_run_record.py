@@ -72,6 +72,7 @@ class TargetCheck(RecordPart):
     caveat: str | None = None  # auto, subset forgetting
     distinct_group_auc: float | None = None  # auto: the forget set is a distinct group
     ceiling_source: str | None = None  # auto: the site's ceiling on the group's accuracy
+    retention_slack: float | None = None  # auto: the retention the same criteria let it lose
 
 
 class Calibration(RecordPart):

@@ -41,8 +41,9 @@ from revise.unlearn.auto import AUTO
 from revise.unlearn.evaluate import evaluate
 from revise.unlearn.pipeline import run_unlearning
 from revise.unlearn.train import TrainConfig, train_classifier
+from revise.validate.aims import forget_ceiling
 from revise.validate.api import validate, write_report
-from revise.validate.criteria import Criteria, forget_ceiling, load_criteria
+from revise.validate.criteria import Criteria, load_criteria
 
 FORGET = 'device == "Borealis CR-7"'
 TRAIN_EPOCHS = 20

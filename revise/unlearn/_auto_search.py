@@ -73,11 +73,15 @@ def meets(target: Target, distance: float) -> bool:
     return distance <= max(GOOD_ENOUGH, target.forget_half_width)
 
 
-def replaces(target: Target, distance: float, best: Best) -> bool:
-    """Whether a state at ``distance`` replaces ``best``. Leaving the original takes a clear
-    gain (a quarter of the interval; the checks read the same images, so differences are finer
-    than the interval): the best of many noisy checks on a small calibration slice would
-    otherwise win by chance. A state that meets the target replaces a best that does not."""
+def replaces(target: Target, distance: float, best: Best, reading: Reading) -> bool:
+    """Whether a state at ``distance`` (reading ``reading``) replaces ``best``. A state within
+    the site's retention floor ranks before any outside it; then a state that meets the target
+    replaces a best that does not. Leaving the original takes a clear gain (a quarter of the
+    interval; the checks read the same images, so differences are finer than the interval): the
+    best of many noisy checks on a small calibration slice would otherwise win by chance."""
+    inside, best_inside = target.within_floor(reading), target.within_floor(best.reading)
+    if inside != best_inside:
+        return inside
     if meets(target, distance) and not meets(target, best.distance):
         return True
     margin = target.half_width() / 4 if best.state is None else 1e-4
@@ -122,7 +126,7 @@ def run_candidate(
         reading = judge.read(model)
         distance = target.distance(reading)
         trial.checks.append({"step": step, "distance": round(distance, 4), **rounded(reading)})
-        if replaces(target, distance, state["best"]):
+        if replaces(target, distance, state["best"], reading):
             snapshot = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
             state["best"] = Best(cand.name, reading, distance, snapshot, step)
         if distance < state["own"] - 1e-4:  # improving on its own best, whatever others did

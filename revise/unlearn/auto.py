@@ -140,7 +140,7 @@ def auto_revise(
     so that a small site still gets a real revision (its images are cheap). On the scenario
     suite (docs/benchmarks/scenarios-full.md) the whole search took 0.02-0.5 of a 15-epoch
     retrain's time. ``forget_ceiling``: the site's ceiling on held-out accuracy of the group
-    (from its acceptance criteria, :func:`revise.validate.criteria.forget_ceiling`): a subset's
+    (from its acceptance criteria, :func:`revise.validate.aims.forget_ceiling`): a subset's
     target is then at most that, read on the group's training and held-out images alike. The
     input model is not modified.
     """

@@ -125,6 +125,9 @@ class Ceiling:
 
     value: float
     source: str  # the gate and its file, for the record
+    # The most held-out accuracy outside the group the same criteria let the revision lose (a
+    # gate `accuracy ... at_least: original - d` or `accuracy_change ... at_least: -d`), if any.
+    slack: float | None = None
 
 
 @dataclass
@@ -141,6 +144,7 @@ class Target:
     # A site's ceiling (Ceiling.source): ``forget`` is then an upper bound, not a level - any
     # reading at or under it is on target - and the group's held-out images count as for a class.
     ceiling_source: str | None = None
+    retention_slack: float | None = None  # the ceiling's slack (Ceiling.slack)
 
     def distance(self, reading: Reading) -> float:
         """Estimated distance to the retrained model: D against the target, with the held-out
@@ -172,6 +176,18 @@ class Target:
             return (reading.forget + reading.heldout_forget) / 2
         return reading.forget
 
+    def retention_lost(self, reading: Reading) -> float:
+        """Retain or held-out accuracy outside the group lost against the original (the larger;
+        what nothing measured drops out)."""
+        drops = (self.retain - reading.retain, self.heldout_retain - reading.heldout_retain)
+        return max([0.0, *(d for d in drops if not math.isnan(d))])
+
+    def within_floor(self, reading: Reading) -> bool:
+        """Whether ``reading`` loses no more retention than the site's criteria allow (always,
+        without such a gate)."""
+        slack = self.retention_slack
+        return slack is None or self.retention_lost(reading) <= slack
+
     def under_ceiling(self, reading: Reading) -> bool:
         """With a site's ceiling: whether ``reading`` has the group at or under its aim."""
         return self.ceiling_source is not None and self._forget_read(reading) <= self.forget
@@ -187,6 +203,7 @@ class Target:
             forget=max(0.0, min(aim, self.forget)) if not math.isnan(self.forget) else aim,
             forget_half_width=0.0,
             ceiling_source=ceiling.source,
+            retention_slack=ceiling.slack,
         )
 
     def half_width(self) -> float:

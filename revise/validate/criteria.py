@@ -46,7 +46,6 @@ from revise._io.text import not_utf8
 from revise._schema import Problem, fail, problems
 from revise.data.manifest import FORBIDDEN_COLUMNS
 from revise.errors import UsageError
-from revise.unlearn.target import Ceiling
 from revise.validate.gate_metrics import METRICS, MetricSpec
 
 SETS = ("forget", "retain", "heldout_forget", "heldout_retain")
@@ -361,25 +360,3 @@ def _refuse(source: str, problems: list[str]) -> None:
 
 def _with_hint(message: str, hint: str | None) -> str:
     return f"{message} ({hint})" if hint else message
-
-
-def forget_ceiling(criteria: Criteria) -> Ceiling | None:
-    """The site's ceiling on held-out accuracy of the forgotten group, for the automatic
-    revision to aim under: the lowest fixed upper bound (``at_most: X``, or ``between``'s
-    upper end) of an ``accuracy`` gate on ``heldout_forget`` over the whole set (no where/per);
-    None when the criteria have none. Bounds relative to a model are left out: the original's
-    is read by the revision itself, and the reference does not exist yet."""
-    bounds = [
-        (gate.thresholds[-1].offset, gate.name)
-        for gate in criteria.gates
-        if gate.metric == "accuracy"
-        and gate.set == "heldout_forget"
-        and not gate.where
-        and gate.per is None
-        and gate.operator in ("at_most", "between")
-        and gate.thresholds[-1].baseline is None
-    ]
-    if not bounds:
-        return None
-    value, name = min(bounds)
-    return Ceiling(value, f"gate '{name}' of {criteria.source}")

@@ -236,15 +236,37 @@ def test_a_state_that_meets_the_target_replaces_a_best_that_does_not():
     target = Target(SUBSET, 0.9, 0.04, 0.99, 0.95, 0.08, "held-out images of the group")
     reading = Reading(forget=0.95, retain=0.99, heldout_forget=0.9, heldout_retain=0.95)
     original = Best("original (unchanged)", reading, 0.048)  # misses: above 0.04
-    assert replaces(target, 0.035, original)  # meets the target: taken
-    assert not replaces(target, 0.045, original)  # misses too, by less than the margin
-    assert replaces(target, 0.02, Best("original (unchanged)", reading, 0.048))
+    assert replaces(target, 0.035, original, reading)  # meets the target: taken
+    assert not replaces(target, 0.045, original, reading)  # misses too, by less than the margin
+    assert replaces(target, 0.02, Best("original (unchanged)", reading, 0.048), reading)
     met = Best("original (unchanged)", reading, 0.039)  # meets already
     margin = target.half_width() / 4
-    assert not replaces(target, 0.039 - margin / 2, met)  # inside the margin: noise
-    assert replaces(target, 0.039 - 2 * margin, met)
+    assert not replaces(target, 0.039 - margin / 2, met, reading)  # inside the margin: noise
+    assert replaces(target, 0.039 - 2 * margin, met, reading)
     moved = Best("psg (subset)", reading, 0.039, state={}, step=5)  # a revision: any gain counts
-    assert replaces(target, 0.0385, moved) and not replaces(target, 0.039, moved)
+    assert replaces(target, 0.0385, moved, reading) and not replaces(target, 0.039, moved, reading)
+
+
+def test_under_the_criteria_a_state_within_their_retention_floor_ranks_first():
+    from revise.unlearn._auto_search import Best, replaces
+
+    original = Reading(forget=0.99, retain=0.98, heldout_forget=0.97, heldout_retain=0.95)
+    base = make_target(SUBSET, original, 45, 100, "")
+    target = base.under(Ceiling(0.5, "g", slack=0.05), 45)
+    assert target.retention_slack == 0.05 and base.under(Ceiling(0.5, "g"), 45).within_floor(
+        Reading(forget=0.1, retain=0.1, heldout_forget=0.1, heldout_retain=0.1)
+    )  # no retention gate: no floor
+    kept = Reading(forget=0.7, retain=0.97, heldout_forget=0.6, heldout_retain=0.91)  # lost 0.04
+    lost = Reading(forget=0.4, retain=0.96, heldout_forget=0.3, heldout_retain=0.85)  # lost 0.10
+    assert target.within_floor(kept) and not target.within_floor(lost)
+    assert target.retention_lost(lost) == pytest.approx(0.10)
+    # closer to the ceiling but outside the floor: it does not replace a state inside it ...
+    inside = Best("psg (group)", kept, target.distance(kept), state={}, step=5)
+    assert target.distance(lost) < inside.distance
+    assert not replaces(target, target.distance(lost), inside, lost)
+    # ... and a state inside the floor replaces one outside it, however far
+    outside = Best("psg (group)", lost, target.distance(lost), state={}, step=5)
+    assert replaces(target, target.distance(kept), outside, kept)
 
 
 def test_class_weighted_accuracy_follows_the_forget_sets_class_mix():

@@ -219,7 +219,7 @@ def test_every_mistake_of_every_gate_is_reported_at_once_naming_gate_and_key():
 
 
 def test_the_ceiling_auto_aims_under_is_the_lowest_fixed_bound_on_the_groups_accuracy():
-    from revise.validate.criteria import forget_ceiling
+    from revise.validate.aims import forget_ceiling
 
     ceiling = forget_ceiling(parse_criteria(GOOD, source="gates.yaml"))
     assert (
@@ -238,3 +238,23 @@ gates:
   - {metric: agreement, set: heldout_forget, at_most: 0.1}
 """
     assert forget_ceiling(parse_criteria(others)) is None
+
+
+def test_the_retention_the_criteria_let_auto_lose_comes_with_the_ceiling():
+    from revise.validate.aims import forget_ceiling, retention_slack
+
+    # GOOD: heldout_retain per device at least original - 0.02: a slack of 0.02
+    assert forget_ceiling(parse_criteria(GOOD)).slack == pytest.approx(0.02)
+    change = GOOD + "  - {metric: accuracy_change, set: heldout_retain, at_least: -0.01}\n"
+    assert retention_slack(parse_criteria(change)) == pytest.approx(0.01)
+    # none of these bounds the retention lost outside the group
+    loose = """
+gates:
+  - {metric: accuracy, set: heldout_forget, at_most: 0.5}
+  - {metric: accuracy, set: heldout_retain, at_least: 0.9}
+  - {metric: accuracy, set: heldout_retain, at_least: reference - 0.01}
+  - {metric: accuracy, set: heldout_retain, where: {device: X}, at_least: original - 0.01}
+  - {metric: accuracy_change, set: forget, at_least: -0.01}
+"""
+    ceiling = forget_ceiling(parse_criteria(loose))
+    assert ceiling.value == 0.5 and ceiling.slack is None
