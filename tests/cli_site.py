@@ -65,6 +65,25 @@ def unlearn_args(
     ]
 
 
+def quick_recipe(folder: Path, site: DemoSite, **sections) -> Path:
+    """``folder/recipe.yaml`` over the shared site's manifest and model (no index stage): psg
+    for one epoch on FORGET, then ``sections`` (top-level keys, replacing these)."""
+    import yaml
+
+    doc = {
+        "workdir": "work",
+        "model": str(site.model),
+        "data": {"manifest": str(site.manifest)},
+        "forget": FORGET,
+        "device": "cpu",
+        "unlearn": [{"method": "psg", "settings": {"epochs": 1}}],
+        **sections,
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def leftovers(folder: Path) -> list[str]:
     """Temporary files or folders an atomic write left behind (``*.part``) under ``folder``."""
     return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*.part"))

@@ -33,7 +33,7 @@ from revise.unlearn.api import (
     save_run,
 )
 from revise.unlearn.auto import AUTO
-from revise.unlearn.pipeline import run_unlearning
+from revise.unlearn.pipeline import check_criteria_use, run_unlearning
 from revise.validate.aims import forget_ceiling
 from revise.validate.criteria import load_criteria
 
@@ -70,11 +70,7 @@ class UnlearnJob:
 def check_job(job: UnlearnJob) -> Any:
     """The method's settings checked before any work: its config, or None for auto."""
 
-    if job.criteria is not None and job.method != AUTO:
-        raise UsageError(
-            f"acceptance criteria guide only the automatic revision, not {job.method}",
-            hint="validate with them (revise validate --criteria), or drop the method to run auto",
-        )
+    check_criteria_use(job.method, job.criteria is not None)
     if job.method == AUTO:
         if job.settings:
             raise UsageError(

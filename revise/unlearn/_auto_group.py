@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import math
 
-from revise.unlearn._auto_search import CHECK_SHARE, Candidate, Trial
+from revise.unlearn._auto_search import CHECK_SHARE, Candidate, Trial, reading_of
 from revise.unlearn.base import steps_per_pass
-from revise.unlearn.target import Reading, Target
-
-READING_KEYS = ("forget", "retain", "heldout_forget", "heldout_retain")
+from revise.unlearn.target import Target
 
 # psg as the seed paper runs it on a device, with a retain term: each image of the group moves to
 # the label across its nearest boundary, and frozen BatchNorm statistics keep the group's
@@ -55,8 +53,7 @@ def second_rung(first: Trial, target: Target) -> Candidate:
     closest = min(first.checks, key=lambda c: c["distance"], default=None)
     lost = math.inf
     if closest is not None and not first.error:
-        read = {k: math.nan if closest.get(k) is None else closest[k] for k in READING_KEYS}
-        lost = target.retention_lost(Reading(**read))
+        lost = target.retention_lost(reading_of(closest))
     slack = RETENTION_SLACK if target.retention_slack is None else target.retention_slack
     gentler = lost > slack
     settings = dict(first.candidate.settings)

@@ -164,3 +164,9 @@ def run_candidate(
 
 def rounded(reading: Reading) -> dict[str, float | None]:
     return {k: (None if math.isnan(v) else round(v, 4)) for k, v in reading.__dict__.items()}
+
+
+def reading_of(check: dict[str, Any]) -> Reading:
+    """The Reading a check recorded (:func:`rounded`'s None back to nan)."""
+    names = Reading.__dataclass_fields__
+    return Reading(**{k: math.nan if check.get(k) is None else check[k] for k in names})

@@ -49,13 +49,9 @@ def run_unlearning(
     record's metrics and `revise validate` then leave out; it has no settings or checkpoints.
     ``forget_ceiling``: the site's ceiling on the group's held-out accuracy, which auto aims under
     (a method run with chosen settings has nothing to aim, and is refused one)."""
+    check_criteria_use(method, forget_ceiling is not None)
     if method == AUTO:
         return _run_auto(net, card, data, config, device, seed, base_digest, forget_ceiling)
-    if forget_ceiling is not None:
-        raise UsageError(
-            f"acceptance criteria guide only the automatic revision, not {method}",
-            hint="drop the criteria here (validate with them), or drop the method to run auto",
-        )
     result = unlearn(
         net,
         card,
@@ -72,6 +68,16 @@ def run_unlearning(
         compile=compile,
     )
     return _complete(result, net, card, data, device, base_digest)
+
+
+def check_criteria_use(method: str, given: bool) -> None:
+    """Refuse acceptance criteria (a ceiling to aim under) for a method run with chosen
+    settings: they guide only the automatic revision."""
+    if given and method != AUTO:
+        raise UsageError(
+            f"acceptance criteria guide only the automatic revision, not {method}",
+            hint="validate with them (revise validate --criteria), or drop the method to run auto",
+        )
 
 
 def _complete(

@@ -28,26 +28,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from cli_site import quick_recipe
 
 PATIENT_ID = "MRN-NOBODY-0001"  # no such patient at the demo site
 
 
 def write_recipe(tmp_path: Path, site, **overrides) -> Path:
     """A quick recipe over the shared manifest (no index stage): psg for one epoch, export."""
-    doc = {
-        "workdir": "work",
-        "model": str(site.model),
-        "data": {"manifest": str(site.manifest)},
-        "forget": 'device == "Borealis CR-7"',
-        "device": "cpu",
+    sections = {
         "unlearn": [{"method": "psg", "settings": {"epochs": 1, "lr": 0.001, "phi": 2}}],
         "export": {"name": "digits"},
-        **overrides,
     }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return quick_recipe(tmp_path, site, **{**sections, **overrides})
 
 
 def refused(cli, path: Path) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
+from cli_site import quick_recipe
 
 from revise._io.outputs import RESOLVED_RECIPE
 from revise.cli import cli as revise_cli
@@ -22,18 +22,7 @@ GATES = "gates:\n  - {metric: parity_label_agreement, at_least: 1.0}\n"
 
 def write_recipe(tmp_path: Path, site, **sections) -> Path:
     (tmp_path / "gates.yaml").write_text(GATES)
-    doc = {
-        "workdir": "work",
-        "model": str(site.model),
-        "data": {"manifest": str(site.manifest)},
-        "forget": 'device == "Borealis CR-7"',
-        "device": "cpu",
-        "unlearn": [{"method": "psg", "settings": {"epochs": 1}}],
-        **sections,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return quick_recipe(tmp_path, site, **sections)
 
 
 def parsed(args: list[str]) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+from cli_site import quick_recipe
 
 from revise.data import manifest as manifest_mod
 from revise.data.select import mask
@@ -265,23 +266,9 @@ def test_int8_metrics_are_measured_on_held_out_sets_only():
 
 
 def _recipe(tmp_path: Path, site, export: dict) -> Path:
-    import yaml
-
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "gates.yaml").write_text(PASSING)
-    doc = {
-        "workdir": "work",
-        "model": str(site.model),
-        "data": {"manifest": str(site.manifest)},
-        "forget": 'device == "Borealis CR-7"',
-        "device": "cpu",
-        "unlearn": [{"method": "psg", "settings": {"epochs": 1}}],
-        "export": export,
-        "validate": {"criteria": "gates.yaml"},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return quick_recipe(tmp_path, site, export=export, validate={"criteria": "gates.yaml"})
 
 
 def test_a_recipe_calibrates_on_its_own_retain_set(demo_site, tmp_path):
